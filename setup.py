@@ -1,0 +1,34 @@
+"""lrtech: differential learning rates and SGDR for TensorFlow.
+
+Install (CPU machines, no GPU build downloaded):   pip install -e ".[cpu]"
+Install (one or more NVIDIA GPUs):                 pip install -e ".[gpu]"
+Extras: test (pytest, ruff), plots (matplotlib). See BUILD.md.
+"""
+
+import setuptools
+
+TF = "2.21.*"
+
+setuptools.setup(
+    name="lrtech",
+    version="0.1.0",
+    description="Differential learning rates and SGDR for TensorFlow / Keras 3.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["trainer", "trainer.*", "schedules", "schedules.*",
+                                               "models", "models.*"]),
+    py_modules=["run_train"],
+    # TensorFlow itself comes from an extra: `tensorflow` pulls the CUDA build, which a CPU
+    # machine should not download; `tensorflow-cpu` is the same API without it.
+    install_requires=[
+        "keras>=3.10,<4",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu=={TF}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF}"],
+        "test": ["pytest>=8", "ruff>=0.6"],
+        "plots": ["matplotlib>=3.7"],
+    },
+)

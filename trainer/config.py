@@ -1,0 +1,76 @@
+"""The frozen run configuration: the one contract between run_train.py's flags and the library.
+
+run_train.py turns absl FLAGS into a `Config` once; library code reads only this object.
+Epoch-valued fields are resolved to steps by `trainer.steps` once the dataset size is known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam")
+SCHEDULES = ("sgdr", "constant")
+STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of one training run. Units are in the field comments."""
+
+    model_dir: str
+    # Data.
+    dataset: str = "synthetic"  # TFDS name | folder:PATH | synthetic
+    data_dir: str | None = None  # TFDS data dir
+    train_split: str = "train"
+    eval_split: str = "test"
+    skip_corrupt: bool = False  # folder: skip (and count) unreadable images instead of failing
+    augment: bool = True  # pad-and-random-crop + horizontal flip on the training split
+    synthetic_train_size: int = 2048  # examples
+    synthetic_test_size: int = 512  # examples
+    # Model.
+    model: str = "resnet20"
+    weights: str = "none"  # imagenet | none | PATH to a .weights.h5 / .keras file
+    head: str = "default"  # classification head variant, see models/
+    image_size: int = 32  # pixels (square)
+    num_classes: int | None = None  # inferred from the dataset when None
+    # Length.
+    global_batch_size: int = 128  # examples per step, summed over replicas
+    epochs: float | None = None
+    train_steps: int | None = None  # steps; exactly one of epochs / train_steps
+    # Optimizer and schedule.
+    optimizer: str = "adam"
+    momentum: float = 0.9  # for momentum / nesterov / rmsprop
+    weight_decay: float = 0.0  # decoupled, scaled by each segment's learning rate
+    clipnorm: float | None = None  # global norm of the aggregated gradient
+    schedule: str = "sgdr"
+    max_lr: float = 1e-3  # head segment's peak learning rate
+    min_lr: float = 0.0
+    first_cycle_epochs: float | None = None
+    first_cycle_steps: int | None = None
+    cycle_mult: float = 2.0
+    max_lr_decay: float = 1.0
+    warmup_steps: int = 0
+    # Differential learning rates.
+    split_at: tuple[str, ...] = ()  # layer indices / names / "preset[:NAME]"
+    lr_mults: tuple[float, ...] | None = None  # one per segment
+    lr_spread: float | None = None  # geometric from max_lr/R to max_lr
+    freeze_segments: int = 0  # train only segments >= K at first
+    unfreeze_every: float | None = None  # epochs between unfreezing one more segment
+    # Execution.
+    strategy: str = "auto"
+    steps_per_loop: int = 50  # steps per compiled loop call
+    jit_compile: bool = False
+    mixed_precision: str = "none"
+    eval_every_epochs: float = 1.0
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    snapshot_at_restarts: bool = False
+    seed: int = 0
+    progress: bool = True  # per-epoch progress bar
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
