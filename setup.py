@@ -14,8 +14,9 @@ setuptools.setup(
     version="0.1.0",
     description="Differential learning rates and SGDR for TensorFlow / Keras 3.",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["trainer", "trainer.*", "schedules", "schedules.*",
-                                               "models", "models.*"]),
+    packages=setuptools.find_packages(
+        include=["trainer", "trainer.*", "schedules", "schedules.*", "models", "models.*"]
+    ),
     py_modules=["run_train"],
     # TensorFlow itself comes from an extra: `tensorflow` pulls the CUDA build, which a CPU
     # machine should not download; `tensorflow-cpu` is the same API without it.

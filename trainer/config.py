@@ -74,3 +74,22 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_flagfile(self) -> str:
+        """The configuration as run_train.py flags, one per line: `--flagfile=` repeats the run."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                lines.append(f"--{key}" if value else f"--no{key}")
+            elif isinstance(value, (tuple, list)):
+                lines.append(
+                    f"--{key}="
+                    + ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)
+                )
+            elif isinstance(value, float):
+                lines.append(f"--{key}={value!r}")
+            else:
+                lines.append(f"--{key}={value}")
+        return "\n".join(lines) + "\n"

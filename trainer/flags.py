@@ -1,0 +1,383 @@
+"""run_train.py's command line: absl flag definitions, their validators, and the frozen Config.
+
+Every flag has help with its unit and a validator beside its definition; cross-flag checks live
+in one place (`_cross_checks`). Nothing here touches the filesystem or TensorFlow, so a bad flag
+fails before any heavy work. Library code never reads FLAGS: `to_config(flag_values)` turns
+them into a `trainer.config.Config` once.
+
+The flags are defined on a `FlagValues` passed in (absl's global FLAGS in run_train.py, a fresh
+one in tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+from absl import flags
+
+from trainer import config as config_lib
+
+_LIST_FIELDS = ("split_at",)
+_FLOAT_LIST_FIELDS = ("lr_mults",)
+
+
+def _register(fv, name, ok, requirement):
+    """A validator beside the definition: the message names the flag and the bad value."""
+
+    def check(value):
+        if value is None or ok(value):
+            return True
+        # absl prefixes "flag --NAME=VALUE: ", so the line names the flag and the value.
+        raise flags.ValidationError(f"must be {requirement}")
+
+    flags.register_validator(name, check, flag_values=fv)
+
+
+def _positive(x):
+    return math.isfinite(x) and x > 0
+
+
+def _non_negative(x):
+    return math.isfinite(x) and x >= 0
+
+
+def _float_list(values):
+    out = []
+    for v in values:
+        out.append(float(v))
+    return out
+
+
+def _positive_float_list(values):
+    try:
+        return len(values) > 0 and all(_positive(x) for x in _float_list(values))
+    except ValueError:
+        return False
+
+
+def _define_data(fv):
+    flags.DEFINE_string(
+        "dataset",
+        "synthetic",
+        "What to train on: a TFDS image-classification name (cifar10, cifar100, "
+        "oxford_flowers102, ...), folder:PATH (PATH/train/<label>/*.jpg and PATH/test/...), or "
+        "synthetic[:NUM_CLASSES] (generated offline, 32x32x3; for quickstart and tests).",
+        flag_values=fv,
+    )
+    _register(fv, "dataset", lambda v: bool(v.strip()), "a non-empty dataset spec")
+    flags.DEFINE_string(
+        "data_dir", None, "TFDS data directory (prepared datasets).", flag_values=fv
+    )
+    flags.DEFINE_string("train_split", "train", "TFDS split to train on.", flag_values=fv)
+    flags.DEFINE_string("eval_split", "test", "TFDS split to evaluate on.", flag_values=fv)
+    flags.DEFINE_bool(
+        "skip_corrupt",
+        False,
+        "folder: datasets: skip (and count) unreadable images instead of failing.",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "augment",
+        True,
+        "Pad-and-random-crop plus horizontal flip on training images.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "synthetic_train_size",
+        2048,
+        "Examples in the synthetic train split.",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "synthetic_test_size",
+        512,
+        "Examples in the synthetic test split.",
+        lower_bound=1,
+        flag_values=fv,
+    )
+
+
+def _define_model(fv):
+    flags.DEFINE_string(
+        "model",
+        "resnet20",
+        "Model builder name (resnet20, resnet50, ...; see models/).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "weights",
+        "none",
+        "Initial weights: imagenet (keras.applications backbones; needs internet once), none, "
+        "or PATH to a .weights.h5/.keras file of the same architecture (head is skipped).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "head",
+        "default",
+        "Classification head: default, or article (GAP-256-128-N).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "image_size",
+        32,
+        "Input size in pixels (square); images are resized to it.",
+        lower_bound=8,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "num_classes",
+        None,
+        "Number of classes (inferred from the dataset when unset).",
+        lower_bound=2,
+        flag_values=fv,
+    )
+
+
+def _define_length(fv):
+    flags.DEFINE_integer(
+        "global_batch_size",
+        128,
+        "Examples per step, summed over all replicas.",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "epochs", None, "Training length in epochs (or --train_steps).", flag_values=fv
+    )
+    _register(fv, "epochs", _positive, "a positive number of epochs")
+    flags.DEFINE_integer(
+        "train_steps",
+        None,
+        "Training length in steps (or --epochs).",
+        lower_bound=1,
+        flag_values=fv,
+    )
+
+
+def _define_optimizer(fv):
+    flags.DEFINE_enum(
+        "optimizer",
+        "adam",
+        config_lib.OPTIMIZERS,
+        "Optimizer applied to every segment.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float("momentum", 0.9, "Momentum for momentum/nesterov/rmsprop.", flag_values=fv)
+    _register(fv, "momentum", lambda x: 0 <= x < 1, "in [0, 1)")
+    flags.DEFINE_float(
+        "weight_decay",
+        0.0,
+        "Decoupled weight decay per step, scaled by each segment's learning rate.",
+        flag_values=fv,
+    )
+    _register(fv, "weight_decay", _non_negative, ">= 0")
+    flags.DEFINE_float(
+        "clipnorm", None, "Clip the aggregated gradient to this global norm.", flag_values=fv
+    )
+    _register(fv, "clipnorm", _positive, "> 0")
+
+
+def _define_schedule(fv):
+    flags.DEFINE_enum(
+        "schedule",
+        "sgdr",
+        config_lib.SCHEDULES,
+        "Base learning-rate schedule (per step).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float("max_lr", 1e-3, "Peak learning rate of the head segment.", flag_values=fv)
+    _register(fv, "max_lr", _positive, "> 0")
+    flags.DEFINE_float(
+        "min_lr", 0.0, "SGDR floor learning rate (absolute, head segment).", flag_values=fv
+    )
+    _register(fv, "min_lr", _non_negative, ">= 0")
+    flags.DEFINE_float(
+        "first_cycle_epochs",
+        None,
+        "Length of the first SGDR cycle in epochs (or --first_cycle_steps).",
+        flag_values=fv,
+    )
+    _register(fv, "first_cycle_epochs", _positive, "> 0")
+    flags.DEFINE_integer(
+        "first_cycle_steps",
+        None,
+        "Length of the first SGDR cycle in steps (or --first_cycle_epochs).",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "cycle_mult", 2.0, "Each SGDR cycle is this many times longer (>= 1).", flag_values=fv
+    )
+    _register(fv, "cycle_mult", lambda x: math.isfinite(x) and x >= 1, ">= 1")
+    flags.DEFINE_float(
+        "max_lr_decay", 1.0, "Peak learning rate factor per cycle, in (0, 1].", flag_values=fv
+    )
+    _register(fv, "max_lr_decay", lambda x: 0 < x <= 1, "in (0, 1]")
+    flags.DEFINE_integer(
+        "warmup_steps",
+        0,
+        "Linear warmup from min_lr to max_lr, in steps.",
+        lower_bound=0,
+        flag_values=fv,
+    )
+
+
+def _define_segments(fv):
+    flags.DEFINE_list(
+        "split_at",
+        [],
+        "Segment boundaries: layer indices or names (the first layer of each next segment), "
+        "or preset / preset:NAME for the model's named split. Empty: one segment. "
+        "See --list_layers.",
+        flag_values=fv,
+    )
+    flags.DEFINE_list(
+        "lr_mults",
+        None,
+        "Learning-rate multiplier per segment, input to head, e.g. 0.001,0.1,1.",
+        flag_values=fv,
+    )
+    _register(fv, "lr_mults", _positive_float_list, "a list of positive numbers")
+    flags.DEFINE_float(
+        "lr_spread",
+        None,
+        "Geometric multipliers from 1/R (first segment) to 1 (head), like fastai slice(lo, hi).",
+        flag_values=fv,
+    )
+    _register(fv, "lr_spread", lambda x: math.isfinite(x) and x >= 1, ">= 1")
+    flags.DEFINE_integer(
+        "freeze_segments", 0, "Train only segments >= K at first.", lower_bound=0, flag_values=fv
+    )
+    flags.DEFINE_float(
+        "unfreeze_every",
+        None,
+        "Unfreeze one more segment every E epochs (gradual unfreezing).",
+        flag_values=fv,
+    )
+    _register(fv, "unfreeze_every", _positive, "a positive number of epochs")
+
+
+def _define_execution(fv):
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "Directory for checkpoints, TensorBoard, metrics.json and the export. "
+        "A run resumes from the checkpoint it finds here.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "strategy",
+        "auto",
+        config_lib.STRATEGIES,
+        "auto: MirroredStrategy over all GPUs if any, else one device; "
+        "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "steps_per_loop",
+        50,
+        "Steps per compiled loop call (Python overhead is paid once per loop).",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.", flag_values=fv)
+    flags.DEFINE_enum(
+        "mixed_precision",
+        "none",
+        config_lib.MIXED_PRECISION,
+        "Mixed precision policy; mixed_float16 adds dynamic loss scaling.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "eval_every_epochs", 1.0, "Evaluate on the eval split every E epochs.", flag_values=fv
+    )
+    _register(fv, "eval_every_epochs", _positive, "a positive number of epochs")
+    flags.DEFINE_integer(
+        "checkpoint_every_steps",
+        1000,
+        "Save a checkpoint every N steps.",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "keep_checkpoints", 3, "Rolling checkpoints kept.", lower_bound=1, flag_values=fv
+    )
+    flags.DEFINE_bool(
+        "snapshot_at_restarts",
+        False,
+        "Keep the weights at the end of every SGDR cycle as snapshots/cycle_K.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "seed", 0, "Seed for weights, data order and augmentation.", flag_values=fv
+    )
+    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.", flag_values=fv)
+    flags.DEFINE_bool(
+        "list_layers",
+        False,
+        "Print every layer (index, name, type, parameters, segment) and the "
+        "per-segment learning-rate table, then exit.",
+        flag_values=fv,
+    )
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """Defines every run_train.py flag on `fv`, with validators and the cross-flag checks."""
+    _define_data(fv)
+    _define_model(fv)
+    _define_length(fv)
+    _define_optimizer(fv)
+    _define_schedule(fv)
+    _define_segments(fv)
+    _define_execution(fv)
+
+
+def cross_check(fv: flags.FlagValues) -> None:
+    """All checks that involve more than one flag, in one place; run right after parsing.
+
+    Raises:
+      flags.ValidationError: with one line naming the flags and their values.
+    """
+    v = {name: fv[name].value for name in fv}
+
+    def fail(msg):
+        raise flags.ValidationError(msg)
+
+    if not v["model_dir"]:
+        fail("--model_dir is required (where checkpoints, summaries and the export go)")
+    if not v["list_layers"]:
+        if (v["epochs"] is None) == (v["train_steps"] is None):
+            fail(
+                f"give exactly one of --epochs / --train_steps; got epochs={v['epochs']}, "
+                f"train_steps={v['train_steps']}"
+            )
+    if v["lr_mults"] is not None and v["lr_spread"] is not None:
+        fail(
+            f"give one of --lr_mults / --lr_spread, not both; got lr_mults="
+            f"{','.join(v['lr_mults'])}, lr_spread={v['lr_spread']}"
+        )
+    if v["first_cycle_epochs"] is not None and v["first_cycle_steps"] is not None:
+        fail(
+            "give one of --first_cycle_epochs / --first_cycle_steps, not both; got "
+            f"{v['first_cycle_epochs']} and {v['first_cycle_steps']}"
+        )
+    if v["min_lr"] is not None and v["max_lr"] is not None and v["min_lr"] > v["max_lr"]:
+        fail(f"--min_lr must be <= --max_lr; got min_lr={v['min_lr']}, max_lr={v['max_lr']}")
+    if v["unfreeze_every"] is not None and not v["freeze_segments"]:
+        fail(f"--unfreeze_every={v['unfreeze_every']} needs --freeze_segments >= 1")
+
+
+def to_config(fv: flags.FlagValues) -> config_lib.Config:
+    """The frozen Config from parsed flags; the only place flag values are read."""
+    values = {}
+    for field in config_lib.Config.__dataclass_fields__:
+        if field not in fv:
+            continue
+        value = fv[field].value
+        if field in _LIST_FIELDS:
+            value = tuple(s.strip() for s in value if s.strip())
+        elif field in _FLOAT_LIST_FIELDS and value is not None:
+            value = tuple(_float_list(value))
+        values[field] = value
+    return config_lib.Config(**values)
