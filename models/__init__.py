@@ -1,0 +1,166 @@
+"""Model builders by name and their split presets.
+
+    model = models.build("resnet50", num_classes=10, image_size=32, weights="imagenet")
+    split_at = models.split_preset("resnet50")   # ("conv4_block1_1_conv", "head_pool")
+
+Every model takes float32 RGB pixels in [0, 255] of shape (image_size, image_size, 3), begins
+with its backbone's own preprocessing as a layer named ``preprocess`` (so an exported model
+takes raw pixels), and outputs float32 logits (no softmax) from ``head_logits``. The graph is
+flat: keras.applications layers keep their names (``conv2_block1_1_conv`` ...).
+
+Models:
+  * CIFAR ResNets ``resnet8``, ``resnet20``, ``resnet32``, ``resnet56`` (`models.cifar_resnet`).
+  * keras.applications backbones (`models.applications.BACKBONES`): ``resnet50``, ``resnet101``,
+    ``resnet152``, ``resnet50v2``, ``mobilenet_v2``, ``efficientnet_b0``, ``densenet121``,
+    ``vgg16``.
+
+Weights (``weights=``): ``none``; ``imagenet`` (keras.applications backbones; downloaded on
+first use, read from ~/.keras/models when cached; offline and uncached -> `UserError`); a path
+to keras' no-top ImageNet ``.h5`` file; or a ``.weights.h5`` / ``.keras`` file saved from a model
+of the same architecture with any head: the backbone is loaded, the head stays fresh
+(`models.transfer`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+from models import applications, cifar_resnet, heads
+from models.preprocessing import ImagePreprocess
+from models.transfer import TRANSFER_SUFFIXES, load_backbone_weights
+from trainer.errors import UserError
+
+__all__ = [
+    "HEADS",
+    "ImagePreprocess",
+    "build",
+    "load_backbone_weights",
+    "names",
+    "presets",
+    "save_backbone_weights",
+    "split_preset",
+]
+
+HEADS = heads.HEADS
+# Default head dropout per family: none on the small nets (BatchNorm regularizes enough at
+# this size), 0.2 before a new head on a pretrained backbone (as keras.applications' tops).
+_DEFAULT_DROPOUT = {"cifar": 0.0, "applications": 0.2}
+
+
+def names() -> tuple[str, ...]:
+    """All model names `build` accepts."""
+    return tuple(cifar_resnet.DEPTHS) + tuple(applications.BACKBONES)
+
+
+def _check_name(name: str) -> None:
+    if name not in names():
+        raise UserError(f"--model={name!r} is unknown; choose one of {', '.join(names())}")
+
+
+def _check_weights(name: str, weights: str) -> None:
+    if weights in ("none", "imagenet"):
+        if weights == "imagenet" and name in cifar_resnet.DEPTHS:
+            raise UserError(f"--weights=imagenet: no ImageNet weights for --model={name}")
+        return
+    if not os.path.isfile(weights):
+        raise UserError(f"--weights={weights}: no such file (or use imagenet / none)")
+    if weights.endswith(TRANSFER_SUFFIXES):
+        return
+    if weights.endswith(".h5") and name in applications.BACKBONES:
+        return
+    raise UserError(
+        f"--weights={weights}: expected a .weights.h5 or .keras file saved by this project"
+        " (or keras' no-top ImageNet .h5 file for keras.applications models)"
+    )
+
+
+def build(
+    name: str,
+    num_classes: int,
+    *,
+    image_size: int = 32,
+    weights: str = "none",
+    head: str = "default",
+    dropout: float | None = None,
+) -> keras.Model:
+    """Builds a classifier: preprocessing, backbone, classification head.
+
+    Args:
+      name: one of `names()`.
+      num_classes: number of output logits.
+      image_size: input height and width in pixels (>= 32).
+      weights: ``none``, ``imagenet``, or a path (see the module docstring).
+      head: one of `HEADS` (see `models.heads.add_head`).
+      dropout: head dropout rate; None for the default (0 for CIFAR ResNets, 0.2 for
+        keras.applications backbones, 0.5 for the ``article`` head).
+
+    Returns:
+      An uncompiled functional `keras.Model` named ``{name}``.
+
+    Raises:
+      UserError: bad name, head, num_classes, image_size or weights.
+    """
+    _check_name(name)
+    if head not in HEADS:
+        raise UserError(f"--head={head!r} is unknown; choose one of {', '.join(HEADS)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"--num_classes={num_classes!r} must be a positive integer")
+    if image_size < 32:
+        raise UserError(f"--image_size={image_size} must be >= 32")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise UserError(f"dropout={dropout} must be in [0, 1)")
+    _check_weights(name, weights)
+    transfer = weights.endswith(TRANSFER_SUFFIXES)
+
+    image = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+    if name in cifar_resnet.DEPTHS:
+        x = ImagePreprocess("unit", name="preprocess")(image)
+        features = cifar_resnet.backbone(name, x)
+        family = "cifar"
+    else:
+        spec = applications.BACKBONES[name]
+        x = ImagePreprocess(spec.preprocess, name="preprocess")(image)
+        features = applications.backbone(name, x, "none" if transfer else weights)
+        family = "applications"
+    if head == "default" and dropout is None:
+        dropout = _DEFAULT_DROPOUT[family]
+    logits = heads.add_head(features, num_classes, head, dropout)
+    model = keras.Model(image, logits, name=name)
+    if transfer:
+        load_backbone_weights(model, weights)
+    return model
+
+
+def presets(model_name: str) -> dict[str, tuple[str, ...]]:
+    """Named split points of a model: preset name -> first layer name of each next segment."""
+    _check_name(model_name)
+    if model_name in cifar_resnet.DEPTHS:
+        return cifar_resnet.split_presets(model_name)
+    return applications.split_presets(model_name)
+
+
+def split_preset(model_name: str, preset: str = "default") -> tuple[str, ...]:
+    """The layer names that start each segment after the first, for `--split_at=preset:NAME`.
+
+    Raises:
+      UserError: unknown model or preset (the message lists the presets).
+    """
+    table = presets(model_name)
+    if preset not in table:
+        raise UserError(
+            f"--split_at=preset:{preset}: unknown preset for --model={model_name}; "
+            f"choose one of {', '.join(table)}"
+        )
+    return table[preset]
+
+
+def save_backbone_weights(model: keras.Model, path: str) -> None:
+    """Saves `model`'s weights so `build(..., weights=path)` can transfer its backbone.
+
+    The file holds every weight; the loader skips the head. Use a ``.weights.h5`` path.
+    """
+    if not path.endswith(".weights.h5"):
+        raise UserError(f"path={path}: must end with .weights.h5")
+    model.save_weights(path)

@@ -268,6 +268,8 @@ class SGDR(keras.optimizers.schedules.LearningRateSchedule):
             A list of Python ints.
         """
         total_steps = _number("total_steps", total_steps)
+        if self.cycle_mult == 1 and isinstance(self.first_cycle_steps, int):
+            return list(range(self.warmup_steps, math.ceil(total_steps), self.first_cycle_steps))
         steps = []
         k = 0
         while True:

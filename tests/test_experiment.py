@@ -1,0 +1,166 @@
+"""Experiment: segments and multipliers, the step plan, reports, files written, export."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from trainer import steps
+from trainer.config import Config
+from trainer.errors import UserError
+from trainer.experiment import Experiment, _resolve_split_at
+from trainer.strategy import make_strategy
+
+
+def tiny_model(num_classes):
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="relu", name="mid"),
+            keras.layers.Dense(num_classes, name="head"),
+        ]
+    )
+
+
+def config(tmp_path, **kw):
+    base = dict(
+        model_dir=str(tmp_path),
+        image_size=8,
+        synthetic_train_size=64,
+        synthetic_test_size=20,
+        global_batch_size=16,
+        train_steps=6,
+        max_lr=0.01,
+        first_cycle_steps=2,
+        split_at=("2", "head"),
+        lr_mults=(0.01, 0.1, 1.0),
+        steps_per_loop=4,
+        eval_every_epochs=1.0,
+        progress=False,
+    )
+    base.update(kw)
+    return Config(**base)
+
+
+def build(cfg):
+    return Experiment(cfg, make_strategy("one_device"), model_fn=tiny_model).build()
+
+
+def test_lr_mults_count_must_match_segments(tmp_path):
+    with pytest.raises(UserError, match="--lr_mults has 2 values but --split_at gives 3 segments"):
+        build(config(tmp_path, lr_mults=(0.1, 1.0)))
+
+
+def test_lr_spread_and_default_multipliers(tmp_path):
+    assert build(config(tmp_path, lr_mults=None, lr_spread=100.0)).lr_mults == pytest.approx(
+        (0.01, 0.1, 1.0)
+    )
+    assert build(config(tmp_path, lr_mults=None)).lr_mults == (1.0, 1.0, 1.0)
+
+
+def test_split_at_presets_expand():
+    import models
+
+    cfg = Config(model_dir="/x", model="resnet20", split_at=("preset", "head_logits"))
+    assert _resolve_split_at(cfg) == (*models.split_preset("resnet20"), "head_logits")
+    cfg = cfg.replace(split_at=("3",))
+    assert _resolve_split_at(cfg) == ("3",)
+
+
+def test_lr_table_and_layer_report(tmp_path):
+    exp = build(config(tmp_path))
+    table = exp.lr_table().splitlines()
+    assert len(table) == 4
+    # Segment 2 is the head: 8*10 + 10 parameters at 1.0 * max_lr.
+    assert table[3].split()[-3:] == ["90", "1", "0.01"]
+    assert table[1].split()[-1] == "0.0001"
+    assert "conv" in exp.layer_report()
+    assert exp.learning_rates(0) == pytest.approx([1e-4, 1e-3, 1e-2])
+
+
+def test_num_classes_inferred_and_epochs_resolved(tmp_path):
+    exp = build(
+        config(
+            tmp_path,
+            train_steps=None,
+            epochs=2.5,
+            first_cycle_epochs=1.0,
+            first_cycle_steps=None,
+            unfreeze_every=None,
+        )
+    )
+    assert exp.config.num_classes == 10
+    assert exp.plan.steps_per_epoch == 4
+    assert exp.plan.total_steps == 10
+    assert exp.plan.first_cycle_steps == 4
+    assert exp.plan.eval_every_steps == 4
+
+
+def test_next_boundary():
+    plan = steps.Plan(
+        steps_per_epoch=10,
+        total_steps=35,
+        first_cycle_steps=None,
+        eval_every_steps=20,
+        unfreeze_every_steps=None,
+        checkpoint_every_steps=7,
+        steps_per_loop=4,
+    )
+    ends, step = [], 0
+    while step < plan.total_steps:
+        step = plan.next_boundary(step, restarts=[3, 9])
+        ends.append(step)
+    assert ends == [3, 7, 9, 10, 14, 18, 20, 21, 25, 28, 30, 34, 35]
+    with pytest.raises(UserError, match="exactly one of --epochs / --train_steps"):
+        steps.check_length(Config(model_dir="/x"))
+    with pytest.raises(UserError, match="exactly one of --epochs / --train_steps"):
+        steps.resolve(Config(model_dir="/x", epochs=1.0, train_steps=3), 10)
+
+
+def test_train_writes_metrics_summaries_and_export(tmp_path):
+    exp = build(config(tmp_path))
+    assert exp.restore() == 0
+    metrics = exp.train()
+    assert metrics["step"] == 6 and metrics["final"]["step"] == 6
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["final"] == pytest.approx(metrics["final"])
+    # Evaluated at the epoch end (step 4) and at the end (6); best is the higher accuracy.
+    assert metrics["best"]["accuracy"] == max(
+        metrics["best"]["accuracy"], metrics["final"]["accuracy"]
+    )
+    assert set(metrics["final"]) >= {"loss", "accuracy", "top5"}
+    assert metrics["images_per_sec"] > 0
+    for kind in ("train", "eval"):
+        assert os.listdir(tmp_path / "tensorboard" / kind)
+    assert "--num_classes=10" in (tmp_path / "flags.txt").read_text()
+    path = exp.export()
+    loaded = keras.saving.load_model(os.path.join(path, "model.keras"))
+    x = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x), exp.model(x), atol=1e-6)
+    assert os.path.exists(os.path.join(path, "model.weights.h5"))
+    assert os.path.exists(os.path.join(path, "saved_model", "saved_model.pb"))
+
+
+def test_tensorboard_scalars_readable(tmp_path):
+    import tensorflow as tf
+
+    exp = build(config(tmp_path, train_steps=4))
+    exp.restore()
+    exp.train()
+    tags = set()
+    for name in os.listdir(tmp_path / "tensorboard" / "train"):
+        for event in tf.compat.v1.train.summary_iterator(
+            str(tmp_path / "tensorboard" / "train" / name)
+        ):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"loss", "accuracy", "images_per_sec", "step_time", "lr/segment_0"} <= tags
+
+
+def test_train_before_build_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="build"):
+        Experiment(config(tmp_path), make_strategy("one_device")).train()

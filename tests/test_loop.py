@@ -1,0 +1,195 @@
+"""The compiled loop: replicas vs one device, steps_per_loop, XLA, freezing, evaluation."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import optimizers
+from trainer.config import Config
+from trainer.experiment import Experiment
+from trainer.loop import EvalLoop
+from trainer.strategy import make_strategy
+
+TWO_CPUS = ["/cpu:0", "/cpu:1"]
+
+
+def tiny_model(num_classes):
+    # No BatchNorm: its per-replica batch statistics legitimately differ from one device's.
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="relu", name="mid"),
+            keras.layers.Dense(num_classes, name="head"),
+        ]
+    )
+
+
+def config(tmp_path, **kw):
+    base = dict(
+        model_dir=str(tmp_path),
+        image_size=8,
+        synthetic_train_size=96,
+        synthetic_test_size=24,
+        global_batch_size=16,
+        train_steps=8,
+        optimizer="adam",
+        max_lr=0.01,
+        first_cycle_steps=3,
+        split_at=("2", "4"),
+        lr_mults=(0.1, 0.5, 1.0),
+        steps_per_loop=4,
+        checkpoint_every_steps=1000,
+        progress=False,
+    )
+    base.update(kw)
+    return Config(**base)
+
+
+def train(cfg, strategy=None, model_fn=tiny_model):
+    strategy = strategy or make_strategy("one_device")
+    exp = Experiment(cfg, strategy, model_fn=model_fn).build()
+    exp.restore()
+    metrics = exp.train()
+    return exp, [v.numpy() for v in exp.model.weights], metrics
+
+
+def layer_of(path):
+    return path.split("/")[-2]  # "sequential_3/head/kernel" -> "head"
+
+
+def local(path):
+    return "/".join(path.split("/")[1:])  # without the model's (counter-numbered) name
+
+
+def assert_close(a, b, atol):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
+def test_two_replicas_match_one_device(tmp_path):
+    _, one, m1 = train(config(tmp_path / "one"))
+    exp, two, m2 = train(config(tmp_path / "two"), make_strategy("mirrored", devices=TWO_CPUS))
+    assert exp.strategy.num_replicas_in_sync == 2
+    assert int(exp.optimizer.iterations.numpy()) == 8  # once per step, not per replica
+    assert_close(one, two, atol=1e-5)
+    assert m1["final"]["accuracy"] == pytest.approx(m2["final"]["accuracy"])
+
+
+def test_steps_per_loop_does_not_change_the_result(tmp_path):
+    exp, a, _ = train(config(tmp_path / "a", steps_per_loop=1))
+    _, b, _ = train(config(tmp_path / "b", steps_per_loop=4))
+    assert exp.train_loop.traces == 1  # one trace for 8 calls: num_steps is a tensor
+    assert_close(a, b, atol=0)
+
+
+def test_jit_compile_matches(tmp_path):
+    _, a, _ = train(config(tmp_path / "a", jit_compile=True, optimizer="momentum"))
+    _, b, _ = train(config(tmp_path / "b", optimizer="momentum"))
+    assert_close(a, b, atol=1e-5)
+
+
+def test_weights_move_with_segment_learning_rates(tmp_path):
+    # With SGD and lr_mults (0, ...), segment 0 stays put while the head moves.
+    cfg = config(tmp_path, optimizer="sgd", schedule="constant", lr_mults=(1e-30, 1.0, 1.0))
+    exp = Experiment(cfg, make_strategy("one_device"), model_fn=tiny_model).build()
+    before = {v.path: v.numpy().copy() for v in exp.model.trainable_variables}
+    exp.restore()
+    exp.train()
+    after = {v.path: v.numpy() for v in exp.model.trainable_variables}
+    conv = [p for p in before if layer_of(p) == "conv"]
+    head = [p for p in before if layer_of(p) == "head"]
+    assert len(conv) == len(head) == 2
+    assert all(np.allclose(before[p], after[p], atol=1e-20) for p in conv)
+    assert all(not np.allclose(before[p], after[p]) for p in head)
+
+
+def test_gradual_unfreezing(tmp_path):
+    # 96 examples / 16 = 6 steps per epoch; unfreeze one segment every 0.5 epoch = 3 steps.
+    cfg = config(tmp_path, freeze_segments=2, unfreeze_every=0.5, train_steps=8)
+    exp = Experiment(cfg, make_strategy("one_device"), model_fn=tiny_model).build()
+    exp.restore()
+    assert exp.plan.unfreeze_steps() == [3, 6]
+    initial = {local(v.path): v.numpy().copy() for v in exp.model.trainable_variables}
+    seen = []
+    run = exp.train_loop.run
+
+    def spy(iterator, num_steps, variables, key=None):
+        seen.append((exp.step, num_steps, key, sorted({layer_of(v.path) for v in variables})))
+        return run(iterator, num_steps, variables, key)
+
+    exp.train_loop.run = spy
+    exp.train()
+    assert [s[:3] for s in seen] == [(0, 3, 2), (3, 3, 1), (6, 2, 0)]
+    assert seen[0][3] == ["head"] and seen[1][3] == ["head", "mid"]
+    assert exp.train_loop.traces == 3  # one trace per trainable set
+    assert int(exp.first_trainable_var.numpy()) == 0
+    # conv trained only in the last 2 steps; check its state after the first 6 directly.
+    exp2 = Experiment(
+        cfg.replace(train_steps=6, model_dir=str(tmp_path / "b")),
+        make_strategy("one_device"),
+        model_fn=tiny_model,
+    ).build()
+    exp2.restore()
+    exp2.train()
+    for v in exp2.model.trainable_variables:
+        same = np.array_equal(v.numpy(), initial[local(v.path)])
+        assert same == (layer_of(v.path) == "conv"), v.path
+
+
+def test_eval_matches_numpy_with_partial_last_batch():
+    strategy = make_strategy("mirrored", devices=TWO_CPUS)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(23, 5)).astype(np.float32)
+    y = rng.integers(0, 7, 23).astype(np.int32)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7)])
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(8)  # 8, 8, 7
+    )
+    got = EvalLoop(strategy, model, num_classes=7).run(dataset)
+    kernel, bias = (v.numpy().astype(np.float64) for v in model.weights)
+    logits = x @ kernel + bias
+    log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+    log_probs -= logits.max(1, keepdims=True)
+    loss = -log_probs[np.arange(23), y].mean()
+    accuracy = (logits.argmax(1) == y).mean()
+    rank = (logits > logits[np.arange(23), y][:, None]).sum(1)
+    assert got["examples"] == 23
+    assert got["loss"] == pytest.approx(loss, rel=1e-5)
+    assert got["accuracy"] == pytest.approx(accuracy)
+    assert got["top5"] == pytest.approx((rank < 5).mean())
+
+
+def test_clipnorm_clips_the_aggregated_gradient(tmp_path):
+    # SGD with a tiny clipnorm: every step moves the weights by exactly lr * clipnorm in norm.
+    cfg = config(
+        tmp_path,
+        optimizer="sgd",
+        schedule="constant",
+        max_lr=1.0,
+        lr_mults=(1.0, 1.0, 1.0),
+        clipnorm=1e-3,
+        train_steps=1,
+    )
+    strategy = make_strategy("mirrored", devices=TWO_CPUS)
+    exp = Experiment(cfg, strategy, model_fn=tiny_model).build()
+    before = [v.numpy().copy() for v in exp.model.trainable_variables]
+    exp.restore()
+    exp.train()
+    moved = np.sqrt(
+        sum(np.sum((v.numpy() - b) ** 2) for v, b in zip(exp.model.trainable_variables, before))
+    )
+    assert moved == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_reset_slots_contract_used_by_unfreezing():
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        model = tiny_model(3)
+    opt = optimizers.make("adam", 0.1)
+    opt.build(model.trainable_variables)
+    assert optimizers.reset_slots(opt, model.trainable_variables[:1]) == 2  # m and v

@@ -1,0 +1,128 @@
+"""run_train.py end to end on the offline synthetic dataset, as a user runs it."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny, fast run: few examples, the small ResNet, three segments, SGDR with restarts.
+TINY = [
+    "--dataset=synthetic",
+    "--synthetic_train_size=128",
+    "--synthetic_test_size=64",
+    "--model=resnet8",
+    "--global_batch_size=32",
+    "--split_at=preset",
+    "--lr_mults=0.01,0.1,1",
+    "--max_lr=0.01",
+    "--first_cycle_steps=2",
+    "--cycle_mult=2",
+    "--steps_per_loop=2",
+    "--checkpoint_every_steps=4",
+    "--noprogress",
+]
+
+
+def _run(*args, timeout=240, env=None):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_train.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_end_to_end_writes_everything(tmp_path):
+    model_dir = tmp_path / "run"
+    result = _run(f"--model_dir={model_dir}", "--train_steps=8", "--snapshot_at_restarts", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["step"] == 8
+    assert 0.0 <= metrics["final"]["accuracy"] <= 1.0
+    assert list((model_dir / "ckpt").glob("ckpt-*.index")), "no checkpoint written"
+    assert list(model_dir.rglob("events.out.tfevents.*")), "no TensorBoard events"
+    assert (model_dir / "export" / "model.keras").stat().st_size > 0
+    assert (model_dir / "export" / "saved_model" / "saved_model.pb").exists()
+    # Cycles of 2, 4 steps start at steps 0, 2, 6: cycles 0 and 1 ended inside 8 steps.
+    snapshots = sorted(p.name for p in (model_dir / "snapshots").iterdir())
+    assert snapshots[:2] == ["cycle_0.weights.h5", "cycle_1.weights.h5"], snapshots
+    # The resolved configuration repeats the run with one command.
+    flagfile = (model_dir / "flags.txt").read_text()
+    assert "--num_classes=10" in flagfile and "--lr_mults=0.01,0.1,1.0" in flagfile
+
+    # Run again with more steps: it resumes from step 8 by itself.
+    again = _run(f"--model_dir={model_dir}", "--train_steps=10", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "step 8" in again.stderr.lower() or "step=8" in again.stderr.lower(), again.stderr
+    assert json.loads((model_dir / "metrics.json").read_text())["step"] == 10
+
+
+def test_list_layers_prints_layers_and_segments(tmp_path):
+    result = _run(f"--model_dir={tmp_path}", "--list_layers", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "segment" in out.lower()
+    for mult in ("0.01", "0.1", "1"):
+        assert mult in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model=nosuchnet"], "nosuchnet"),
+        (["--split_at=no_such_layer"], "no_such_layer"),
+        (["--lr_mults=1,1"], "--lr_mults"),
+        (["--dataset=folder:/nonexistent/images"], "/nonexistent/images"),
+        (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
+    base = [a for a in TINY if not any(a.startswith(x.split("=")[0] + "=") for x in args)]
+    result = _run(f"--model_dir={tmp_path}", "--train_steps=2", *base, *args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error_lines = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
+    assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-3000:]
+
+
+def test_sigterm_saves_and_exits_3_then_resumes(tmp_path):
+    model_dir = tmp_path / "run"
+    args = [f"--model_dir={model_dir}", "--train_steps=100000", *TINY]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_train.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((model_dir / "ckpt").glob("ckpt-*.index")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    assert "Traceback" not in err
+    assert list((model_dir / "ckpt").glob("ckpt-*.index"))
+
+
+def test_non_finite_loss_stops_with_exit_1(tmp_path):
+    model_dir = tmp_path / "run"
+    args = [a for a in TINY if not a.startswith(("--max_lr", "--lr_mults"))]
+    result = _run(
+        f"--model_dir={model_dir}",
+        "--train_steps=40",
+        "--optimizer=sgd",
+        "--max_lr=1e30",
+        "--lr_mults=1,1,1",
+        *args,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "step" in result.stderr and "non-finite" in result.stderr.lower()

@@ -1,0 +1,205 @@
+"""Loading a dataset split into memory: TFDS, an image folder, or the synthetic set.
+
+A split is held as `Split`: either decoded uint8 images of one fixed shape, or the encoded
+image files (bytes) when shapes vary or the decoded split would not fit in memory; the
+pipelines in `trainer.data` gather from it by index, which is what makes them a pure function
+of (seed, step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import data_synthetic
+from trainer.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Decoded splits above this stay encoded in memory and are decoded on the fly.
+MAX_DECODED_BYTES = 2 * 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split in memory. `images` is uint8 [N, H, W, 3] or, when `encoded`, bytes [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray  # int32 [N]
+    encoded: bool
+    class_names: tuple[str, ...]
+    image_shape: tuple[int | None, int | None, int]
+    num_skipped: int = 0
+
+
+def synthetic(dataset: str, split: str, size: int) -> Split:
+    """The `trainer.data_synthetic` split of a ``synthetic[:K]`` spec."""
+    num_classes = data_synthetic.parse_spec(dataset)
+    if size < 1:
+        raise UserError(f"--synthetic_train_size/--synthetic_test_size={size} must be >= 1")
+    images, labels = data_synthetic.generate(split, size, num_classes)
+    names = data_synthetic.CLASS_NAMES[:num_classes]
+    return Split(images, labels, False, names, images.shape[1:])
+
+
+# TFDS ----------------------------------------------------------------------------------------
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        known = tfds.list_builders(with_community_datasets=False)
+        close = difflib.get_close_matches(name.split(":")[0].split("/")[0], known, n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(
+            f"--dataset={name}: no such TFDS dataset (nor folder:PATH / synthetic){hint}"
+        ) from None
+
+
+def _not_prepared(name: str, data_dir: str | None) -> UserError:
+    where = data_dir or "~/tensorflow_datasets"
+    return UserError(
+        f"--dataset={name}: not prepared in {where}; on a machine with internet run "
+        f"`tfds build {name} --data_dir=DIR`, copy DIR here and pass --data_dir=DIR"
+    )
+
+
+def tfds_split(name: str, data_dir: str | None, split: str) -> Split:
+    """Loads a prepared TFDS image-classification split (never downloads).
+
+    Raises:
+      UserError: unknown dataset, not prepared in data_dir, bad split, or not (image, label).
+    """
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name, data_dir)
+    info = builder.info
+    keys = info.supervised_keys
+    if not keys or len(keys) != 2:
+        raise UserError(f"--dataset={name}: not a supervised (image, label) dataset")
+    image_key, label_key = keys
+    image_shape = tuple(info.features[image_key].shape)
+    names = getattr(info.features[label_key], "names", None)
+    if not names:
+        raise UserError(f"--dataset={name}: label {label_key!r} is not a class label")
+    class_names = tuple(names)
+    if len(image_shape) != 3 or image_shape[-1] not in (1, 3):
+        raise UserError(f"--dataset={name}: images of shape {image_shape} are not HxWx1/3")
+    try:
+        num = info.splits[split].num_examples
+    except (KeyError, ValueError):
+        num = 0  # Unknown until loaded (e.g. under tfds.testing.mock_data).
+    fixed = None not in image_shape
+    encoded = not fixed or num * int(np.prod(image_shape)) > MAX_DECODED_BYTES
+    decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
+    try:
+        ds = builder.as_dataset(split=split, as_supervised=True, decoders=decoders)
+    except AssertionError:
+        raise _not_prepared(name, data_dir) from None
+    except ValueError as e:
+        raise UserError(f"--dataset={name}: bad split {split!r} ({e})") from None
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(1024)):
+        images.append(x)
+        labels.append(y)
+    if not labels:
+        raise UserError(f"--dataset={name}: split {split!r} is empty")
+    images = np.concatenate(images)
+    if not encoded and images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    labels = np.concatenate(labels).astype(np.int32)
+    return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
+
+
+# Image folder --------------------------------------------------------------------------------
+
+
+def _class_dirs(root: str, split: str) -> list[str]:
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise UserError(f"--dataset=folder:{root}: missing directory {path} (<split>/<label>/*)")
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    if not classes:
+        raise UserError(f"--dataset=folder:{root}: {path} has no class subdirectories")
+    return classes
+
+
+def folder_class_names(root: str, train_split: str) -> tuple[str, ...]:
+    """Sorted class directory names of the training split: label i is the i-th name."""
+    if not os.path.isdir(root):
+        raise UserError(f"--dataset=folder:{root}: no such directory")
+    return tuple(_class_dirs(root, train_split))
+
+
+def _read_image(path: str) -> tuple[bytes, tuple[int, ...]] | None:
+    """The file's bytes and decoded shape, or None if it does not decode."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
+        return data, tuple(shape)
+    except (OSError, tf.errors.InvalidArgumentError):
+        return None
+
+
+def folder_split(root: str, split: str, class_names: tuple[str, ...], skip_corrupt: bool) -> Split:
+    """Reads every image of root/split/<class>/ (bytes kept encoded, each checked to decode).
+
+    An empty class directory keeps its label index (labels follow the sorted train class
+    directories) and logs a warning: a split may lack a class without shifting the others.
+
+    Raises:
+      UserError: a missing directory, a class not in the train split, no image at all, or an
+        unreadable file when `skip_corrupt` is False (naming the file).
+    """
+    files, labels, shapes, skipped = [], [], set(), []
+    for name in _class_dirs(root, split):
+        if name not in class_names:
+            raise UserError(f"--dataset=folder:{root}: class {name!r} of {split} not in train")
+        class_dir = os.path.join(root, split, name)
+        paths = sorted(
+            os.path.join(class_dir, f)
+            for f in os.listdir(class_dir)
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not paths:
+            logging.warning("folder %s: class directory %s has no images", root, class_dir)
+        for path in paths:
+            read = _read_image(path)
+            if read is None:
+                if not skip_corrupt:
+                    raise UserError(
+                        f"--dataset=folder:{root}: cannot decode image {path} "
+                        "(remove it or pass --skip_corrupt)"
+                    )
+                skipped.append(path)
+                continue
+            files.append(read[0])
+            shapes.add(read[1])
+            labels.append(class_names.index(name))
+    if skipped:
+        logging.warning(
+            "folder %s/%s: skipped %d unreadable images, e.g. %s",
+            root,
+            split,
+            len(skipped),
+            skipped[0],
+        )
+    if not files:
+        raise UserError(f"--dataset=folder:{root}: no readable images in {split}")
+    image_shape = shapes.pop() if len(shapes) == 1 else (None, None, 3)
+    return Split(
+        np.array(files, dtype=object),
+        np.array(labels, np.int32),
+        True,
+        class_names,
+        image_shape,
+        len(skipped),
+    )

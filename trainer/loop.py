@@ -1,0 +1,212 @@
+"""The compiled inner loops: `num_steps` training steps per call, and one pass of evaluation.
+
+A Python driver (`trainer.experiment`) decides how many steps to run before the next log,
+eval, checkpoint, restart or unfreeze boundary and calls `TrainLoop.run` once per such
+stretch, so Python overhead is paid once per loop, not once per step.
+
+One training step, on every replica:
+
+1. forward and backward on the replica's share of the global batch; the loss is the mean over
+   the *global* batch (`tf.nn.compute_average_loss`), so summing gradients over replicas gives
+   the gradient of the global-batch mean;
+2. one all-reduce (SUM) of the gradients of the trainable (unfrozen) variables, with the loss
+   and correct count packed in;
+3. unscale (float16 loss scaling) and decide "finite" on the aggregated gradient, then clip by
+   global norm (also on the aggregated gradient: `global_clipnorm` would clip each replica's
+   share);
+4. the segmented optimizer, built with `aggregate_gradients=False`.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+class TrainLoop:
+    """Builds and caches one `tf.function` per set of trainable variables.
+
+    Args:
+        strategy: The strategy the model and optimizer were created under.
+        model: The Keras model (outputs logits).
+        optimizer: A built optimizer that does not all-reduce (`aggregate_gradients=False`).
+        global_batch_size: Examples per step summed over replicas.
+        clipnorm: Optional max global norm of the aggregated gradient.
+        loss_scale: Optional `trainer.precision.DynamicLossScale`.
+        jit_compile: Compile each replica's forward/backward pass with XLA.
+    """
+
+    def __init__(
+        self,
+        strategy,
+        model,
+        optimizer,
+        global_batch_size,
+        *,
+        clipnorm=None,
+        loss_scale=None,
+        jit_compile=False,
+    ):
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.global_batch_size = int(global_batch_size)
+        self.clipnorm = clipnorm
+        self.loss_scale = loss_scale
+        self.jit_compile = jit_compile
+        self.traces = 0  # how many times a loop function was traced (tests check retracing)
+        self._loops = {}
+
+    def run(self, iterator, num_steps: int, variables, key=None) -> dict[str, np.ndarray]:
+        """Runs `num_steps` steps that train `variables`.
+
+        Args:
+            iterator: An iterator over `strategy.experimental_distribute_dataset(...)`.
+            num_steps: Steps to run (Python int; passed as a tensor so it never retraces).
+            variables: The variables to differentiate and update (the unfrozen ones).
+            key: Hashable name of the trainable set (one compiled function per key).
+
+        Returns:
+            Per-step numpy arrays: `loss` (global-batch mean), `correct` (count over the
+            global batch) and `applied` (False where float16 loss scaling skipped the step).
+        """
+        key = key if key is not None else tuple(v.path for v in variables)
+        if key not in self._loops:
+            self._loops[key] = self._make_loop(list(variables))
+        loss, correct, applied = self._loops[key](iterator, tf.constant(num_steps, tf.int32))
+        return {"loss": loss.numpy(), "correct": correct.numpy(), "applied": applied.numpy()}
+
+    def _make_grad_fn(self, variables):
+        model, loss_scale = self.model, self.loss_scale
+
+        def grads_fn(images, labels):
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(images, training=True), tf.float32)
+                per_example = keras.losses.sparse_categorical_crossentropy(
+                    labels, logits, from_logits=True
+                )
+                loss = tf.nn.compute_average_loss(
+                    per_example, global_batch_size=self.global_batch_size
+                )
+                if model.losses:
+                    regularization = tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+                    loss += tf.nn.scale_regularization_loss(regularization)
+                scaled = loss_scale.scale_loss(loss) if loss_scale is not None else loss
+            grads = tape.gradient(
+                scaled, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            correct = tf.reduce_sum(tf.cast(predicted == tf.cast(labels, tf.int32), tf.float32))
+            return [tf.cast(g, v.dtype) for g, v in zip(grads, variables)], loss, correct
+
+        return tf.function(grads_fn, jit_compile=True) if self.jit_compile else grads_fn
+
+    def _make_replica_step(self, variables):
+        grads_fn = self._make_grad_fn(variables)
+        n = len(variables)
+
+        def replica_step(images, labels):
+            grads, loss, correct = grads_fn(images, labels)
+            context = tf.distribute.get_replica_context()
+            reduced = context.all_reduce(SUM, [*grads, loss, correct])
+            grads, loss, correct = reduced[:n], reduced[n], reduced[n + 1]
+            if self.loss_scale is not None:
+                grads, finite = self.loss_scale.unscale(grads)
+            else:
+                finite = tf.constant(True)
+            if self.clipnorm:
+                grads, _ = tf.clip_by_global_norm(grads, self.clipnorm)
+            if self.loss_scale is None:
+                self.optimizer.apply(grads, variables)
+            return grads, loss, correct, finite
+
+        return replica_step
+
+    def _make_loop(self, variables):
+        strategy, optimizer = self.strategy, self.optimizer
+        replica_step = self._make_replica_step(variables)
+
+        def first(value):
+            # Identical on every replica after the all-reduce.
+            return strategy.experimental_local_results(value)[0]
+
+        def one_step(batch):
+            grads, loss, correct, finite = strategy.run(replica_step, args=batch)
+            finite = first(finite)
+            if self.loss_scale is not None:
+                # The cond runs in cross-replica context: a branch that calls merge_call (the
+                # optimizer does) is not allowed inside a replica-context cond.
+                tf.cond(
+                    finite,
+                    lambda: strategy.run(lambda g: optimizer.apply(g, variables), args=(grads,)),
+                    lambda: None,
+                )
+                self.loss_scale.update(finite)
+            return first(loss), first(correct), finite
+
+        def loop(iterator, num_steps):
+            self.traces += 1
+            losses = tf.TensorArray(tf.float32, size=num_steps)
+            corrects = tf.TensorArray(tf.float32, size=num_steps)
+            applied = tf.TensorArray(tf.bool, size=num_steps)
+            for i in tf.range(num_steps):
+                loss, correct, finite = one_step(next(iterator))
+                losses = losses.write(i, loss)
+                corrects = corrects.write(i, correct)
+                applied = applied.write(i, finite)
+            return losses.stack(), corrects.stack(), applied.stack()
+
+        return tf.function(loop)
+
+
+class EvalLoop:
+    """One compiled pass over a finite distributed dataset: loss, accuracy and top-5.
+
+    Sums (not means) are reduced over replicas and batches and divided by the true example
+    count at the end, so a last partial batch (split unevenly, or not at all, over replicas)
+    weighs exactly as many examples as it holds.
+    """
+
+    def __init__(self, strategy, model, num_classes: int):
+        self.strategy = strategy
+        self.model = model
+        self.top_k = 5 if num_classes > 5 else 0
+        self._fn = tf.function(self._pass)
+
+    def _replica(self, images, labels):
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        correct = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels, tf.float64)
+        if self.top_k:
+            top = tf.cast(tf.math.in_top_k(labels, logits, self.top_k), tf.float64)
+        else:
+            top = tf.zeros_like(correct)
+        count = tf.cast(tf.shape(labels)[0], tf.float64)
+        return tf.stack(
+            [
+                tf.reduce_sum(tf.cast(per_example, tf.float64)),
+                tf.reduce_sum(correct),
+                tf.reduce_sum(top),
+                count,
+            ]
+        )
+
+    def _pass(self, dataset):
+        totals = tf.zeros([4], tf.float64)
+        for batch in dataset:
+            sums = self.strategy.run(self._replica, args=batch)
+            totals += self.strategy.reduce(SUM, sums, axis=None)
+        return totals
+
+    def run(self, dataset) -> dict[str, float]:
+        """Evaluates on a distributed dataset; returns `loss`, `accuracy` (and `top5`)."""
+        loss, correct, top, count = (float(x) for x in self._fn(dataset).numpy())
+        count = max(count, 1.0)
+        out = {"loss": loss / count, "accuracy": correct / count, "examples": int(count)}
+        if self.top_k:
+            out["top5"] = top / count
+        return out

@@ -1,0 +1,326 @@
+"""Optimizers by name, and the segmented optimizer behind differential learning rates.
+
+`segmented(optimizer, segment_of, lr_mults)` returns an optimizer of a subclass of
+`type(optimizer)` (same config, one `iterations` counter, the schedule evaluated once per
+step) whose update of variable v uses `lr_mults[segment_of[v.path]] * learning_rate`:
+
+* It scales the learning rate passed to `update_step`, never the gradient. The two agree only
+  for SGD / momentum SGD without weight decay or clipping; Adam, AdamW, RMSprop, Nadam and
+  Adagrad are (nearly) invariant to the gradient's scale, so a 0.1 gradient factor would give
+  an update about 10x too large.
+* Decoupled weight decay (`weight_decay=`, all Keras 3 optimizers) is scaled by the segment's
+  learning rate too, as PyTorch parameter groups and fastai do.
+* The multiplier table is a Python dict read while tracing: no per-step Python work.
+
+Usage (in a custom loop under a tf.distribute strategy):
+
+    with strategy.scope():
+        opt = segmented(make("adam", SGDR(1e-3, 1000)), segment_of, (0.01, 0.1, 1.0))
+        opt.build(all_variables_that_may_ever_train)  # before the first trace
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import math
+import numbers
+
+import keras
+import tensorflow as tf
+
+from trainer.errors import UserError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam")
+
+# Slot lists that are not per-variable optimizer *state* to restart: EMA copies of the weights
+# and gradient-accumulation buffers (cleared by Keras itself on every real step).
+_NOT_STATE = frozenset({"_model_variables_moving_average", "_accumulated_gradients"})
+
+
+def make(name, learning_rate, *, momentum=0.9, weight_decay=None, clipnorm=None, **kw):
+    """Creates a Keras optimizer by name.
+
+    Args:
+        name: One of `OPTIMIZERS`. "momentum" and "nesterov" are SGD with momentum.
+        learning_rate: A float or a `LearningRateSchedule` (e.g. `schedules.SGDR`).
+        momentum: Momentum for "momentum", "nesterov" and "rmsprop" (ignored by the others).
+        weight_decay: Decoupled weight decay per unit learning rate, for every optimizer.
+            None keeps the Keras default of the class (AdamW: 0.004, the others: none).
+        clipnorm: Clip the global norm of all gradients passed to one `apply` to this value
+            (Keras' `global_clipnorm`). Under a multi-replica strategy this sees the summed
+            gradient only with `segmented(..., aggregate_gradients=False)`.
+        **kw: Further arguments of the Keras class (e.g. `beta_1`, `epsilon`).
+
+    Returns:
+        A new, unbuilt `keras.optimizers.Optimizer`. Create it inside `strategy.scope()`.
+
+    Raises:
+        UserError: Unknown name, or a negative / non-finite number.
+    """
+    if name not in OPTIMIZERS:
+        raise UserError(f"optimizer: unknown name {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+        learning_rate = float(learning_rate)
+    if not 0 <= momentum < 1:
+        raise UserError(f"momentum={momentum!r} must be in [0, 1)")
+    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise UserError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
+    if clipnorm is not None and not (math.isfinite(clipnorm) and clipnorm > 0):
+        raise UserError(f"clipnorm={clipnorm!r} must be a finite number > 0")
+    if weight_decay is not None:
+        # 0 switches decay off; Keras would still add a multiply-by-zero per variable.
+        kw["weight_decay"] = weight_decay if (weight_decay or name == "adamw") else None
+    if clipnorm is not None:
+        kw["global_clipnorm"] = clipnorm
+    opt = keras.optimizers
+    if name in ("sgd", "momentum", "nesterov"):
+        m = 0.0 if name == "sgd" else momentum
+        return opt.SGD(learning_rate, momentum=m, nesterov=name == "nesterov", **kw)
+    if name == "rmsprop":
+        return opt.RMSprop(learning_rate, momentum=momentum, **kw)
+    cls = {"adam": opt.Adam, "adamw": opt.AdamW, "adagrad": opt.Adagrad, "nadam": opt.Nadam}
+    return cls[name](learning_rate, **kw)
+
+
+def mults_from_spread(num_segments: int, spread: float) -> tuple[float, ...]:
+    """Geometric multipliers from 1/spread (first segment) to 1 (last), like fastai's slice.
+
+    Args:
+        num_segments: Number of segments (>= 1).
+        spread: Ratio of the last segment's learning rate to the first's (>= 1).
+
+    Returns:
+        A tuple of `num_segments` floats; `(1.0,)` for one segment.
+
+    Raises:
+        UserError: num_segments < 1, or spread < 1 or not finite.
+    """
+    if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
+        raise UserError(f"number of segments {num_segments!r} must be an integer >= 1")
+    if not (isinstance(spread, numbers.Real) and math.isfinite(spread) and spread >= 1):
+        raise UserError(f"lr_spread={spread!r} must be a finite number >= 1")
+    if num_segments == 1:
+        return (1.0,)
+    last = num_segments - 1
+    return tuple(float(spread) ** ((i - last) / last) for i in range(num_segments))
+
+
+class _SegmentTable:
+    """Plain holder so Keras / TF tracking does not wrap the dicts into trackables."""
+
+    def __init__(self, segment_of, lr_mults, aggregate_gradients):
+        self.segment_of = dict(segment_of)
+        self.lr_mults = tuple(float(m) for m in lr_mults)
+        self.aggregate_gradients = bool(aggregate_gradients)
+        self.mult_by_key = {}  # optimizer._var_key(variable) -> multiplier, filled by build()
+
+
+class _SegmentedMixin:
+    """Per-segment learning rates for any Keras optimizer class (TensorFlow backend)."""
+
+    def __init__(self, *args, segment_of, lr_mults, aggregate_gradients=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_mults(segment_of, lr_mults)
+        self._segments = _SegmentTable(segment_of, lr_mults, aggregate_gradients)
+
+    def _lr_mult(self, variable) -> float:
+        return self._segments.mult_by_key[self._var_key(variable)]
+
+    def _check_known(self, variables):
+        for v in variables:
+            if v.path not in self._segments.segment_of:
+                raise UserError(f"segmented optimizer: variable {v.path} is in no segment")
+
+    def build(self, variables):
+        self._check_known(variables)
+        table = self._segments
+        for v in variables:
+            table.mult_by_key[self._var_key(v)] = table.lr_mults[table.segment_of[v.path]]
+        super().build(variables)
+
+    def apply(self, grads, trainable_variables=None):
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            self._check_known(trainable_variables)
+        return super().apply(grads, trainable_variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        mult = self._lr_mult(variable)
+        if mult != 1.0:
+            learning_rate = learning_rate * mult
+        return super().update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        # Keras decays by `variable * wd * lr` with the global lr; here lr is the segment's.
+        if self.weight_decay is None:
+            return
+
+        def decay(var, mult):
+            lr = self.learning_rate
+            if mult != 1.0:
+                lr = lr * mult
+            var.assign_sub(var * tf.cast(self.weight_decay, var.dtype) * tf.cast(lr, var.dtype))
+
+        def decay_all(distribution, variables):
+            for v in variables:
+                if self._use_weight_decay(v):
+                    value = v.value if isinstance(v, keras.Variable) else v
+                    mult = self._lr_mult(v)
+                    distribution.extended.update(value, decay, args=(mult,), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            decay_all, self._distribution_strategy, variables
+        )
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        if self._segments.aggregate_gradients:
+            return super()._all_reduce_sum_gradients(grads_and_vars)
+        return list(grads_and_vars)  # the caller has summed them across replicas already
+
+    def get_config(self):
+        config = super().get_config()
+        config["segment_of"] = dict(self._segments.segment_of)
+        config["lr_mults"] = list(self._segments.lr_mults)
+        config["aggregate_gradients"] = self._segments.aggregate_gradients
+        return config
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _segmented_class(base: type) -> type:
+    if base not in _CLASSES:
+        _CLASSES[base] = type(f"Segmented{base.__name__}", (_SegmentedMixin, base), {})
+    return _CLASSES[base]
+
+
+def _check_mults(segment_of, lr_mults):
+    if isinstance(lr_mults, (str, bytes)) or not isinstance(lr_mults, collections.abc.Sequence):
+        raise UserError(f"lr_mults={lr_mults!r} must be a sequence of numbers")
+    for m in lr_mults:
+        if (
+            isinstance(m, bool)
+            or not isinstance(m, numbers.Real)
+            or not (math.isfinite(m) and m > 0)
+        ):
+            raise UserError(f"lr_mults: {m!r} in {list(lr_mults)} must be a finite number > 0")
+    used = set(segment_of.values())
+    if not used:
+        raise UserError("segment_of is empty: no variable to train")
+    if any(not isinstance(s, int) or s < 0 for s in used):
+        raise UserError(f"segment_of: segments must be integers >= 0, got {sorted(used)}")
+    if len(lr_mults) != max(used) + 1:
+        raise UserError(
+            f"lr_mults: {len(lr_mults)} multipliers {list(lr_mults)} for"
+            f" {max(used) + 1} segments (0..{max(used)})"
+        )
+
+
+def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True):
+    """Returns an optimizer like `optimizer` with a learning-rate multiplier per segment.
+
+    Variable v moves exactly as `type(optimizer)` would move it at learning rate
+    `lr_mults[segment_of[v.path]] * learning_rate(step)`, decoupled weight decay included.
+    The result is a fresh optimizer of a subclass of `type(optimizer)`, with the same config
+    (the schedule object itself is shared, not re-serialized); `optimizer` is not used again.
+
+    Build it with *every* variable that may ever be trained, inside `strategy.scope()` and
+    before the first trace (`opt.build(variables)`); `apply` may then get any subset of them,
+    e.g. while segments are frozen. It can be wrapped in `keras.optimizers.LossScaleOptimizer`.
+
+    Args:
+        optimizer: An unbuilt Keras optimizer, e.g. from `make`.
+        segment_of: `{variable.path: segment}`, e.g. from `trainer.segments.assign`.
+        lr_mults: One finite multiplier > 0 per segment.
+        aggregate_gradients: False when the caller already summed the gradients across
+            replicas (e.g. to clip the global gradient or check it is finite): the optimizer
+            then does not all-reduce them again.
+
+    Returns:
+        The segmented optimizer. `get_config()` includes `segment_of`, `lr_mults` and
+        `aggregate_gradients`.
+
+    Raises:
+        UserError: Bad multipliers, a built or loss-scale optimizer, or (at build / apply) a
+            variable missing from `segment_of`.
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise UserError("segmented: wrap the segmented optimizer in LossScaleOptimizer instead")
+    if optimizer.built:
+        raise UserError(
+            f"segmented: optimizer {optimizer.name!r} is built; its state would be lost"
+        )
+    _check_mults(segment_of, lr_mults)
+    config = optimizer.get_config()
+    # Reuse the schedule object instead of a serialization round trip (custom schedules need
+    # not be registered serializable).
+    if not isinstance(optimizer._learning_rate, keras.Variable):
+        config["learning_rate"] = optimizer._learning_rate
+    new = _segmented_class(type(optimizer))(
+        **config,
+        segment_of=segment_of,
+        lr_mults=lr_mults,
+        aggregate_gradients=aggregate_gradients,
+    )
+    for attr in ("_exclude_from_weight_decay", "_exclude_from_weight_decay_pattern"):
+        if hasattr(optimizer, attr):
+            setattr(new, attr, getattr(optimizer, attr))
+    return new
+
+
+def _slot_lists(opt):
+    """Yields (attribute name, per-variable list) for every slot list of a built optimizer."""
+    model_vars = opt._trainable_variables
+    own = {id(v) for v in opt.variables}
+    for attr, value in vars(opt).items():
+        if attr in _NOT_STATE or isinstance(value, (str, bytes)):
+            continue
+        if not isinstance(value, collections.abc.Sequence) or len(value) != len(model_vars):
+            continue
+        slots = list(value)
+        if not any(isinstance(s, keras.Variable) for s in slots):
+            continue
+        if all(
+            s is None or (id(s) in own and tuple(s.shape) == tuple(v.shape))
+            for s, v in zip(slots, model_vars)
+        ):
+            yield attr, slots
+
+
+def reset_slots(optimizer, variables) -> int:
+    """Restarts the optimizer state (momentums, velocities, ...) of `variables`.
+
+    For gradual unfreezing: a segment that was frozen starts with clean state when it starts
+    to train. Keras optimizers keep each kind of state as a list aligned with the variables
+    they were built with (`_momentums[i]` belongs to variable i); every such list of the
+    optimizer's own variables is found and entry i is set to its initial value (zero; Adagrad
+    / Ftrl accumulators: `initial_accumulator_value`). State shared by all variables (the step
+    counter used for Adam's bias correction, Nadam's momentum-schedule product) is unchanged.
+    Call it outside the compiled step (eagerly, in the driver).
+
+    Args:
+        optimizer: A built optimizer (a `LossScaleOptimizer` is looked through).
+        variables: Model variables the optimizer was built with.
+
+    Returns:
+        The number of slot variables reset.
+
+    Raises:
+        UserError: The optimizer is not built, or was not built with one of the variables.
+    """
+    opt = getattr(optimizer, "inner_optimizer", optimizer)
+    if not opt.built:
+        raise UserError(f"reset_slots: optimizer {opt.name!r} is not built")
+    indices = []
+    for v in variables:
+        if opt._var_key(v) not in opt._trainable_variables_indices:
+            raise UserError(f"reset_slots: optimizer was not built with variable {v.path}")
+        indices.append(opt._get_variable_index(v))
+    count = 0
+    for attr, slots in _slot_lists(opt):
+        value = getattr(opt, "initial_accumulator_value", 0.0) if attr == "_accumulators" else 0.0
+        for i in indices:
+            if slots[i] is not None:
+                slots[i].assign(tf.fill(slots[i].shape, tf.cast(value, slots[i].dtype)))
+                count += 1
+    return count

@@ -1,0 +1,129 @@
+"""Epoch-valued settings resolved to steps, and where the driver must end a compiled loop.
+
+A step is one optimizer step on one global batch; an epoch is `steps_per_epoch` whole global
+batches (`trainer.data.steps_per_epoch`). Everything the driver acts on (checkpoint, eval,
+epoch end, SGDR restart, unfreeze event, end of training) happens at a loop boundary, so the
+compiled loop is cut there: `next_boundary` is computed in Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from trainer.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A run's length and periods in steps.
+
+    Attributes:
+        steps_per_epoch: Whole global batches per epoch.
+        total_steps: Steps of the whole run.
+        first_cycle_steps: Length of SGDR's first cycle (None for a constant schedule).
+        eval_every_steps: Steps between evaluations.
+        unfreeze_every_steps: Steps between unfreeze events (None: no gradual unfreezing).
+        checkpoint_every_steps: Steps between checkpoints.
+        steps_per_loop: Most steps in one compiled loop call.
+        freeze_segments: Segments frozen at step 0.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    first_cycle_steps: float | None
+    eval_every_steps: int
+    unfreeze_every_steps: int | None
+    checkpoint_every_steps: int
+    steps_per_loop: int
+    freeze_segments: int = 0
+
+    def first_trainable_segment(self, step: int) -> int:
+        """ULMFiT gradual unfreezing: one more segment trains every `unfreeze_every_steps`."""
+        if not self.unfreeze_every_steps:
+            return self.freeze_segments
+        return max(0, self.freeze_segments - step // self.unfreeze_every_steps)
+
+    def unfreeze_steps(self) -> list[int]:
+        """The steps at which one more segment starts to train."""
+        if not self.unfreeze_every_steps:
+            return []
+        every = self.unfreeze_every_steps
+        return [
+            every * j for j in range(1, self.freeze_segments + 1) if every * j < self.total_steps
+        ]
+
+    def next_boundary(self, step: int, restarts=()) -> int:
+        """The first step after `step` where a loop must end (see the module docstring)."""
+        candidates = [step + self.steps_per_loop, self.total_steps]
+        for period in (self.checkpoint_every_steps, self.eval_every_steps, self.steps_per_epoch):
+            candidates.append((step // period + 1) * period)
+        candidates += [s for s in restarts if s > step]
+        candidates += [s for s in self.unfreeze_steps() if s > step]
+        return min(candidates)
+
+
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+    """`epochs * steps_per_epoch` rounded to the nearest step, at least 1."""
+    return max(1, round(epochs * steps_per_epoch))
+
+
+def resolve(config, steps_per_epoch: int) -> Plan:
+    """Resolves the epoch-valued fields of a `trainer.config.Config` to steps.
+
+    Args:
+        config: The run configuration.
+        steps_per_epoch: Whole global batches per epoch of the training split.
+
+    Returns:
+        The `Plan`.
+
+    Raises:
+        UserError: Both epochs and train_steps given.
+    """
+    if config.epochs is not None and config.train_steps is not None:
+        raise UserError(
+            f"give exactly one of --epochs / --train_steps; got epochs={config.epochs}, "
+            f"train_steps={config.train_steps}"
+        )
+    if config.train_steps is not None:
+        total = int(config.train_steps)
+    elif config.epochs is None:
+        total = steps_per_epoch  # a placeholder for --list_layers; `check_length` refuses it
+    else:
+        total = epochs_to_steps(config.epochs, steps_per_epoch)
+    first_cycle = None
+    if config.schedule == "sgdr":
+        if config.first_cycle_steps is not None:
+            first_cycle = config.first_cycle_steps
+        elif config.first_cycle_epochs is not None:
+            first_cycle = config.first_cycle_epochs * steps_per_epoch
+        else:
+            first_cycle = max(total - config.warmup_steps, 1)  # one cycle over the whole run
+    unfreeze = None
+    if config.unfreeze_every:
+        unfreeze = epochs_to_steps(config.unfreeze_every, steps_per_epoch)
+    return Plan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        first_cycle_steps=first_cycle,
+        eval_every_steps=epochs_to_steps(config.eval_every_epochs, steps_per_epoch),
+        unfreeze_every_steps=unfreeze,
+        checkpoint_every_steps=max(1, int(config.checkpoint_every_steps)),
+        steps_per_loop=max(1, int(config.steps_per_loop)),
+        freeze_segments=int(config.freeze_segments),
+    )
+
+
+def epoch_of(step: int, steps_per_epoch: int) -> float:
+    """Fractional epochs done after `step` steps."""
+    return step / steps_per_epoch if steps_per_epoch else math.nan
+
+
+def check_length(config) -> None:
+    """Raises `UserError` unless exactly one of epochs / train_steps is given (for training)."""
+    if (config.epochs is None) == (config.train_steps is None):
+        raise UserError(
+            f"give exactly one of --epochs / --train_steps; got epochs={config.epochs}, "
+            f"train_steps={config.train_steps}"
+        )

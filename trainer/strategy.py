@@ -1,0 +1,95 @@
+"""The tf.distribute strategy a run trains under, by name.
+
+    strategy = make_strategy("auto")               # all visible GPUs, else the CPU
+    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])  # tests
+
+Everything stateful (model, optimizer, step counter, loss scale, checkpoint) must be created
+inside `strategy.scope()`; `trainer.experiment.Experiment.build` does that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from trainer.errors import UserError
+
+NAMES = ("auto", "mirrored", "one_device", "multi_worker")
+
+
+def _gpus() -> list[str]:
+    return [d.name for d in tf.config.list_logical_devices("GPU")]
+
+
+def make_strategy(name: str = "auto", devices: list[str] | None = None) -> tf.distribute.Strategy:
+    """Returns the strategy for `name`.
+
+    Args:
+        name: `auto` (MirroredStrategy over every visible GPU when there is one, else
+            OneDeviceStrategy on the CPU), `mirrored` (all GPUs, or `devices`), `one_device`
+            (the first GPU, else the CPU, or `devices[0]`) or `multi_worker`
+            (MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable).
+        devices: Explicit device names, e.g. `["/cpu:0", "/cpu:1"]` for two logical CPUs.
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Raises:
+        UserError: Unknown name, or `multi_worker` without a usable TF_CONFIG.
+    """
+    if name not in NAMES:
+        raise UserError(f"--strategy={name!r} is unknown; choose one of {', '.join(NAMES)}")
+    if name == "multi_worker":
+        return _multi_worker()
+    gpus = _gpus()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(devices[0] if devices else (gpus or ["/cpu:0"])[0])
+    if name == "mirrored" or (name == "auto" and (devices or gpus)):
+        devices = devices or gpus or ["/cpu:0"]
+        cross_device_ops = None  # TF's choice (NCCL / collectives) for GPUs
+        if all("cpu" in d.lower() for d in devices):
+            # Collective ops number their instances per strategy object, so two
+            # MirroredStrategy objects over the same CPUs in one process (tests) reuse keys
+            # with different shapes and abort; reducing on one device has no such keys.
+            cross_device_ops = tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def _multi_worker() -> tf.distribute.Strategy:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise UserError(
+            "--strategy=multi_worker needs the TF_CONFIG environment variable"
+            ' (e.g. {"cluster": {"worker": ["host1:port", "host2:port"]},'
+            ' "task": {"type": "worker", "index": 0}})'
+        )
+    try:
+        tf_config = json.loads(raw)
+        tf_config["cluster"]["worker"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"TF_CONFIG={raw!r} is not a valid cluster spec ({e})") from None
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes summaries, metrics and exports (worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+
+
+def distribute_dataset(strategy, dataset):
+    """`experimental_distribute_dataset` with DATA sharding: global batches split over replicas."""
+    options = tf.data.Options()
+    # DATA: every worker reads the same stream and keeps its replicas' slices of each global
+    # batch, so N workers see exactly the batches one worker would.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
