@@ -7,24 +7,12 @@ import keras
 import numpy as np
 import pytest
 
+from tests.tiny import tiny_model
 from trainer import steps
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.experiment import Experiment, _resolve_split_at
 from trainer.strategy import make_strategy
-
-
-def tiny_model(num_classes):
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(4, 3, name="conv"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(8, activation="relu", name="mid"),
-            keras.layers.Dense(num_classes, name="head"),
-        ]
-    )
 
 
 def config(tmp_path, **kw):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.tiny import tiny_model
 from trainer import optimizers
 from trainer.config import Config
 from trainer.experiment import Experiment
@@ -12,20 +13,6 @@ from trainer.loop import EvalLoop
 from trainer.strategy import make_strategy
 
 TWO_CPUS = ["/cpu:0", "/cpu:1"]
-
-
-def tiny_model(num_classes):
-    # No BatchNorm: its per-replica batch statistics legitimately differ from one device's.
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(4, 3, name="conv"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(8, activation="relu", name="mid"),
-            keras.layers.Dense(num_classes, name="head"),
-        ]
-    )
 
 
 def config(tmp_path, **kw):
