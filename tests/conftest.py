@@ -11,6 +11,8 @@ os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "
 
 import tensorflow as tf  # noqa: E402
 
+import trainer  # noqa: E402,F401  (sets the allocator default before any device exists)
+
 NUM_LOGICAL_CPUS = 2
 
 
