@@ -1,0 +1,571 @@
+"""The benchmarks behind BENCHMARKS.md; each returns a `common.Section`.
+
+Names (for `run_all.py --only`): vs_fit, segments, input, memory_startup, growth, replicas,
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import tensorflow as tf
+
+from bench import common, workloads
+from bench.common import Section, alternate, fmt, rate, spread, table
+
+NAMES = ("vs_fit", "segments", "input", "memory_startup", "growth", "replicas", "checkpoint")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class Scale:
+    """How big the runs are. `full` is what BENCHMARKS.md reports; `quick` checks the code."""
+
+    name: str
+    small: str  # the small ResNet
+    large: str | None  # ResNet50 at 32x32 (None: skipped)
+    batch: int
+    steps: int  # steps per timed repetition of the small model
+    large_batch: int
+    large_steps: int
+    batches: tuple[int, ...]  # growth: global batch sizes
+    growth_images: int  # images per repetition of the batch sweep
+    loop_batch: int  # growth: batch of the steps_per_loop sweep
+    loop_steps: int  # steps per repetition of the steps_per_loop sweep (>= 100 for 100)
+    loops: tuple[int, ...]
+    child_steps: int
+    rounds: int  # interleaved runs of each candidate per repetition (see common.alternate)
+    reps: int = 5
+    warmup: int = 1
+
+    def compare(self, candidates, log, **kw):
+        """`common.alternate` at this scale's repetitions, warm-up and rounds."""
+        kw.setdefault("rounds", self.rounds)
+        return alternate(candidates, reps=self.reps, warmup=self.warmup, log=log, **kw)
+
+    @classmethod
+    def full(cls) -> Scale:
+        return cls(
+            name="full",
+            small="resnet20",
+            large="resnet50",
+            batch=128,
+            steps=8,
+            large_batch=64,
+            large_steps=4,
+            batches=(32, 64, 128, 256, 512),
+            growth_images=2048,
+            loop_batch=32,
+            loop_steps=100,
+            loops=(1, 10, 100),
+            child_steps=20,
+            rounds=3,
+        )
+
+    @classmethod
+    def quick(cls) -> Scale:
+        return cls(
+            name="quick",
+            small="resnet8",
+            large=None,
+            batch=64,
+            steps=4,
+            large_batch=32,
+            large_steps=2,
+            batches=(32, 128, 512),
+            growth_images=512,
+            loop_batch=16,
+            loop_steps=20,
+            loops=(1, 10, 20),
+            child_steps=4,
+            rounds=2,
+        )
+
+    def cmd(self, name: str) -> str:
+        quick = " --quick" if self.name == "quick" else ""
+        return f"python3 bench/run_all.py{quick} --only={name}"
+
+
+def _pct_slower(ratio: float) -> float:
+    """Percent slower than the baseline for a throughput ratio (candidate / baseline)."""
+    return (1.0 / ratio - 1.0) * 100.0
+
+
+# 1. vs model.fit -----------------------------------------------------------------------------
+
+
+def _vs_fit_model(model, batch, steps, scale, log):
+    examples = batch * steps
+    cfg = workloads.make_config(model, batch, examples)
+    trainer = workloads.Trainer(cfg)
+    jit_cfg = cfg.replace(jit_compile=True, model_dir=workloads.tmpdir(model))
+    trainer_jit = workloads.Trainer(jit_cfg)
+    fit = workloads.Fit(cfg)
+    fit_tuned = workloads.Fit(cfg, steps_per_execution=steps, jit_compile=True)
+    with workloads.closing(trainer, trainer_jit, fit, fit_tuned):
+        cmp = scale.compare(
+            {
+                "fit": rate(fit.run_epoch),
+                "fit_tuned": rate(fit_tuned.run_epoch),
+                "trainer": rate(trainer.run_epoch),
+                "trainer_jit": rate(trainer_jit.run_epoch),
+            },
+            log,
+        )
+    labels = {
+        "fit": "model.fit, defaults",
+        "fit_tuned": f"model.fit, steps_per_execution={steps}, jit_compile=True",
+        "trainer": "trainer, defaults (steps_per_loop=50)",
+        "trainer_jit": "trainer, --jit_compile",
+    }
+    return cmp, labels
+
+
+def vs_fit(scale: Scale, log) -> Section:
+    bodies, goals, notes = [], [], []
+    runs = [(scale.small, scale.batch, scale.steps)]
+    if scale.large:
+        runs.append((scale.large, scale.large_batch, scale.large_steps))
+    for model, batch, steps in runs:
+        log(f"  {model}, global batch {batch}, {steps} steps per repetition")
+        cmp, labels = _vs_fit_model(model, batch, steps, scale, log)
+        bodies.append(
+            f"**{model}**, 32x32, global batch {batch}, Adam + SGDR, one epoch of {steps} "
+            f"steps per run, {scale.rounds} runs per repetition\n\n"
+            + common.comparison_table(cmp, "images/sec", labels)
+        )
+        default = cmp.ratio("trainer").median
+        best = max(cmp.ratio("trainer").median, cmp.ratio("trainer_jit").median)
+        goals.append((f"{model} trainer defaults >= 1.0x fit ({fmt(default)}x)", default >= 1.0))
+        goals.append((f"{model} best trainer settings >= 1.2x fit ({fmt(best)}x)", best >= 1.2))
+        vs_tuned = cmp.stats["trainer"].median / cmp.stats["fit_tuned"].median
+        notes.append(
+            f"{model}: the trainer with defaults runs at {fmt(default)}x model.fit's speed "
+            f"with fit's defaults and {fmt(vs_tuned)}x fit with its own best settings; "
+            f"--jit_compile gives {fmt(cmp.ratio('trainer_jit').median)}x."
+        )
+    return Section(
+        title="1. Training speed: trainer vs Keras model.fit",
+        command=scale.cmd("vs_fit"),
+        setup=(
+            "Same model (same seed), same in-memory synthetic data (fit gets the arrays the "
+            "trainer's pipeline gathers), same global batch, Adam with the same SGDR schedule, "
+            "accuracy counted on both sides, each side's default placement on the CPU "
+            "(trainer: `--strategy=auto`, i.e. OneDeviceStrategy; fit: no strategy). A run is "
+            "one epoch: one `fit()` call, or the trainer's compiled loop over the same number "
+            "of steps from its live iterator."
+        ),
+        body="\n\n".join(bodies),
+        meaning=" ".join(notes),
+        goals=goals,
+    )
+
+
+# 2. Differential learning rates overhead ---------------------------------------------------
+
+
+def segments(scale: Scale, log) -> Section:
+    import models
+
+    model = scale.small
+    probe = models.build(model, workloads.NUM_CLASSES)
+    splits = {n: workloads.even_splits(probe, n) for n in (3, 8)}
+    del probe
+    bodies, goals, worst, inside = [], [], 0.0, True
+    for opt in ("adam", "momentum"):
+        log(f"  {opt}")
+        runners = {}
+        for n in (1, 3, 8):
+            cfg = workloads.make_config(
+                model,
+                scale.batch,
+                scale.batch * scale.steps,
+                optimizer=opt,
+                split_at=splits.get(n, ()),
+                lr_spread=100.0 if n > 1 else None,
+            )
+            runners[n] = workloads.Trainer(cfg)
+        with workloads.closing(*runners.values()):
+            named = {f"{n} segment{'s' if n > 1 else ''}": r for n, r in runners.items()}
+            cmp = scale.compare({k: rate(r.run_epoch) for k, r in named.items()}, log)
+        rows = []
+        for name, stats in cmp.stats.items():
+            r = cmp.ratio(name)
+            slower = _pct_slower(r.median)
+            if name != cmp.baseline:
+                worst = max(worst, slower)
+                inside = inside and r.min <= 1.0 <= r.max
+                goals.append((f"{opt} {name} <= 2% slower ({slower:+.1f}%)", slower <= 2.0))
+            rows.append(
+                [
+                    name,
+                    spread(stats),
+                    "1 (baseline)" if name == cmp.baseline else spread(r),
+                    "" if name == cmp.baseline else f"{slower:+.1f}%",
+                ]
+            )
+        bodies.append(
+            f"**{opt}** ({'Adam' if opt == 'adam' else 'SGD, momentum 0.9'}), {model}, "
+            f"global batch {scale.batch}\n\n"
+            + table(
+                [
+                    "learning rates",
+                    "images/sec, median (min-max)",
+                    "ratio to 1 segment",
+                    "slower by (median)",
+                ],
+                rows,
+            )
+        )
+    return Section(
+        title="2. Overhead of differential learning rates",
+        command=scale.cmd("segments"),
+        setup=(
+            f"The trainer with one learning rate vs 3 and 8 segments (split points spread "
+            f"evenly over the weighted layers: {', '.join(splits[3])} and "
+            f"{', '.join(splits[8])}; multipliers geometric over a 100x spread), same "
+            "optimizer, data and batch."
+        ),
+        body="\n\n".join(bodies),
+        meaning=(
+            "Each segment's rate is a Python constant multiplied into the learning rate "
+            "inside the optimizer's per-variable update while tracing, so segments add one "
+            f"scalar multiply per variable per step; the worst median here is {worst:+.1f}%"
+            + (
+                ", and every paired ratio's min-max range includes 1 (no difference "
+                "measurable above the machine's noise)."
+                if inside
+                else "."
+            )
+        ),
+        goals=goals,
+    )
+
+
+# 3. Input pipeline vs training -------------------------------------------------------------
+
+
+def input_pipeline(scale: Scale, log) -> Section:
+    model, batch = scale.small, scale.batch
+    examples = batch * scale.steps
+    folder = workloads.write_image_folder(workloads.tmpdir("jpeg"), examples, 32, 10)
+    train_cfg = workloads.make_config(model, batch, examples, augment=True)
+    trainer = workloads.Trainer(train_cfg)
+    synthetic_cfg = train_cfg.replace(model_dir=workloads.tmpdir("pipe"))
+    jpeg_cfg = synthetic_cfg.replace(dataset=f"folder:{folder}")
+    batches = scale.steps * 2
+    try:
+        with workloads.closing(trainer):
+            cmp = scale.compare(
+                {
+                    "training": rate(trainer.run_epoch),
+                    "pipeline_synthetic": rate(
+                        lambda: workloads.pipeline_rate(synthetic_cfg, batches)
+                    ),
+                    "pipeline_jpeg": rate(lambda: workloads.pipeline_rate(jpeg_cfg, batches)),
+                },
+                log,
+            )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(synthetic_cfg.model_dir, ignore_errors=True)
+    labels = {
+        "training": f"training ({model}, trainer defaults, --augment)",
+        "pipeline_synthetic": "pipeline alone: in-memory pixels, augment, batch",
+        "pipeline_jpeg": "pipeline alone: JPEG files (folder:), decode, augment, batch",
+    }
+    short = {"pipeline_synthetic": "in-memory pipeline", "pipeline_jpeg": "JPEG pipeline"}
+    goals = [
+        (f"{short[n]} >= 3x training ({fmt(cmp.ratio(n).median)}x)", cmp.ratio(n).median >= 3.0)
+        for n in short
+    ]
+    slowest = min(cmp.ratio(n).median for n in short)
+    return Section(
+        title="3. Input pipeline vs training",
+        command=scale.cmd("input"),
+        setup=(
+            f"The trainer's own training pipeline (`trainer.data.train_dataset`: shuffled by "
+            f"epoch, pad-and-crop + flip, batched by {batch}, prefetched), pulled alone as "
+            "fast as it goes, vs the training rate with that pipeline. The JPEG case reads "
+            f"{examples} generated 32x32 JPEG files through `--dataset=folder:`."
+        ),
+        body=common.comparison_table(cmp, "images/sec", labels),
+        meaning=(
+            f"Even the slower pipeline produces images {fmt(slowest)}x as fast as training "
+            "consumes them, and it prefetches on its own threads, so it is not the "
+            "bottleneck at 32x32 (larger images cost more to decode and resize)."
+        ),
+        goals=goals,
+    )
+
+
+# 4 + 7a. Peak memory and start-up, child processes -----------------------------------------
+
+
+def _child(side, model, batch, steps):
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "bench", "child.py"),
+        side,
+        model,
+        str(batch),
+        str(steps),
+    ]
+    launched = time.time()
+    proc = subprocess.run(cmd + [repr(launched)], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench child {cmd} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory_startup(scale: Scale, log) -> Section:
+    model, batch, steps = scale.small, scale.batch, scale.child_steps
+    results = {"trainer": [], "fit": []}
+
+    def side(name):
+        def run():
+            r = _child(name, model, batch, steps)
+            results[name].append(r)
+            return r["peak_rss_mib"]
+
+        return run
+
+    cmp = scale.compare({"fit": side("fit"), "trainer": side("trainer")}, log, rounds=1)
+    # Drop the warm-up children's records the way `alternate` drops their values.
+    for name in results:
+        results[name] = results[name][scale.warmup :]
+    first = {n: common.Stats([r["first_step_sec"] for r in rs]) for n, rs in results.items()}
+    first_ratio = common.Stats(
+        [
+            t["first_step_sec"] / f["first_step_sec"]
+            for t, f in zip(results["trainer"], results["fit"], strict=True)
+        ]
+    )
+    rss_ratio = cmp.ratio("trainer")
+    body = (
+        f"**Peak resident memory** ({model}, global batch {batch}, {steps} steps, one process "
+        "each; peak RSS is the child's VmHWM)\n\n"
+        + table(
+            ["candidate", "peak RSS MiB, median (min-max)", "ratio to model.fit"],
+            [
+                ["model.fit", spread(cmp.stats["fit"]), "1 (baseline)"],
+                ["trainer", spread(cmp.stats["trainer"]), spread(rss_ratio)],
+            ],
+        )
+        + "\n\n**Time to the end of the first training step** (from launching the process: "
+        "interpreter, imports, data, model build, tracing, one step)\n\n"
+        + table(
+            ["candidate", "seconds, median (min-max)", "ratio to model.fit"],
+            [
+                ["model.fit", spread(first["fit"]), "1 (baseline)"],
+                ["trainer", spread(first["trainer"]), spread(first_ratio)],
+            ],
+        )
+    )
+    return Section(
+        title="4 and 7a. Peak memory and time to first step",
+        command=scale.cmd("memory_startup"),
+        setup=(
+            "Each repetition launches one child process per side (`bench/child.py`), "
+            "alternating, which builds everything and trains, then reports its own peak "
+            "resident memory (VmHWM in /proc/self/status: unlike `wait4`'s rusage it does not "
+            "count the parent's memory at fork time)."
+        ),
+        body=body,
+        meaning=(
+            f"The trainer peaks at {fmt(rss_ratio.median)}x model.fit's memory and reaches its "
+            f"first step in {fmt(first_ratio.median)}x fit's time (start-up is paid once per "
+            "run; both sides import TensorFlow and trace one training function)."
+        ),
+        goals=[(f"peak RSS <= 1.1x model.fit ({fmt(rss_ratio.median)}x)", rss_ratio.median <= 1.1)],
+    )
+
+
+# 5. Growth with batch size and steps_per_loop ----------------------------------------------
+
+
+def growth(scale: Scale, log) -> Section:
+    model = scale.small
+    candidates, runners = {}, []
+    for batch in scale.batches:
+        steps = max(scale.growth_images // batch, 1)
+        cfg = workloads.make_config(model, batch, batch * steps)
+        t, f = workloads.Trainer(cfg), workloads.Fit(cfg)
+        runners += [t, f]
+        candidates[f"fit@{batch}"] = rate(f.run_epoch)
+        candidates[f"trainer@{batch}"] = rate(t.run_epoch)
+    log(f"  batch sizes {scale.batches}")
+    with workloads.closing(*runners):
+        by_batch = scale.compare(candidates, log, rounds=1)
+    rows = []
+    for batch in scale.batches:
+        t, f = by_batch.stats[f"trainer@{batch}"], by_batch.stats[f"fit@{batch}"]
+        paired = common.Stats([a / b for a, b in zip(t.values, f.values, strict=True)])
+        rows.append([str(batch), spread(t), spread(f), spread(paired)])
+    batch_table = table(
+        ["global batch", "trainer images/sec", "model.fit images/sec", "trainer / fit"], rows
+    )
+
+    log(f"  steps_per_loop {scale.loops}")
+    loop_runners = {}
+    for spl in scale.loops:
+        cfg = workloads.make_config(
+            model, scale.loop_batch, scale.loop_batch * scale.loop_steps, steps_per_loop=spl
+        )
+        loop_runners[spl] = workloads.Trainer(cfg)
+    with workloads.closing(*loop_runners.values()):
+        by_loop = scale.compare(
+            {f"steps_per_loop={s}": rate(r.run_epoch) for s, r in loop_runners.items()}, log
+        )
+    best = max(by_batch.stats[f"trainer@{b}"].median for b in scale.batches)
+    best_batch = [b for b in scale.batches if by_batch.stats[f"trainer@{b}"].median == best][0]
+    spl_gain = by_loop.ratio(f"steps_per_loop={scale.loops[-1]}").median
+    return Section(
+        title="5. Growth: global batch size and steps_per_loop",
+        command=scale.cmd("growth"),
+        setup=(
+            f"{model}, Adam + SGDR. Batch sweep: {scale.growth_images} images per repetition "
+            f"for every batch size, trainer defaults and model.fit defaults alternating. "
+            f"steps_per_loop sweep: global batch {scale.loop_batch} (small steps show the "
+            f"per-call overhead most), {scale.loop_steps} steps per repetition."
+        ),
+        body=batch_table + "\n\n" + common.comparison_table(by_loop, "images/sec"),
+        meaning=(
+            f"Throughput peaks at global batch {best_batch} on this machine. Running "
+            f"{scale.loops[-1]} steps per compiled call instead of 1 gives {fmt(spl_gain)}x at "
+            f"batch {scale.loop_batch}: steps_per_loop amortizes the per-call Python, "
+            "dispatch and host-device transfer of the results, which weigh most on small, "
+            "fast steps."
+        ),
+    )
+
+
+# 6. Replicas ---------------------------------------------------------------------------------
+
+
+def replicas(scale: Scale, log) -> Section:
+    model, batch = scale.small, scale.batch
+    examples = batch * scale.steps
+    cfg = workloads.make_config(model, batch, examples)
+    one = workloads.Trainer(cfg, tf.distribute.OneDeviceStrategy("/cpu:0"))
+    from trainer.strategy import make_strategy
+
+    two = workloads.Trainer(
+        cfg.replace(model_dir=workloads.tmpdir("two")),
+        make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"]),
+    )
+    with workloads.closing(one, two):
+        cmp = scale.compare({"one": rate(one.run_epoch), "two": rate(two.run_epoch)}, log)
+    labels = {
+        "one": "1 device (OneDeviceStrategy /cpu:0)",
+        "two": "2 replicas (MirroredStrategy over 2 logical CPUs)",
+    }
+    r = cmp.ratio("two").median
+    return Section(
+        title="6. Two replicas vs one device",
+        command=scale.cmd("replicas"),
+        setup=(
+            f"{model}, global batch {batch} on both (2 x {batch // 2} per replica), Adam + "
+            "SGDR. The two logical CPUs share the machine's cores, so the ideal ratio is 1: "
+            "anything below it is the distributed path's cost (per-replica dispatch, the "
+            "gradient all-reduce, the split of each global batch)."
+        ),
+        body=common.comparison_table(cmp, "images/sec", labels),
+        meaning=(
+            f"Two replicas run at {fmt(r)}x the single device on the same cores: "
+            + (
+                f"the distributed path costs {_pct_slower(r):.1f}% here."
+                if r < 1.0
+                else "no measurable cost for the distributed path here."
+            )
+        ),
+    )
+
+
+# 7b. Checkpoint cost -------------------------------------------------------------------------
+
+
+def checkpoint(scale: Scale, log) -> Section:
+    rows, goals = [], []
+    runs = [(scale.small, scale.batch, scale.steps)]
+    if scale.large:
+        runs.append((scale.large, scale.large_batch, scale.large_steps))
+    every = workloads.make_config("resnet8", 8, 8).checkpoint_every_steps
+    worst_share = 0.0
+    for model, batch, steps in runs:
+        cfg = workloads.make_config(model, batch, batch * steps)
+        t = workloads.Trainer(cfg)
+
+        def step_seconds(t=t, steps=steps):
+            start = time.perf_counter()
+            t.run_steps(steps)
+            return (time.perf_counter() - start) / steps
+
+        saves = iter(range(1, 10**6))
+
+        def save_seconds(t=t, counter=saves):
+            start = time.perf_counter()
+            t.checkpoint(next(counter))
+            return time.perf_counter() - start
+
+        log(f"  {model}")
+        with workloads.closing(t):
+            cmp = scale.compare({"step": step_seconds, "save": save_seconds}, log, rounds=1)
+            size = sum(
+                os.path.getsize(os.path.join(d, f))
+                for d, _, files in os.walk(t.exp.checkpointer.directory)
+                for f in files
+            ) / max(len(t.exp.checkpointer.manager.checkpoints), 1)
+        share = common.Stats([r / every * 100 for r in cmp.ratio("save").values])
+        rows.append(
+            [
+                model,
+                spread(cmp.stats["step"]),
+                spread(cmp.stats["save"]),
+                f"{size / 2**20:.1f}",
+                spread(share),
+            ]
+        )
+        goals.append((f"{model} checkpointing < 1% ({fmt(share.median)}%)", share.median < 1.0))
+        worst_share = max(worst_share, share.median)
+    return Section(
+        title="7b. Cost of checkpointing",
+        command=scale.cmd("checkpoint"),
+        setup=(
+            f"One checkpoint save (model, optimizer slots, counters; the rolling manager keeps "
+            f"3) against {every} training steps, the default `--checkpoint_every_steps`; "
+            "saves and training alternate in one process. Global batch as in table 1."
+        ),
+        body=table(
+            [
+                "model",
+                "seconds per step",
+                "seconds per save",
+                "MiB per checkpoint",
+                f"save / {every} steps, %",
+            ],
+            rows,
+        ),
+        meaning=(
+            f"At the default interval a save costs at most {fmt(worst_share)}% of the training "
+            "between two saves (median), so checkpointing is not a reason to save rarely."
+        ),
+        goals=goals,
+    )
+
+
+RUNNERS = {
+    "vs_fit": vs_fit,
+    "segments": segments,
+    "input": input_pipeline,
+    "memory_startup": memory_startup,
+    "growth": growth,
+    "replicas": replicas,
+    "checkpoint": checkpoint,
+}

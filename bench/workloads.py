@@ -1,0 +1,206 @@
+"""The two things benchmarks compare: the lrtech trainer and Keras `model.fit`, on equal terms.
+
+Both sides get the same model (`models.build`, same seed), the same in-memory data (the
+synthetic split: `trainer.data.as_numpy` hands fit exactly the pixels the trainer's pipeline
+gathers), the same global batch, optimizer and SGDR schedule, and both count accuracy.
+
+* `Trainer`: an `Experiment` built from a `Config` as run_train.py would, then its compiled
+  loop (`TrainLoop.run`) driven in chunks of `steps_per_loop` over its own input pipeline
+  (endless, shuffled per epoch, distributed with the strategy), exactly as `Experiment.train`
+  drives it between boundaries.
+* `Fit`: `model.compile(optimizer, loss, metrics=["accuracy"])` then `model.fit(x, y,
+  batch_size, epochs=1, shuffle=True)` per repetition, the way users train on arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import models
+from schedules import SGDR
+from trainer import data, optimizers
+from trainer import strategy as strategy_lib
+from trainer.config import Config
+from trainer.experiment import Experiment
+
+NUM_CLASSES = 10
+LR = 1e-3
+CYCLE_STEPS = 1000  # SGDR first cycle, identical on both sides
+
+
+def tmpdir(prefix: str) -> str:
+    return tempfile.mkdtemp(prefix=f"lrtech_bench_{prefix}_")
+
+
+def make_config(model: str, batch: int, examples: int, **overrides) -> Config:
+    """A run configuration on the synthetic in-memory set, no augmentation by default."""
+    fields = dict(
+        model_dir=tmpdir(model),
+        dataset=f"synthetic:{NUM_CLASSES}",
+        synthetic_train_size=examples,
+        synthetic_test_size=max(batch, 256),
+        augment=False,
+        model=model,
+        num_classes=NUM_CLASSES,
+        global_batch_size=batch,
+        train_steps=10**6,
+        optimizer="adam",
+        max_lr=LR,
+        first_cycle_steps=CYCLE_STEPS,
+        progress=False,
+    )
+    fields.update(overrides)
+    return Config(**fields)
+
+
+def even_splits(model: keras.Model, segments: int) -> tuple[str, ...]:
+    """`segments - 1` split indices spreading the weighted layers evenly."""
+    from trainer import segments as segments_lib
+
+    rows = [r for r in segments_lib.layer_rows(model, ()) if r.trainable_params]
+    if segments > len(rows):
+        raise ValueError(f"{segments} segments need at least as many weighted layers")
+    cut = [rows[round(i * len(rows) / segments)].index for i in range(1, segments)]
+    return tuple(str(i) for i in cut)
+
+
+class Trainer:
+    """The trainer's compiled loop on its own pipeline; `run_epoch()` -> images trained.
+
+    Args:
+        config: A `Config` (see `make_config`).
+        strategy: A tf.distribute strategy; default `make_strategy(config.strategy)`.
+    """
+
+    def __init__(self, config: Config, strategy=None):
+        self.config = config
+        self.strategy = strategy or strategy_lib.make_strategy(config.strategy)
+        self.exp = Experiment(config, self.strategy).build()
+        self.info = self.exp.info
+        self.steps_per_epoch = data.steps_per_epoch(self.info, config.global_batch_size)
+        dataset = data.train_dataset(config, self.info, config.global_batch_size)
+        self.iterator = iter(strategy_lib.distribute_dataset(self.strategy, dataset))
+        self.variables = list(self.exp.model.trainable_variables)
+
+    def run_steps(self, steps: int) -> int:
+        """Trains `steps` steps in loops of at most `steps_per_loop`; returns images seen."""
+        done = 0
+        while done < steps:
+            n = min(self.config.steps_per_loop, steps - done)
+            out = self.exp.train_loop.run(self.iterator, n, self.variables, key="all")
+            if not np.all(np.isfinite(out["loss"])):
+                raise FloatingPointError(f"non-finite loss in benchmark run: {out['loss']}")
+            done += n
+        return done * self.config.global_batch_size
+
+    def run_epoch(self) -> int:
+        return self.run_steps(self.steps_per_epoch)
+
+    def checkpoint(self, step: int) -> None:
+        self.exp.checkpointer.save(step, self.exp.model)
+
+    def close(self) -> None:
+        shutil.rmtree(self.config.model_dir, ignore_errors=True)
+
+
+class Fit:
+    """Keras `model.fit` on the same model, arrays, batch, optimizer and schedule.
+
+    Args:
+        config: The same `Config` the `Trainer` side uses (model, batch, data, optimizer).
+        steps_per_execution: Keras' batches per compiled call (1 is its default).
+        jit_compile: Keras' XLA switch ("auto" is its default: off on CPU-only machines).
+    """
+
+    def __init__(self, config: Config, *, steps_per_execution=1, jit_compile="auto"):
+        self.config = config
+        info = data.info_from_config(config)
+        self.x, self.y = data.as_numpy(config, info, "train")
+        self.steps_per_epoch = data.steps_per_epoch(info, config.global_batch_size)
+        n = self.steps_per_epoch * config.global_batch_size
+        self.x, self.y = self.x[:n], self.y[:n]
+        keras.utils.set_random_seed(config.seed)
+        self.model = models.build(
+            config.model, NUM_CLASSES, image_size=config.image_size, weights="none"
+        )
+        schedule = SGDR(LR, CYCLE_STEPS, min_lr=config.min_lr, cycle_mult=config.cycle_mult)
+        optimizer = optimizers.make(config.optimizer, schedule, momentum=config.momentum)
+        self.model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+        )
+
+    def run_epoch(self) -> int:
+        history = self.model.fit(
+            self.x,
+            self.y,
+            batch_size=self.config.global_batch_size,
+            epochs=1,
+            shuffle=True,
+            verbose=0,
+        )
+        if not np.isfinite(history.history["loss"][-1]):
+            raise FloatingPointError("non-finite loss in benchmark run")
+        return len(self.x)
+
+    def run_steps(self, steps: int) -> int:
+        """Trains `steps` steps (fit's epoch over the first steps * batch examples)."""
+        n = steps * self.config.global_batch_size
+        if n > len(self.x):
+            raise ValueError(f"{steps} steps need {n} examples, have {len(self.x)}")
+        self.model.fit(
+            self.x[:n],
+            self.y[:n],
+            batch_size=self.config.global_batch_size,
+            epochs=1,
+            shuffle=True,
+            verbose=0,
+        )
+        return n
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def closing(*things):
+    try:
+        yield things
+    finally:
+        for t in things:
+            t.close()
+
+
+def pipeline_rate(config: Config, batches: int) -> int:
+    """Pulls `batches` batches of the trainer's training pipeline; returns images produced."""
+    info = data.info_from_config(config)
+    dataset = data.train_dataset(config, info, config.global_batch_size).take(batches)
+    n = 0
+    for images, _ in dataset:
+        n += int(images.shape[0])
+    return n
+
+
+def write_image_folder(root: str, examples: int, size: int, num_classes: int, seed: int = 0):
+    """root/{train,test}/<class>/<i>.jpg: JPEG-encoded random images, for decode benchmarks."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", examples), ("test", max(examples // 8, num_classes))):
+        for i in range(n):
+            label = i % num_classes
+            folder = os.path.join(root, split, f"class_{label:02d}")
+            os.makedirs(folder, exist_ok=True)
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            jpeg = tf.io.encode_jpeg(pixels, quality=90).numpy()
+            with open(os.path.join(folder, f"{i:06d}.jpg"), "wb") as f:
+                f.write(jpeg)
+    return root
