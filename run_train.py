@@ -42,6 +42,9 @@ def main(argv):
         _user_error(f"unexpected positional arguments: {' '.join(argv[1:])}")
     config = flags_lib.to_config(FLAGS)
     # Heavy imports only after the flags are known to be good.
+    import trainer
+
+    trainer.import_tensorflow()
     from trainer import experiment as experiment_lib
     from trainer import strategy as strategy_lib
 

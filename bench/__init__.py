@@ -1,0 +1,13 @@
+"""Benchmarks of the trainer against Keras model.fit; see bench/run_all.py and BUILD.md."""
+
+# The benchmarks of bench/suites.py, in BENCHMARKS.md order (names for run_all.py --only).
+NAMES = (
+    "vs_fit",
+    "segments",
+    "input",
+    "memory_startup",
+    "growth",
+    "replicas",
+    "checkpoint",
+    "runtime",
+)

@@ -216,5 +216,16 @@ def machine() -> dict[str, str]:
         "Python": platform.python_version(),
         "TensorFlow": tf.__version__,
         "Keras": keras.__version__,
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
+        "oneDNN in use": _onednn(),
         "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "(unset)"),
     }
+
+
+def _onednn() -> str:
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return str(bool(_pywrap_util_port.IsMklEnabled()))
+    except (ImportError, AttributeError):
+        return "unknown"

@@ -21,33 +21,39 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import trainer  # noqa: E402,F401  (runtime defaults before TensorFlow creates devices)
+import trainer  # noqa: E402  (its TensorFlow runtime defaults precede the TF import)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-# Two logical CPU devices, for the replicas benchmark; before TensorFlow initializes.
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
+from bench import NAMES  # noqa: E402
 
-from bench import common, suites  # noqa: E402
+# TensorFlow is imported in main(), after the flags are checked: a bad flag is one line.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Small models and fewer steps: every table in minutes.")
 flags.DEFINE_list(
-    "only", [], f"Run only these benchmarks (default: all): {', '.join(suites.NAMES)}."
+    "only", [], f"Run only these benchmarks (default: all): {', '.join(NAMES)}."
 )
 flags.DEFINE_string("out", os.path.join(ROOT, "BENCHMARKS.md"), "Markdown file to write.")
 flags.DEFINE_integer("reps", 5, "Timed repetitions per comparison (after warm-up).", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed warm-up repetitions.", lower_bound=0)
 flags.register_validator(
     "only",
-    lambda names: all(n in suites.NAMES for n in names),
-    f"--only takes names from: {', '.join(suites.NAMES)}",
+    lambda names: all(n in NAMES for n in names),
+    f"--only takes names from: {', '.join(NAMES)}",
 )
+
+
+def parse_flags(argv):
+    """absl parsing; a bad flag is one line on stderr and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        msg = str(e).replace("\n", " ")
+        sys.stderr.write(f"run_all.py: error: {msg}\n")
+        sys.exit(2)
 
 
 def _log(line: str) -> None:
@@ -56,6 +62,8 @@ def _log(line: str) -> None:
 
 
 def render(sections, scale, seconds, argv) -> str:
+    from bench import common
+
     info = common.machine()
     lines = [
         "# Benchmarks",
@@ -77,10 +85,21 @@ def render(sections, scale, seconds, argv) -> str:
 
 
 def main(argv):
-    extra = [a for a in sys.argv[1:]]
+    if len(argv) > 1:
+        sys.stderr.write(f"run_all.py: error: unexpected arguments: {' '.join(argv[1:])}\n")
+        return 2
+    extra = sys.argv[1:]
+    tf = trainer.import_tensorflow()
+
+    # Two logical CPU devices for the replicas benchmark, before TensorFlow initializes.
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    from bench import suites
+
     scale = suites.Scale.quick() if FLAGS.quick else suites.Scale.full()
     scale.reps, scale.warmup = FLAGS.reps, FLAGS.warmup
-    names = FLAGS.only or list(suites.NAMES)
+    names = FLAGS.only or list(NAMES)
     started = time.time()
     sections = []
     for name in names:
@@ -96,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

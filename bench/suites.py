@@ -1,7 +1,7 @@
 """The benchmarks behind BENCHMARKS.md; each returns a `common.Section`.
 
 Names (for `run_all.py --only`): vs_fit, segments, input, memory_startup, growth, replicas,
-checkpoint.
+checkpoint, runtime.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import tensorflow as tf
 from bench import common, workloads
 from bench.common import Section, alternate, fmt, rate, spread, table
 
-NAMES = ("vs_fit", "segments", "input", "memory_startup", "growth", "replicas", "checkpoint")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,6 +35,7 @@ class Scale:
     large_steps: int
     batches: tuple[int, ...]  # growth: global batch sizes
     growth_images: int  # images per repetition of the batch sweep
+    loop_model: str  # growth: model of the steps_per_loop sweep (small steps show overhead)
     loop_batch: int  # growth: batch of the steps_per_loop sweep
     loop_steps: int  # steps per repetition of the steps_per_loop sweep (>= 100 for 100)
     loops: tuple[int, ...]
@@ -60,12 +60,13 @@ class Scale:
             large_batch=64,
             large_steps=4,
             batches=(32, 64, 128, 256, 512),
-            growth_images=2048,
+            growth_images=1024,
+            loop_model="resnet8",
             loop_batch=32,
             loop_steps=100,
             loops=(1, 10, 100),
-            child_steps=20,
-            rounds=3,
+            child_steps=10,
+            rounds=2,
         )
 
     @classmethod
@@ -80,6 +81,7 @@ class Scale:
             large_steps=2,
             batches=(32, 128, 512),
             growth_images=512,
+            loop_model="resnet8",
             loop_batch=16,
             loop_steps=20,
             loops=(1, 10, 20),
@@ -308,7 +310,7 @@ def input_pipeline(scale: Scale, log) -> Section:
 # 4 + 7a. Peak memory and start-up, child processes -----------------------------------------
 
 
-def _child(side, model, batch, steps):
+def _child(side, model, batch, steps, env=None):
     cmd = [
         sys.executable,
         os.path.join(ROOT, "bench", "child.py"),
@@ -318,7 +320,13 @@ def _child(side, model, batch, steps):
         str(steps),
     ]
     launched = time.time()
-    proc = subprocess.run(cmd + [repr(launched)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        cmd + [repr(launched)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bench child {cmd} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -416,7 +424,10 @@ def growth(scale: Scale, log) -> Section:
     loop_runners = {}
     for spl in scale.loops:
         cfg = workloads.make_config(
-            model, scale.loop_batch, scale.loop_batch * scale.loop_steps, steps_per_loop=spl
+            scale.loop_model,
+            scale.loop_batch,
+            scale.loop_batch * scale.loop_steps,
+            steps_per_loop=spl,
         )
         loop_runners[spl] = workloads.Trainer(cfg)
     with workloads.closing(*loop_runners.values()):
@@ -430,14 +441,16 @@ def growth(scale: Scale, log) -> Section:
         title="5. Growth: global batch size and steps_per_loop",
         command=scale.cmd("growth"),
         setup=(
-            f"{model}, Adam + SGDR. Batch sweep: {scale.growth_images} images per repetition "
+            f"Adam + SGDR. Batch sweep: {model}, {scale.growth_images} images per run "
             f"for every batch size, trainer defaults and model.fit defaults alternating. "
-            f"steps_per_loop sweep: global batch {scale.loop_batch} (small steps show the "
-            f"per-call overhead most), {scale.loop_steps} steps per repetition."
+            f"steps_per_loop sweep: {scale.loop_model} at global batch {scale.loop_batch} "
+            f"(small, fast steps show the per-call overhead most), {scale.loop_steps} steps "
+            f"per run, {scale.rounds} runs per repetition."
         ),
         body=batch_table + "\n\n" + common.comparison_table(by_loop, "images/sec"),
         meaning=(
-            f"Throughput peaks at global batch {best_batch} on this machine. Running "
+            f"The trainer's throughput peaks at global batch {best_batch} on this machine. "
+            "Running "
             f"{scale.loops[-1]} steps per compiled call instead of 1 gives {fmt(spl_gain)}x at "
             f"batch {scale.loop_batch}: steps_per_loop amortizes the per-call Python, "
             "dispatch and host-device transfer of the results, which weigh most on small, "
@@ -560,6 +573,70 @@ def checkpoint(scale: Scale, log) -> Section:
     )
 
 
+# 8. TensorFlow runtime defaults -------------------------------------------------------------
+
+TF_OWN = {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPU_ALLOCATOR_USE_BFC": "false"}
+LRTECH = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPU_ALLOCATOR_USE_BFC": "true"}
+
+
+def _cpu_has_onednn_default() -> bool:
+    """Whether TensorFlow turns oneDNN on by itself here (AVX-512 VNNI/BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags_line = next(line for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return any(f in flags_line.split() for f in ("avx512_vnni", "avx512_bf16", "amx_tile"))
+
+
+def runtime(scale: Scale, log) -> Section:
+    model, batch, steps = scale.small, scale.batch, scale.child_steps
+    images = (steps - 1) * batch
+
+    def child(side, env):
+        def run():
+            return images, _child(side, model, batch, steps, env)["train_sec"]
+
+        return run
+
+    cmp = scale.compare(
+        {
+            "fit_tf": child("fit", TF_OWN),
+            "fit_lrtech": child("fit", LRTECH),
+            "trainer_tf": child("trainer", TF_OWN),
+            "trainer_lrtech": child("trainer", LRTECH),
+        },
+        log,
+        rounds=1,
+    )
+    labels = {
+        "fit_tf": "model.fit, oneDNN off, default allocator",
+        "fit_lrtech": "model.fit, oneDNN on, BFC allocator",
+        "trainer_tf": "trainer, oneDNN off, default allocator",
+        "trainer_lrtech": "trainer, oneDNN on, BFC allocator (its default)",
+    }
+    gain = cmp.ratio("trainer_lrtech").median / cmp.ratio("trainer_tf").median
+    own = "on" if _cpu_has_onednn_default() else "off"
+    return Section(
+        title="8. TensorFlow runtime defaults set by `import trainer`",
+        command=scale.cmd("runtime"),
+        setup=(
+            f"{model}, global batch {batch}: one child process per run (the variables are read "
+            f"once per process), {steps - 1} steps timed after the first. TensorFlow's own "
+            f"default on this CPU is oneDNN {own} (it switches oneDNN on by itself only with "
+            "AVX-512 VNNI/BF16 or AMX) and the per-tensor allocator; `import trainer` sets "
+            "TF_ENABLE_ONEDNN_OPTS=1 and TF_CPU_ALLOCATOR_USE_BFC=true unless they are set."
+        ),
+        body=common.comparison_table(cmp, "images/sec", labels),
+        meaning=(
+            f"The two settings make the trainer {fmt(gain)}x and model.fit "
+            f"{fmt(cmp.ratio('fit_lrtech').median)}x as fast as under TensorFlow's defaults on "
+            "this machine. Tables 1-7 run both sides with them, in one process, so their "
+            "ratios compare the training loops alone."
+        ),
+    )
+
+
 RUNNERS = {
     "vs_fit": vs_fit,
     "segments": segments,
@@ -568,4 +645,5 @@ RUNNERS = {
     "growth": growth,
     "replicas": replicas,
     "checkpoint": checkpoint,
+    "runtime": runtime,
 }
