@@ -1,6 +1,6 @@
 """Benchmarks: the trainer side by side with Keras model.fit, written to BENCHMARKS.md.
 
-    python3 bench/run_all.py            # every table (about 40 minutes on 2 CPU cores)
+    python3 bench/run_all.py            # every table (about 1 hour on 2 CPU cores)
     python3 bench/run_all.py --quick    # every table at a small scale (a few minutes)
     python3 bench/run_all.py --only=vs_fit,segments --out=/tmp/b.md
 
@@ -33,9 +33,7 @@ from bench import NAMES  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Small models and fewer steps: every table in minutes.")
-flags.DEFINE_list(
-    "only", [], f"Run only these benchmarks (default: all): {', '.join(NAMES)}."
-)
+flags.DEFINE_list("only", [], f"Run only these benchmarks (default: all): {', '.join(NAMES)}.")
 flags.DEFINE_string("out", os.path.join(ROOT, "BENCHMARKS.md"), "Markdown file to write.")
 flags.DEFINE_integer("reps", 5, "Timed repetitions per comparison (after warm-up).", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed warm-up repetitions.", lower_bound=0)
