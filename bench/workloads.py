@@ -141,24 +141,14 @@ class Fit:
         )
 
     def run_epoch(self) -> int:
-        history = self.model.fit(
-            self.x,
-            self.y,
-            batch_size=self.config.global_batch_size,
-            epochs=1,
-            shuffle=True,
-            verbose=0,
-        )
-        if not np.isfinite(history.history["loss"][-1]):
-            raise FloatingPointError("non-finite loss in benchmark run")
-        return len(self.x)
+        return self.run_steps(self.steps_per_epoch)
 
     def run_steps(self, steps: int) -> int:
         """Trains `steps` steps (fit's epoch over the first steps * batch examples)."""
         n = steps * self.config.global_batch_size
         if n > len(self.x):
             raise ValueError(f"{steps} steps need {n} examples, have {len(self.x)}")
-        self.model.fit(
+        history = self.model.fit(
             self.x[:n],
             self.y[:n],
             batch_size=self.config.global_batch_size,
@@ -166,6 +156,8 @@ class Fit:
             shuffle=True,
             verbose=0,
         )
+        if not np.isfinite(history.history["loss"][-1]):
+            raise FloatingPointError("non-finite loss in benchmark run")
         return n
 
     def close(self) -> None:
