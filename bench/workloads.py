@@ -88,6 +88,28 @@ class Trainer:
         dataset = data.train_dataset(config, self.info, config.global_batch_size)
         self.iterator = iter(strategy_lib.distribute_dataset(self.strategy, dataset))
         self.variables = list(self.exp.model.trainable_variables)
+        self._updates = None
+
+    def run_updates(self, steps: int) -> int:
+        """Applies the optimizer `steps` times to fixed gradients (no forward or backward).
+
+        Each update runs in replica context under the strategy, as in the training step, so
+        this isolates exactly the part of a step that differential learning rates change.
+        Returns `steps`.
+        """
+        if self._updates is None:
+            strategy, optimizer, variables = self.strategy, self.exp.optimizer, self.variables
+            grads = [tf.fill(v.shape, tf.constant(1e-3, v.dtype)) for v in variables]
+
+            @tf.function
+            def updates(n):
+                for _ in tf.range(n):
+                    strategy.run(lambda: optimizer.apply(grads, variables))
+                return optimizer.iterations.value
+
+            self._updates = updates
+        self._updates(tf.constant(steps, tf.int32)).numpy()
+        return steps
 
     def run_steps(self, steps: int) -> int:
         """Trains `steps` steps in loops of at most `steps_per_loop`; returns images seen."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from models.layers import MIN_FUSED_EPSILON, BatchNormalization
+
 DEPTHS = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet56": 56}
 STAGE_FILTERS = (16, 32, 64)
 
@@ -30,7 +32,8 @@ def _conv(filters, kernel, strides, name):
 
 def _bn(name):
     # Keras' default momentum (0.99) lags on short CPU runs; 0.9 tracks the weights closely.
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    # The smallest epsilon the fused kernel takes (He et al. used 1e-5).
+    return BatchNormalization(momentum=0.9, epsilon=MIN_FUSED_EPSILON, name=name)
 
 
 def _basic_block(x, filters, strides, prefix):

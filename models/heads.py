@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from models.layers import BatchNormalization
+
 HEADS = ("default", "article", "linear")
 HEAD_PREFIX = "head_"
 ARTICLE_DROPOUT = 0.5
@@ -43,7 +45,7 @@ def add_head(
         x = layers.Dense(256, activation="relu", name="head_dense1")(x)
         x = layers.Dropout(rate, name="head_dropout1")(x)
         x = layers.Dense(128, activation="relu", name="head_dense2")(x)
-        x = layers.BatchNormalization(name="head_bn")(x)
+        x = BatchNormalization(name="head_bn")(x)
         x = layers.Dropout(rate, name="head_dropout2")(x)
     # Logits stay float32 under a mixed-precision policy: the loss is computed on them.
     return layers.Dense(num_classes, dtype="float32", name="head_logits")(x)

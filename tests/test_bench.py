@@ -105,6 +105,37 @@ def test_trainer_and_fit_workloads_train_the_same_examples(tmp_path):
     assert not os.path.exists(config.model_dir)
 
 
+def test_run_updates_applies_each_segments_rate_to_fixed_gradients(tmp_path):
+    # SGD without momentum: each update moves a variable by exactly lr * mult * 1e-3.
+    import models
+
+    model = models.build("resnet8", 10)
+    split = workloads.even_splits(model, 3)
+    config = workloads.make_config(
+        "resnet8",
+        8,
+        32,
+        model_dir=str(tmp_path / "u"),
+        optimizer="sgd",
+        max_lr=10.0,  # updates far above float32 round-off of the weights
+        split_at=split,
+        lr_spread=100.0,
+    )
+    trainer = workloads.Trainer(config)
+    with workloads.closing(trainer):
+        before = {v.path: v.numpy() for v in trainer.variables}
+        assert trainer.run_updates(4) == 4
+        assert trainer.exp.optimizer.iterations.numpy() == 4
+        lrs = [float(trainer.exp.schedule(i)) for i in range(4)]
+        moved = {}
+        for v in trainer.variables:
+            mult = trainer.exp.optimizer._lr_mult(v)
+            step = (before[v.path] - v.numpy()) / (1e-3 * sum(lrs))
+            np.testing.assert_allclose(step, mult, rtol=1e-3)
+            moved[mult] = True
+        assert len(moved) == 3  # three segments, three different rates
+
+
 def test_child_reports_start_up_and_peak_memory():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(

@@ -1,0 +1,87 @@
+"""BatchNormalization on TensorFlow's fused kernel: Keras' layer, same math, fewer ops.
+
+Keras 3 normalizes with separate ops (moments, then subtract, scale, shift; and their
+gradients), each a pass over the activations. TensorFlow's `FusedBatchNormV3` does the forward
+pass in one kernel and the backward pass in another (oneDNN's on CPU, cuDNN's on GPU). On a
+resnet20 training step this is about 1.4x faster on CPU (bench/, "batch normalization").
+
+`BatchNormalization` is a drop-in subclass of `keras.layers.BatchNormalization`: same
+arguments, variables, moving-average rule (`moving = moving * momentum + batch * (1 -
+momentum)`, with the *biased* batch variance, as Keras does) and weight-file keys (the class
+name is the same). It takes the fused kernel when it can and Keras' own code otherwise:
+
+* fused: TensorFlow backend, 4-D input normalized over the last axis, no mask, no renorm, not
+  synchronized, and ``epsilon >= 1.001e-5`` (cuDNN's floor, the value keras.applications'
+  ResNets use);
+* otherwise (for example the 2-D ``head_bn``): `keras.layers.BatchNormalization.call`.
+
+Registered as ``lrtech>BatchNormalization`` so saved ``.keras`` models load once `models` is
+imported.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+# cuDNN rejects smaller values; TensorFlow's Python wrapper raises them to this silently.
+MIN_FUSED_EPSILON = 1.001e-5
+
+
+@keras.saving.register_keras_serializable(package="lrtech")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that runs `FusedBatchNormV3` when it can."""
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and self.epsilon >= MIN_FUSED_EPSILON
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and inputs.dtype in (tf.float16, tf.bfloat16, tf.float32)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = self.gamma if self.scale else tf.ones([channels], tf.float32)
+        offset = self.beta if self.center else tf.zeros([channels], tf.float32)
+        scale = tf.cast(scale, tf.float32)
+        offset = tf.cast(offset, tf.float32)
+        if training and self.trainable:
+            outputs, mean, unbiased, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs,
+                scale=scale,
+                offset=offset,
+                mean=tf.zeros([0], tf.float32),
+                variance=tf.zeros([0], tf.float32),
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=True,
+            )
+            # The kernel hands back the Bessel-corrected variance; Keras averages the biased
+            # one (the variance it normalized with).
+            n = tf.cast(tf.size(inputs) // channels, tf.float32)
+            variance = unbiased * ((n - 1.0) / tf.maximum(n, 1.0))
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1 - self.momentum)
+            )
+        else:
+            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs,
+                scale=scale,
+                offset=offset,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=False,
+            )
+        return tf.cast(outputs, self.compute_dtype)
