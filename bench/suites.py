@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -113,10 +114,11 @@ def _vs_fit_model(model, batch, steps, scale, log):
     with workloads.closing(trainer, trainer_jit, fit, fit_tuned):
         cmp = scale.compare(
             {
-                "fit": rate(fit.run_epoch),
-                "fit_tuned": rate(fit_tuned.run_epoch),
-                "trainer": rate(trainer.run_epoch),
-                "trainer_jit": rate(trainer_jit.run_epoch),
+                "fit": fit.timed_epoch,
+                "fit_tuned": fit_tuned.timed_epoch,
+                "trainer": trainer.timed_epoch,
+                "trainer_jit": trainer_jit.timed_epoch,
+                "floor": rate(lambda: trainer.run_floor(steps)),
             },
             log,
         )
@@ -125,8 +127,9 @@ def _vs_fit_model(model, batch, steps, scale, log):
         "fit_tuned": f"model.fit, steps_per_execution={steps}, jit_compile=True",
         "trainer": "trainer, defaults (steps_per_loop=50)",
         "trainer_jit": "trainer, --jit_compile",
+        "floor": "compute floor: one fixed batch, forward + backward + update only",
     }
-    return cmp, labels
+    return cmp, labels, statistics.median(fit.call_overheads)
 
 
 def vs_fit(scale: Scale, log) -> Section:
@@ -136,7 +139,8 @@ def vs_fit(scale: Scale, log) -> Section:
         runs.append((scale.large, scale.large_batch, scale.large_steps))
     for model, batch, steps in runs:
         log(f"  {model}, global batch {batch}, {steps} steps per repetition")
-        cmp, labels = _vs_fit_model(model, batch, steps, scale, log)
+        cmp, labels, overhead = _vs_fit_model(model, batch, steps, scale, log)
+        epoch_sec = batch * steps / cmp.stats["fit"].median
         bodies.append(
             f"**{model}**, 32x32, global batch {batch}, Adam + SGDR, one epoch of {steps} "
             f"steps per run, {scale.rounds} runs per repetition\n\n"
@@ -146,11 +150,18 @@ def vs_fit(scale: Scale, log) -> Section:
         best = max(cmp.ratio("trainer").median, cmp.ratio("trainer_jit").median)
         goals.append((f"{model} trainer defaults >= 1.0x fit ({fmt(default)}x)", default >= 1.0))
         goals.append((f"{model} best trainer settings >= 1.2x fit ({fmt(best)}x)", best >= 1.2))
-        vs_tuned = cmp.stats["trainer"].median / cmp.stats["fit_tuned"].median
+        fit_best = max(cmp.stats["fit"].median, cmp.stats["fit_tuned"].median)
+        vs_best = cmp.stats["trainer"].median / fit_best
+        floor = cmp.ratio("floor").median
         notes.append(
             f"{model}: the trainer with defaults runs at {fmt(default)}x model.fit's speed "
-            f"with fit's defaults and {fmt(vs_tuned)}x fit with its own best settings; "
-            f"--jit_compile gives {fmt(cmp.ratio('trainer_jit').median)}x."
+            f"with fit's defaults and {fmt(vs_best)}x fit at its best (defaults or "
+            "steps_per_execution + XLA); "
+            f"--jit_compile gives {fmt(cmp.ratio('trainer_jit').median)}x. The compute floor "
+            f"is {fmt(floor)}x fit: no loop can be faster than that on this model and machine"
+            + (", so the 1.2x goal is out of reach here." if floor < 1.2 else ".")
+            + f" Each fit() call spent {fmt(overhead)} s outside its {fmt(epoch_sec)} s epoch"
+            " (not counted)."
         )
     return Section(
         title="1. Training speed: trainer vs Keras model.fit",
@@ -160,8 +171,12 @@ def vs_fit(scale: Scale, log) -> Section:
             "trainer's pipeline gathers), same global batch, Adam with the same SGDR schedule, "
             "accuracy counted on both sides, each side's default placement on the CPU "
             "(trainer: `--strategy=auto`, i.e. OneDeviceStrategy; fit: no strategy). A run is "
-            "one epoch: one `fit()` call, or the trainer's compiled loop over the same number "
-            "of steps from its live iterator."
+            "one epoch: one `fit()` call timed from its epoch's begin to its end by a callback "
+            "(the rest of the `fit()` call, paid once per call in real use, is left out), or "
+            "the trainer's compiled loop over the same number of steps from its live "
+            "iterator, timed by the wall clock. The compute floor is the same model and "
+            "optimizer stepping on one fixed batch held in memory, with no input pipeline and "
+            "no metrics: an upper bound for any training loop."
         ),
         body="\n\n".join(bodies),
         meaning=" ".join(notes),
@@ -444,8 +459,8 @@ def growth(scale: Scale, log) -> Section:
         cfg = workloads.make_config(model, batch, batch * steps)
         t, f = workloads.Trainer(cfg), workloads.Fit(cfg)
         runners += [t, f]
-        candidates[f"fit@{batch}"] = rate(f.run_epoch)
-        candidates[f"trainer@{batch}"] = rate(t.run_epoch)
+        candidates[f"fit@{batch}"] = f.timed_epoch
+        candidates[f"trainer@{batch}"] = t.timed_epoch
     log(f"  batch sizes {scale.batches}")
     with workloads.closing(*runners):
         by_batch = scale.compare(candidates, log, rounds=1)

@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -89,6 +90,43 @@ class Trainer:
         self.iterator = iter(strategy_lib.distribute_dataset(self.strategy, dataset))
         self.variables = list(self.exp.model.trainable_variables)
         self._updates = None
+        self._floor = None
+
+    def run_floor(self, steps: int) -> int:
+        """The compute floor: `steps` steps on one fixed batch, nothing else; returns images.
+
+        Forward, backward and the same optimizer update, in one compiled loop under the
+        strategy, on the first batch of the training arrays held as a constant: no input
+        pipeline, no accuracy, no per-step outputs. No training loop can beat this rate on
+        the same model, batch and device.
+        """
+        if self._floor is None:
+            batch = self.config.global_batch_size
+            x, y = data.as_numpy(self.config, self.info, "train")
+            images, labels = tf.constant(x[:batch]), tf.constant(y[:batch])
+            model, optimizer, variables = self.exp.model, self.exp.optimizer, self.variables
+
+            def step():
+                with tf.GradientTape() as tape:
+                    logits = model(images, training=True)
+                    loss = tf.reduce_mean(
+                        keras.losses.sparse_categorical_crossentropy(
+                            labels, logits, from_logits=True
+                        )
+                    )
+                optimizer.apply(tape.gradient(loss, variables), variables)
+                return loss
+
+            @tf.function
+            def floor(n):
+                loss = tf.constant(0.0)
+                for _ in tf.range(n):
+                    loss = self.strategy.run(step)
+                return loss
+
+            self._floor = floor
+        self._floor(tf.constant(steps, tf.int32)).numpy()
+        return steps * self.config.global_batch_size
 
     def run_updates(self, steps: int) -> int:
         """Applies the optimizer `steps` times to fixed gradients (no forward or backward).
@@ -125,11 +163,29 @@ class Trainer:
     def run_epoch(self) -> int:
         return self.run_steps(self.steps_per_epoch)
 
+    def timed_epoch(self) -> tuple[int, float]:
+        """One epoch: (images, wall seconds around the loop calls that trained them)."""
+        start = time.perf_counter()
+        images = self.run_epoch()
+        return images, time.perf_counter() - start
+
     def checkpoint(self, step: int) -> None:
         self.exp.checkpointer.save(step, self.exp.model)
 
     def close(self) -> None:
         shutil.rmtree(self.config.model_dir, ignore_errors=True)
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Seconds of fit's last epoch, from `on_epoch_begin` to `on_epoch_end`."""
+
+    seconds = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self._start
 
 
 class Fit:
@@ -154,6 +210,8 @@ class Fit:
         )
         schedule = SGDR(LR, CYCLE_STEPS, min_lr=config.min_lr, cycle_mult=config.cycle_mult)
         optimizer = optimizers.make(config.optimizer, schedule, momentum=config.momentum)
+        self._clock = _EpochClock()
+        self.call_overheads = []  # per timed_epoch: the fit() call's seconds outside its epoch
         self.model.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -164,6 +222,18 @@ class Fit:
 
     def run_epoch(self) -> int:
         return self.run_steps(self.steps_per_epoch)
+
+    def timed_epoch(self) -> tuple[int, float]:
+        """One epoch: (images, seconds from fit's epoch begin to its epoch end).
+
+        The epoch's own work (iterator, steps, metrics, callbacks) is timed; the rest of the
+        `fit()` call (data adapter, callbacks set-up and tear-down) is not, since users pay
+        it once per `fit()`, not once per epoch. It is kept in `call_overheads`.
+        """
+        start = time.perf_counter()
+        images = self.run_epoch()
+        self.call_overheads.append(time.perf_counter() - start - self._clock.seconds)
+        return images, self._clock.seconds
 
     def run_steps(self, steps: int) -> int:
         """Trains `steps` steps (fit's epoch over the first steps * batch examples)."""
@@ -177,6 +247,7 @@ class Fit:
             epochs=1,
             shuffle=True,
             verbose=0,
+            callbacks=[self._clock],
         )
         if not np.isfinite(history.history["loss"][-1]):
             raise FloatingPointError("non-finite loss in benchmark run")

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -102,6 +103,17 @@ def test_trainer_and_fit_workloads_train_the_same_examples(tmp_path):
         assert trainer.exp.optimizer.iterations.numpy() == 3 + 4
         trainer.checkpoint(7)
         assert trainer.exp.checkpointer.latest().endswith("ckpt-7")
+        # Timed epochs: fit's epoch time excludes the rest of its fit() call.
+        start = time.perf_counter()
+        images, seconds = fit.timed_epoch()
+        wall = time.perf_counter() - start
+        assert images == 32 and 0 < seconds < wall
+        assert fit.call_overheads[-1] == pytest.approx(wall - seconds, abs=0.05)
+        images, seconds = trainer.timed_epoch()
+        assert images == 32 and seconds > 0
+        # The compute floor steps the same optimizer on one fixed batch.
+        assert trainer.run_floor(2) == 16
+        assert trainer.exp.optimizer.iterations.numpy() == 3 + 4 + 4 + 2
     assert not os.path.exists(config.model_dir)
 
 
