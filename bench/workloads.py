@@ -10,6 +10,12 @@ gathers), the same global batch, optimizer and SGDR schedule, and both count acc
   drives it between boundaries.
 * `Fit`: `model.compile(optimizer, loss, metrics=["accuracy"])` then `model.fit(x, y,
   batch_size, epochs=1, shuffle=True)` per repetition, the way users train on arrays.
+
+`timed_epoch()` on both gives (images, seconds) for `common.alternate`: the trainer's by the
+wall clock around its loop calls, fit's from its epoch's begin to its end (a callback), since
+the set-up of a `fit()` call is paid once per call, not per epoch, in real training.
+`Trainer.run_floor` is the compute floor (fixed batch, no pipeline, no metrics) and
+`Trainer.run_updates` the optimizer update alone.
 """
 
 from __future__ import annotations
@@ -115,14 +121,12 @@ class Trainer:
                         )
                     )
                 optimizer.apply(tape.gradient(loss, variables), variables)
-                return loss
 
             @tf.function
             def floor(n):
-                loss = tf.constant(0.0)
                 for _ in tf.range(n):
-                    loss = self.strategy.run(step)
-                return loss
+                    self.strategy.run(step)
+                return optimizer.iterations.value
 
             self._floor = floor
         self._floor(tf.constant(steps, tf.int32)).numpy()
