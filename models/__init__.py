@@ -8,8 +8,8 @@ with its backbone's own preprocessing as a layer named ``preprocess`` (so an exp
 takes raw pixels), and outputs float32 logits (no softmax) from ``head_logits``. The graph is
 flat: keras.applications layers keep their names (``conv2_block1_1_conv`` ...). The CIFAR
 ResNets and the heads normalize with `models.layers.BatchNormalization` (Keras' layer on
-TensorFlow's fused kernel: 1.4x faster resnet20 training steps on CPU, same math and weight
-files); keras.applications backbones keep Keras' own layer (no gain measured at 32x32).
+TensorFlow's fused kernel: 1.2-1.4x faster resnet20 training steps on CPU, same math and
+weight files); keras.applications backbones keep Keras' own layer (no gain measured at 32x32).
 
 Models:
   * CIFAR ResNets ``resnet8``, ``resnet20``, ``resnet32``, ``resnet56`` (`models.cifar_resnet`).

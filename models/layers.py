@@ -2,8 +2,10 @@
 
 Keras 3 normalizes with separate ops (moments, then subtract, scale, shift; and their
 gradients), each a pass over the activations. TensorFlow's `FusedBatchNormV3` does the forward
-pass in one kernel and the backward pass in another (oneDNN's on CPU, cuDNN's on GPU). On a
-resnet20 training step this is about 1.4x faster on CPU (bench/, "batch normalization").
+pass in one kernel and the backward pass in another (oneDNN's on CPU, cuDNN's on GPU). On 2
+CPU cores, resnet20 stepping on a fixed batch of 128 went from 265-278 to 362-410 images/s,
+and the quickstart (resnet8) from 2 min 11 s to 1 min 38 s. ResNet50 at 32x32 gained nothing
+measurable (its activations are tiny), so keras.applications backbones keep Keras' layer.
 
 `BatchNormalization` is a drop-in subclass of `keras.layers.BatchNormalization`: same
 arguments, variables, moving-average rule (`moving = moving * momentum + batch * (1 -
