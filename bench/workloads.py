@@ -98,6 +98,18 @@ class Trainer:
         self._updates = None
         self._floor = None
 
+    def _repeat(self, fn):
+        """A compiled loop: `n` times `strategy.run(fn)`; returns the optimizer's step count."""
+        strategy, optimizer = self.strategy, self.exp.optimizer
+
+        @tf.function
+        def repeat(n):
+            for _ in tf.range(n):
+                strategy.run(fn)
+            return optimizer.iterations.value
+
+        return repeat
+
     def run_floor(self, steps: int) -> int:
         """The compute floor: `steps` steps on one fixed batch, nothing else; returns images.
 
@@ -122,13 +134,7 @@ class Trainer:
                     )
                 optimizer.apply(tape.gradient(loss, variables), variables)
 
-            @tf.function
-            def floor(n):
-                for _ in tf.range(n):
-                    self.strategy.run(step)
-                return optimizer.iterations.value
-
-            self._floor = floor
+            self._floor = self._repeat(step)
         self._floor(tf.constant(steps, tf.int32)).numpy()
         return steps * self.config.global_batch_size
 
@@ -140,16 +146,10 @@ class Trainer:
         Returns `steps`.
         """
         if self._updates is None:
-            strategy, optimizer, variables = self.strategy, self.exp.optimizer, self.variables
+            optimizer, variables = self.exp.optimizer, self.variables
             grads = [tf.fill(v.shape, tf.constant(1e-3, v.dtype)) for v in variables]
 
-            @tf.function
-            def updates(n):
-                for _ in tf.range(n):
-                    strategy.run(lambda: optimizer.apply(grads, variables))
-                return optimizer.iterations.value
-
-            self._updates = updates
+            self._updates = self._repeat(lambda: optimizer.apply(grads, variables))
         self._updates(tf.constant(steps, tf.int32)).numpy()
         return steps
 

@@ -50,22 +50,23 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
-        scale = self.gamma if self.scale else tf.ones([channels], tf.float32)
-        offset = self.beta if self.center else tf.zeros([channels], tf.float32)
-        scale = tf.cast(scale, tf.float32)
-        offset = tf.cast(offset, tf.float32)
-        if training and self.trainable:
-            outputs, mean, unbiased, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs,
-                scale=scale,
-                offset=offset,
-                mean=tf.zeros([0], tf.float32),
-                variance=tf.zeros([0], tf.float32),
-                epsilon=self.epsilon,
-                exponential_avg_factor=1.0,
-                data_format="NHWC",
-                is_training=True,
-            )
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        batch_stats = bool(training and self.trainable)
+        # Batch statistics: the kernel computes them (empty inputs); else the moving ones.
+        no_stats = tf.zeros([0], tf.float32)
+        outputs, mean, unbiased, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs,
+            scale=scale,
+            offset=offset,
+            mean=no_stats if batch_stats else tf.cast(self.moving_mean, tf.float32),
+            variance=no_stats if batch_stats else tf.cast(self.moving_variance, tf.float32),
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=batch_stats,
+        )
+        if batch_stats:
             # The kernel hands back the Bessel-corrected variance; Keras averages the biased
             # one (the variance it normalized with).
             n = tf.cast(tf.size(inputs) // channels, tf.float32)
@@ -73,17 +74,5 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
             self.moving_variance.assign(
                 self.moving_variance * self.momentum + variance * (1 - self.momentum)
-            )
-        else:
-            outputs, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs,
-                scale=scale,
-                offset=offset,
-                mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32),
-                epsilon=self.epsilon,
-                exponential_avg_factor=1.0,
-                data_format="NHWC",
-                is_training=False,
             )
         return tf.cast(outputs, self.compute_dtype)
