@@ -3,20 +3,30 @@
     python run_train.py --flagfile=configs/quickstart.flags [--flag=value ...]
 
 Later flags override the flagfile. `--helpfull` documents every flag; `--list_layers` prints
-the layers and segments so split points can be chosen. Exit codes: 0 done, 1 training failed
-(e.g. non-finite loss; the last good checkpoint is kept), 2 bad input (one line on stderr),
-3 interrupted by SIGTERM/SIGINT after saving a checkpoint (run the same command to resume).
+the layers and segments so split points can be chosen. Running the same command again resumes
+from the newest readable checkpoint in --model_dir (a complete run only writes a missing
+export); `--restart` moves the old run aside and starts over.
+
+Exit codes: 0 done; 1 training failed (non-finite loss; the last good checkpoint is kept);
+2 bad input (one line on stderr naming the flag, file or value); 3 interrupted by
+SIGTERM/SIGINT (after saving a checkpoint when training had started; run the same command to
+resume).
 """
 
 from __future__ import annotations
 
-import os
-import sys
+# First of all: SIGTERM/SIGINT are recorded, never a traceback, even during the imports.
+from trainer.interrupts import Interrupts
 
-from absl import app, flags, logging
+INTERRUPTS = Interrupts().install()
 
-from trainer import flags as flags_lib
-from trainer.errors import NonFiniteError, Preempted, UserError
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+
+from trainer import flags as flags_lib  # noqa: E402
+from trainer import run_dir  # noqa: E402
+from trainer.errors import NonFiniteError, Preempted, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags_lib.define_flags(FLAGS)
@@ -37,39 +47,83 @@ def parse_flags(argv):
         _user_error(str(e).replace("\n", " "))
 
 
+def _check_interrupted(phase: str) -> None:
+    if INTERRUPTS.pending is not None:
+        raise Preempted(
+            f"signal {INTERRUPTS.pending} during {phase}: stopped before training; nothing "
+            "was changed in --model_dir (run the same command to start or resume)"
+        )
+
+
+def _take_model_dir(config):
+    """Checks, locks and (with --restart) clears model_dir, before TensorFlow is imported."""
+    run_dir.check(config.model_dir)
+    if not run_dir.is_chief_task(config.strategy):
+        return None
+    lock = run_dir.Lock(config.model_dir).acquire()
+    if FLAGS.restart:
+        moved = run_dir.move_aside(config.model_dir)
+        if moved:
+            logging.info("--restart: moved the previous run to %s", moved)
+    return lock
+
+
+def train(config) -> int:
+    """parse -> model_dir -> strategy -> build under scope -> restore -> train -> export."""
+    lock = None if FLAGS.list_layers else _take_model_dir(config)
+    from trainer import runtime
+
+    runtime.configure(quiet=True)
+    runtime.import_tensorflow()
+    from trainer import experiment as experiment_lib
+    from trainer import strategy as strategy_lib
+
+    _check_interrupted("start-up")
+    strategy = strategy_lib.make_strategy(config.strategy)
+    experiment = experiment_lib.Experiment(config, strategy, interrupts=INTERRUPTS)
+    experiment.build()
+    if FLAGS.list_layers:
+        print(experiment.layer_report())
+        return 0
+    _check_interrupted("start-up")
+    experiment.restore()
+    complete = experiment.step >= experiment.plan.total_steps
+    _check_interrupted("start-up")
+    metrics = experiment.train()
+    if complete and experiment.export_complete():
+        path = experiment.export_dir
+    else:
+        path = experiment.export()
+    final = metrics["final"] or {}
+    logging.info(
+        "Done at step %d: eval accuracy %.4f (best %.4f); export in %s",
+        metrics["step"],
+        final.get("accuracy", float("nan")),
+        (metrics["best"] or {}).get("accuracy", float("nan")),
+        path,
+    )
+    if lock is not None:
+        lock.release()
+    return 0
+
+
 def main(argv):
     if len(argv) > 1:
         _user_error(f"unexpected positional arguments: {' '.join(argv[1:])}")
     config = flags_lib.to_config(FLAGS)
-    # Heavy imports only after the flags are known to be good.
-    import trainer
-
-    trainer.import_tensorflow()
-    from trainer import experiment as experiment_lib
-    from trainer import strategy as strategy_lib
-
     try:
-        strategy = strategy_lib.make_strategy(config.strategy)
-        experiment = experiment_lib.Experiment(config, strategy)
-        experiment.build()
-        if FLAGS.list_layers:
-            print(experiment.layer_report())
-            return 0
-        experiment.restore()
-        metrics = experiment.train()
-        path = experiment.export()
-    except UserError as e:
-        _user_error(e)
+        return train(config)
     except Preempted as e:
         logging.warning("%s", e)
         sys.exit(Preempted.EXIT_CODE)
     except NonFiniteError as e:
         sys.stderr.write(f"run_train.py: training stopped: {e}\n")
         sys.exit(1)
-    logging.info("Done: %s; model exported to %s", metrics, path)
-    return 0
+    except (UserError, ValueError, TypeError) as e:
+        # Library code raises ValueError/TypeError for bad input, the Keras way; this is the
+        # one place that turns them into one line and exit code 2.
+        _user_error(str(e).replace("\n", " "))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(main, flags_parser=parse_flags)

@@ -31,10 +31,10 @@ def main(argv) -> int:
     batch, steps, launched_at = int(batch), int(steps), float(launched_at)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
-    # Both sides import the project first, so both get its TensorFlow runtime defaults.
-    import trainer  # noqa: F401
+    # Both sides get the project's TensorFlow runtime defaults, before TensorFlow loads.
+    from trainer import runtime
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    runtime.configure(quiet=True)
     from bench import workloads
 
     config = workloads.make_config(model, batch, examples=steps * batch)

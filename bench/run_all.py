@@ -21,9 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import trainer  # noqa: E402  (its TensorFlow runtime defaults precede the TF import)
+from trainer import runtime  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The project's TensorFlow runtime defaults, before TensorFlow is imported.
+runtime.configure(quiet=True)
 
 from absl import app, flags  # noqa: E402
 
@@ -87,7 +88,7 @@ def main(argv):
         sys.stderr.write(f"run_all.py: error: unexpected arguments: {' '.join(argv[1:])}\n")
         return 2
     extra = sys.argv[1:]
-    tf = trainer.import_tensorflow()
+    tf = runtime.import_tensorflow()
 
     # Two logical CPU devices for the replicas benchmark, before TensorFlow initializes.
     tf.config.set_logical_device_configuration(

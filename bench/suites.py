@@ -345,7 +345,7 @@ def input_pipeline(scale: Scale, log) -> Section:
         title="3. Input pipeline vs training",
         command=scale.cmd("input"),
         setup=(
-            f"The trainer's own training pipeline (`trainer.data.train_dataset`: shuffled by "
+            f"The trainer's own training pipeline (`trainer.data.Data.train_dataset`: shuffled by "
             f"epoch, pad-and-crop + flip, batched by {batch}, prefetched), pulled alone as "
             "fast as it goes, vs the training rate with that pipeline. The JPEG case reads "
             f"{examples} generated 32x32 JPEG files through `--dataset=folder:`."
@@ -590,7 +590,7 @@ def checkpoint(scale: Scale, log) -> Section:
                 os.path.getsize(os.path.join(d, f))
                 for d, _, files in os.walk(t.exp.checkpointer.directory)
                 for f in files
-            ) / max(len(t.exp.checkpointer.manager.checkpoints), 1)
+            ) / max(len(t.exp.checkpointer.steps()), 1)
         share = common.Stats([r / every * 100 for r in cmp.ratio("save").values])
         rows.append(
             [
@@ -674,14 +674,15 @@ def runtime(scale: Scale, log) -> Section:
     gain = cmp.ratio("trainer_lrtech").median / cmp.ratio("trainer_tf").median
     own = "on" if _cpu_has_onednn_default() else "off"
     return Section(
-        title="8. TensorFlow runtime defaults set by `import trainer`",
+        title="8. TensorFlow runtime defaults set by `trainer.runtime.configure()`",
         command=scale.cmd("runtime"),
         setup=(
             f"{model}, global batch {batch}: one child process per run (the variables are read "
             f"once per process), {steps - 1} steps timed after the first. TensorFlow's own "
             f"default on this CPU is oneDNN {own} (it switches oneDNN on by itself only with "
-            "AVX-512 VNNI/BF16 or AMX) and the per-tensor allocator; `import trainer` sets "
-            "TF_ENABLE_ONEDNN_OPTS=1 and TF_CPU_ALLOCATOR_USE_BFC=true unless they are set."
+            "AVX-512 VNNI/BF16 or AMX) and the per-tensor allocator; "
+            "`trainer.runtime.configure()` sets TF_ENABLE_ONEDNN_OPTS=1 and "
+            "TF_CPU_ALLOCATOR_USE_BFC=true unless they are set."
         ),
         body=common.comparison_table(cmp, "images/sec", labels),
         meaning=(

@@ -1,12 +1,12 @@
 """The two things benchmarks compare: the lrtech trainer and Keras `model.fit`, on equal terms.
 
 Both sides get the same model (`models.build`, same seed), the same in-memory data (the
-synthetic split: `trainer.data.as_numpy` hands fit exactly the pixels the trainer's pipeline
+synthetic split: `trainer.data.Data.as_numpy` hands fit exactly the pixels the trainer's pipeline
 gathers), the same global batch, optimizer and SGDR schedule, and both count accuracy.
 
-* `Trainer`: an `Experiment` built from a `Config` as run_train.py would, then its compiled
-  loop (`TrainLoop.run`) driven in chunks of `steps_per_loop` over its own input pipeline
-  (endless, shuffled per epoch, distributed with the strategy), exactly as `Experiment.train`
+* `Trainer`: an `Experiment` built from a `Config` as run_train.py would, then its trainer's
+  public `train(num_steps)` called in chunks of `steps_per_loop` (its own input pipeline:
+  endless, shuffled per epoch, distributed with the strategy), exactly as the controller
   drives it between boundaries.
 * `Fit`: `model.compile(optimizer, loss, metrics=["accuracy"])` then `model.fit(x, y,
   batch_size, epochs=1, shuffle=True)` per repetition, the way users train on arrays.
@@ -92,9 +92,7 @@ class Trainer:
         self.exp = Experiment(config, self.strategy).build()
         self.info = self.exp.info
         self.steps_per_epoch = data.steps_per_epoch(self.info, config.global_batch_size)
-        dataset = data.train_dataset(config, self.info, config.global_batch_size)
-        self.iterator = iter(strategy_lib.distribute_dataset(self.strategy, dataset))
-        self.variables = list(self.exp.model.trainable_variables)
+        self.variables = list(self.exp.trainer.trainable_variables)
         self._updates = None
         self._floor = None
 
@@ -120,7 +118,7 @@ class Trainer:
         """
         if self._floor is None:
             batch = self.config.global_batch_size
-            x, y = data.as_numpy(self.config, self.info, "train")
+            x, y = self.exp.data.as_numpy("train")
             images, labels = tf.constant(x[:batch]), tf.constant(y[:batch])
             model, optimizer, variables = self.exp.model, self.exp.optimizer, self.variables
 
@@ -158,9 +156,7 @@ class Trainer:
         done = 0
         while done < steps:
             n = min(self.config.steps_per_loop, steps - done)
-            out = self.exp.train_loop.run(self.iterator, n, self.variables, key="all")
-            if not np.all(np.isfinite(out["loss"])):
-                raise FloatingPointError(f"non-finite loss in benchmark run: {out['loss']}")
+            self.exp.trainer.train(n)  # raises NonFiniteError on a NaN/inf loss
             done += n
         return done * self.config.global_batch_size
 
@@ -173,8 +169,9 @@ class Trainer:
         images = self.run_epoch()
         return images, time.perf_counter() - start
 
-    def checkpoint(self, step: int) -> None:
-        self.exp.checkpointer.save(step, self.exp.model)
+    def checkpoint(self, step: int) -> str:
+        """Saves a checkpoint at `step`; returns its path prefix."""
+        return self.exp.checkpointer.save(step, self.exp.model)
 
     def close(self) -> None:
         shutil.rmtree(self.config.model_dir, ignore_errors=True)
@@ -203,9 +200,9 @@ class Fit:
 
     def __init__(self, config: Config, *, steps_per_execution=1, jit_compile="auto"):
         self.config = config
-        info = data.info_from_config(config)
-        self.x, self.y = data.as_numpy(config, info, "train")
-        self.steps_per_epoch = data.steps_per_epoch(info, config.global_batch_size)
+        source = data.load(config)
+        self.x, self.y = source.as_numpy("train")
+        self.steps_per_epoch = data.steps_per_epoch(source.info, config.global_batch_size)
         n = self.steps_per_epoch * config.global_batch_size
         self.x, self.y = self.x[:n], self.y[:n]
         keras.utils.set_random_seed(config.seed)
@@ -272,8 +269,7 @@ def closing(*things):
 
 def pipeline_rate(config: Config, batches: int) -> int:
     """Pulls `batches` batches of the trainer's training pipeline; returns images produced."""
-    info = data.info_from_config(config)
-    dataset = data.train_dataset(config, info, config.global_batch_size).take(batches)
+    dataset = data.load(config).train_dataset(config.global_batch_size).take(batches)
     n = 0
     for images, _ in dataset:
         n += int(images.shape[0])

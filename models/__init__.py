@@ -10,6 +10,11 @@ flat: keras.applications layers keep their names (``conv2_block1_1_conv`` ...). 
 ResNets and the heads normalize with `models.layers.BatchNormalization` (Keras' layer on
 TensorFlow's fused kernel: 1.2-1.4x faster resnet20 training steps on CPU, same math and
 weight files); keras.applications backbones keep Keras' own layer (no gain measured at 32x32).
+`portable(model)` swaps those two layers of ours for built-in ones: export that model, so
+users load it with plain `keras.saving.load_model`, without this project.
+
+Library code: bad arguments raise ValueError (TypeError for a wrong type) whose message names
+the flag and the value; this package never imports `trainer`.
 
 Models:
   * CIFAR ResNets ``resnet8``, ``resnet20``, ``resnet32``, ``resnet56`` (`models.cifar_resnet`).
@@ -18,7 +23,7 @@ Models:
     ``vgg16``.
 
 Weights (``weights=``): ``none``; ``imagenet`` (keras.applications backbones; downloaded on
-first use, read from ~/.keras/models when cached; offline and uncached -> `UserError`); a path
+first use, read from ~/.keras/models when cached; offline and uncached -> `ValueError`); a path
 to keras' no-top ImageNet ``.h5`` file; or a ``.weights.h5`` / ``.keras`` file saved from a model
 of the same architecture with any head: the backbone is loaded, the head stays fresh
 (`models.transfer`).
@@ -31,9 +36,9 @@ import os
 import keras
 
 from models import applications, cifar_resnet, heads
+from models.portable import portable
 from models.preprocessing import ImagePreprocess
 from models.transfer import TRANSFER_SUFFIXES, load_backbone_weights
-from trainer.errors import UserError
 
 __all__ = [
     "HEADS",
@@ -41,6 +46,7 @@ __all__ = [
     "build",
     "load_backbone_weights",
     "names",
+    "portable",
     "presets",
     "save_backbone_weights",
     "split_preset",
@@ -59,21 +65,21 @@ def names() -> tuple[str, ...]:
 
 def _check_name(name: str) -> None:
     if name not in names():
-        raise UserError(f"--model={name!r} is unknown; choose one of {', '.join(names())}")
+        raise ValueError(f"--model={name!r} is unknown; choose one of {', '.join(names())}")
 
 
 def _check_weights(name: str, weights: str) -> None:
     if weights in ("none", "imagenet"):
         if weights == "imagenet" and name in cifar_resnet.DEPTHS:
-            raise UserError(f"--weights=imagenet: no ImageNet weights for --model={name}")
+            raise ValueError(f"--weights=imagenet: no ImageNet weights for --model={name}")
         return
     if not os.path.isfile(weights):
-        raise UserError(f"--weights={weights}: no such file (or use imagenet / none)")
+        raise ValueError(f"--weights={weights}: no such file (or use imagenet / none)")
     if weights.endswith(TRANSFER_SUFFIXES):
         return
     if weights.endswith(".h5") and name in applications.BACKBONES:
         return
-    raise UserError(
+    raise ValueError(
         f"--weights={weights}: expected a .weights.h5 or .keras file saved by this project"
         " (or keras' no-top ImageNet .h5 file for keras.applications models)"
     )
@@ -103,17 +109,22 @@ def build(
       An uncompiled functional `keras.Model` named ``{name}``.
 
     Raises:
-      UserError: bad name, head, num_classes, image_size or weights.
+      ValueError: bad name, head, num_classes, image_size, dropout or weights.
+      TypeError: num_classes or image_size is not an integer.
     """
     _check_name(name)
     if head not in HEADS:
-        raise UserError(f"--head={head!r} is unknown; choose one of {', '.join(HEADS)}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise UserError(f"--num_classes={num_classes!r} must be a positive integer")
+        raise ValueError(f"--head={head!r} is unknown; choose one of {', '.join(HEADS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"--num_classes={num_classes!r} must be a positive integer")
+    if num_classes < 1:
+        raise ValueError(f"--num_classes={num_classes!r} must be a positive integer")
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise TypeError(f"--image_size={image_size!r} must be an integer")
     if image_size < 32:
-        raise UserError(f"--image_size={image_size} must be >= 32")
+        raise ValueError(f"--image_size={image_size} must be >= 32")
     if dropout is not None and not 0.0 <= dropout < 1.0:
-        raise UserError(f"dropout={dropout} must be in [0, 1)")
+        raise ValueError(f"dropout={dropout} must be in [0, 1)")
     _check_weights(name, weights)
     transfer = weights.endswith(TRANSFER_SUFFIXES)
 
@@ -148,11 +159,11 @@ def split_preset(model_name: str, preset: str = "default") -> tuple[str, ...]:
     """The layer names that start each segment after the first, for `--split_at=preset:NAME`.
 
     Raises:
-      UserError: unknown model or preset (the message lists the presets).
+      ValueError: unknown model or preset (the message lists the presets).
     """
     table = presets(model_name)
     if preset not in table:
-        raise UserError(
+        raise ValueError(
             f"--split_at=preset:{preset}: unknown preset for --model={model_name}; "
             f"choose one of {', '.join(table)}"
         )
@@ -163,7 +174,10 @@ def save_backbone_weights(model: keras.Model, path: str) -> None:
     """Saves `model`'s weights so `build(..., weights=path)` can transfer its backbone.
 
     The file holds every weight; the loader skips the head. Use a ``.weights.h5`` path.
+
+    Raises:
+      ValueError: `path` does not end with ``.weights.h5``.
     """
     if not path.endswith(".weights.h5"):
-        raise UserError(f"path={path}: must end with .weights.h5")
+        raise ValueError(f"path={path}: must end with .weights.h5")
     model.save_weights(path)

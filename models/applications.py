@@ -14,8 +14,6 @@ from collections.abc import Callable
 
 import keras
 
-from trainer.errors import UserError
-
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
@@ -124,7 +122,7 @@ def backbone(name: str, image: keras.KerasTensor, weights: str) -> keras.KerasTe
       The last feature map.
 
     Raises:
-      UserError: "imagenet" weights are neither cached nor downloadable (offline).
+      ValueError: "imagenet" weights are neither cached nor downloadable (offline).
     """
     spec = BACKBONES[name]
     if weights == "none":
@@ -137,7 +135,7 @@ def backbone(name: str, image: keras.KerasTensor, weights: str) -> keras.KerasTe
         trunk = spec.constructor(include_top=False, weights=keras_weights, input_tensor=image)
     except Exception as e:  # keras.utils.get_file raises a bare Exception on URL errors.
         if keras_weights == "imagenet" and "URL fetch failure" in str(e):
-            raise UserError(
+            raise ValueError(
                 f"--weights=imagenet: cannot download {spec.weights_file} (offline?); pass a "
                 f"local copy with --weights=/path/to/{spec.weights_file} or use --weights=none"
             ) from None

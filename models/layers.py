@@ -18,7 +18,7 @@ name is the same). It takes the fused kernel when it can and Keras' own code oth
 * otherwise (for example the 2-D ``head_bn``): `keras.layers.BatchNormalization.call`.
 
 Registered as ``lrtech>BatchNormalization`` so saved ``.keras`` models load once `models` is
-imported.
+imported; `models.portable` turns it back into Keras' layer for exports.
 """
 
 from __future__ import annotations

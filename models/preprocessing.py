@@ -2,7 +2,9 @@
 
 Models take float32 pixels in [0, 255]; the first layer turns them into what the backbone was
 trained on, so an exported model takes raw pixels. `ImagePreprocess` has no weights and is
-registered with Keras, so `keras.models.load_model` restores it once `models` is imported.
+registered with Keras, so `keras.models.load_model` restores it once `models` is imported;
+`models.portable` replaces it by an equivalent built-in layer for exports that must load
+without this project.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import keras
 import numpy as np
 
 from models.heads import HEAD_PREFIX
-from trainer.errors import UserError
 
 TRANSFER_SUFFIXES = (".weights.h5", ".keras")
 
@@ -64,14 +63,14 @@ def load_backbone_weights(model: keras.Model, path: str) -> int:
       The number of layers loaded.
 
     Raises:
-      UserError: the file is missing or unreadable, no layer matched, or a shape conflicts.
+      ValueError: the file is missing or unreadable, no layer matched, or a shape conflicts.
     """
     if not os.path.isfile(path):
-        raise UserError(f"--weights={path}: no such file")
+        raise ValueError(f"--weights={path}: no such file")
     try:
         weights_file = _open_weights(path)
     except (OSError, KeyError, zipfile.BadZipFile) as e:
-        raise UserError(f"--weights={path}: not a Keras weights file ({e})") from None
+        raise ValueError(f"--weights={path}: not a Keras weights file ({e})") from None
     matched, missing = [], []
     with weights_file:
         for key, layer in weight_keys(model).items():
@@ -89,13 +88,13 @@ def load_backbone_weights(model: keras.Model, path: str) -> int:
             ):
                 shapes = [np.shape(current[k]) for k in sorted(current)]
                 got = [saved[k].shape for k in sorted(saved)]
-                raise UserError(
+                raise ValueError(
                     f"--weights={path}: layer {layer.name} ({key}) has shapes {got} in the file "
                     f"but {shapes} in model {model.name}; is it the same architecture?"
                 )
             matched.append((layer, saved))
     if not matched:
-        raise UserError(f"--weights={path}: no backbone layer of model {model.name} matched")
+        raise ValueError(f"--weights={path}: no backbone layer of model {model.name} matched")
     for layer, saved in matched:
         layer.load_own_variables(saved)
     if missing:

@@ -97,7 +97,7 @@ def test_trainer_and_fit_workloads_train_the_same_examples(tmp_path):
         assert fit.run_steps(2) == 16
         assert trainer.run_epoch() == fit.run_epoch() == 32
         # fit trains on exactly the pixels the trainer's (unaugmented) pipeline gathers.
-        images, labels = data.as_numpy(config, trainer.info, "train")
+        images, labels = data.load(config).as_numpy("train")
         np.testing.assert_array_equal(fit.x, images)
         np.testing.assert_array_equal(fit.y, labels)
         assert trainer.exp.optimizer.iterations.numpy() == 3 + 4

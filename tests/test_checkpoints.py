@@ -10,7 +10,7 @@ import pytest
 
 from trainer import checkpoints
 from trainer.config import Config
-from trainer.errors import IncompatibleCheckpointError, NonFiniteError, Preempted
+from trainer.errors import IncompatibleCheckpointError, NonFiniteError, Preempted, UserError
 from trainer.experiment import Experiment
 from trainer.strategy import make_strategy
 
@@ -132,17 +132,17 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 def test_sigterm_saves_at_the_loop_boundary_and_resume_continues(tmp_path):
     cfg = config(tmp_path, checkpoint_every_steps=1000, steps_per_loop=2)
     exp = experiment(cfg)
-    run = exp.train_loop.run
+    train = exp.trainer.train
     calls = []
 
-    def run_then_signal(*args, **kw):
-        out = run(*args, **kw)
+    def train_then_signal(num_steps):
+        out = train(num_steps)
         calls.append(1)
         if len(calls) == 2:  # a real signal, delivered to this process mid-train
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    exp.train_loop.run = run_then_signal
+    exp.trainer.train = train_then_signal
     handler = signal.getsignal(signal.SIGTERM)
     # Loops end at 2 and 3 (the SGDR restart); the signal during the second stops at 3.
     with pytest.raises(Preempted, match="step 3"):
@@ -172,3 +172,163 @@ def test_snapshots_at_restarts(tmp_path):
 def test_compat_record_fields():
     record = checkpoints.compat_record(config("/tmp/x"))
     assert record["split_at"] == ["bn"] and record["mixed_precision"] == "none"
+
+
+# Damage: checkpoints and config.json as a kill, a full disk or a bad copy leaves them. ----
+
+DAMAGE_STEPS = 9  # checkpoints at 3, 6, 9 (keep 3)
+
+
+@pytest.fixture
+def absl_warnings():
+    """The messages of absl warnings logged during the test."""
+    import logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logger = logging.getLogger("absl")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def damaged_source(tmp_path_factory):
+    """A run of 9 steps with checkpoints 3, 6, 9, and the 12-step run it should continue to."""
+    root = tmp_path_factory.mktemp("damage")
+    experiment(config(root / "run", train_steps=DAMAGE_STEPS, keep_checkpoints=3)).train()
+    straight = experiment(config(root / "straight"))
+    straight.train()
+    return root / "run", state(straight)
+
+
+def _copy(source, tmp_path):
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(source, target)
+    return target
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _damage(model_dir, kind):
+    ckpt = model_dir / "ckpt"
+    data = next(ckpt.glob("ckpt-9.data-*"))
+    if kind == "missing_index":
+        (ckpt / "ckpt-9.index").unlink()
+    elif kind == "garbage_index":
+        (ckpt / "ckpt-9.index").write_bytes(os.urandom(200))
+    elif kind == "truncated_data":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif kind == "bit_flip_data":
+        _flip_byte(data)
+    elif kind == "missing_data":
+        data.unlink()
+    elif kind == "garbage_state":
+        (ckpt / "checkpoint").write_text("model_checkpoint_path: ckpt-999\x00\x01garbage")
+    elif kind == "missing_state":
+        (ckpt / "checkpoint").unlink()
+    else:
+        raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind,restored",
+    [
+        ("missing_index", 6),
+        ("garbage_index", 6),
+        ("truncated_data", 6),
+        ("bit_flip_data", 6),
+        ("missing_data", 6),
+        ("garbage_state", 9),
+        ("missing_state", 9),
+    ],
+)
+def test_damaged_checkpoint_falls_back_and_keeps_the_older_ones(
+    tmp_path, damaged_source, kind, restored, absl_warnings
+):
+    source, straight_state = damaged_source
+    model_dir = _copy(source, tmp_path)
+    _damage(model_dir, kind)
+    exp = experiment(config(model_dir))
+    assert exp.step == restored
+    names = set(os.listdir(model_dir / "ckpt"))
+    assert {"ckpt-3.index", "ckpt-6.index"} <= names  # never rotated away by a broken newer one
+    if restored == 6:
+        assert any("ckpt-9" in w and "unreadable" in w for w in absl_warnings), absl_warnings
+        assert "ckpt-9.index" not in names  # set aside, not deleted
+        assert any(n.startswith("ckpt-9") for n in os.listdir(model_dir / "ckpt" / "broken"))
+    # Training on ends exactly where an uninterrupted run ends.
+    exp.train()
+    for x, y in zip(straight_state, state(exp)):
+        np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
+    assert exp.checkpointer.latest().endswith("ckpt-12")
+
+
+def test_no_readable_checkpoint_is_a_user_error_naming_them(tmp_path, damaged_source):
+    source, _ = damaged_source
+    model_dir = _copy(source, tmp_path)
+    for data in (model_dir / "ckpt").glob("ckpt-*.data-*"):
+        _flip_byte(data)
+    exp = Experiment(config(model_dir), make_strategy("one_device"), model_fn=tiny_model).build()
+    with pytest.raises(UserError) as info:
+        exp.restore()
+    message = str(info.value)
+    assert "ckpt-9, ckpt-6, ckpt-3" in message and "--restart" in message
+    assert len(list((model_dir / "ckpt").glob("ckpt-*.index"))) == 3  # nothing moved or lost
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "deleted"])
+def test_unreadable_or_missing_config_beside_checkpoints_is_a_user_error(
+    tmp_path, damaged_source, kind
+):
+    source, _ = damaged_source
+    model_dir = _copy(source, tmp_path)
+    path = model_dir / "config.json"
+    if kind == "deleted":
+        path.unlink()
+    else:
+        path.write_text("{not json" if kind == "garbage" else "")
+    # Even a different optimizer must not slip through once the record is gone.
+    exp = Experiment(
+        config(model_dir, optimizer="sgd"), make_strategy("one_device"), model_fn=tiny_model
+    ).build()
+    with pytest.raises(UserError, match="config.json") as info:
+        exp.restore()
+    assert "--restart" in str(info.value)
+    assert kind != "empty" or "empty" in str(info.value)
+    assert len(list((model_dir / "ckpt").glob("ckpt-*.index"))) == 3
+
+
+def test_metrics_keep_the_whole_history_across_a_resume(tmp_path):
+    # Epochs of 4 steps: evaluations at 4, 8, 12. The first process is stopped at step 6.
+    straight = experiment(config(tmp_path / "straight")).train()
+    first = experiment(config(tmp_path / "resumed"))
+    train = first.trainer.train
+
+    def train_then_signal(num_steps):
+        out = train(num_steps)
+        if out["end"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    first.trainer.train = train_then_signal
+    with pytest.raises(Preempted, match="step 6"):
+        first.train()
+    resumed = experiment(config(tmp_path / "resumed")).train()
+    assert [e["step"] for e in resumed["history"]] == [4, 8, 12]
+    for a, b in zip(straight["history"], resumed["history"]):
+        assert a["accuracy"] == pytest.approx(b["accuracy"]) and a["step"] == b["step"]
+    assert resumed["best"]["step"] == straight["best"]["step"]
+    on_disk = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert [e["step"] for e in on_disk["history"]] == [4, 8, 12]

@@ -10,6 +10,7 @@ import pytest
 from tests.tiny import tiny_model
 from trainer import steps
 from trainer.config import Config
+from trainer.controller import Action, Controller, When
 from trainer.errors import UserError
 from trainer.experiment import Experiment, _resolve_split_at
 from trainer.strategy import make_strategy
@@ -90,18 +91,20 @@ def test_num_classes_inferred_and_epochs_resolved(tmp_path):
 
 
 def test_next_boundary():
-    plan = steps.Plan(
-        steps_per_epoch=10,
-        total_steps=35,
-        first_cycle_steps=None,
-        eval_every_steps=20,
-        unfreeze_every_steps=None,
-        checkpoint_every_steps=7,
-        steps_per_loop=4,
-    )
+    # Checkpoints every 7, eval every 20 and at the end, epochs of 10, restarts at 3 and 9.
+    class Due(Action):
+        def __init__(self, when):
+            self.when = when
+
+        def __call__(self, step, logs):
+            pass
+
+    whens = [When(every=7), When(every=20, at_end=True), When(every=10, each_loop=True)]
+    whens.append(When(steps=(3, 9)))
+    controller = Controller(None, [Due(w) for w in whens], total_steps=35, steps_per_loop=4)
     ends, step = [], 0
-    while step < plan.total_steps:
-        step = plan.next_boundary(step, restarts=[3, 9])
+    while step < 35:
+        step = controller.next_boundary(step)
         ends.append(step)
     assert ends == [3, 7, 9, 10, 14, 18, 20, 21, 25, 28, 30, 34, 35]
     with pytest.raises(UserError, match="exactly one of --epochs / --train_steps"):

@@ -70,7 +70,7 @@ def test_two_replicas_match_one_device(tmp_path):
 def test_steps_per_loop_does_not_change_the_result(tmp_path):
     exp, a, _ = train(config(tmp_path / "a", steps_per_loop=1))
     _, b, _ = train(config(tmp_path / "b", steps_per_loop=4))
-    assert exp.train_loop.traces == 1  # one trace for 8 calls: num_steps is a tensor
+    assert exp.trainer.traces == 1  # one trace for 8 calls: num_steps is a tensor
     assert_close(a, b, atol=0)
 
 
@@ -103,18 +103,20 @@ def test_gradual_unfreezing(tmp_path):
     assert exp.plan.unfreeze_steps() == [3, 6]
     initial = {local(v.path): v.numpy().copy() for v in exp.model.trainable_variables}
     seen = []
-    run = exp.train_loop.run
+    train = exp.trainer.train
 
-    def spy(iterator, num_steps, variables, key=None):
-        seen.append((exp.step, num_steps, key, sorted({layer_of(v.path) for v in variables})))
-        return run(iterator, num_steps, variables, key)
+    def spy(num_steps):
+        t = exp.trainer
+        layers = sorted({layer_of(v.path) for v in t.trainable_variables})
+        seen.append((exp.step, num_steps, t.first_trainable, layers))
+        return train(num_steps)
 
-    exp.train_loop.run = spy
+    exp.trainer.train = spy
     exp.train()
     assert [s[:3] for s in seen] == [(0, 3, 2), (3, 3, 1), (6, 2, 0)]
     assert seen[0][3] == ["head"] and seen[1][3] == ["head", "mid"]
-    assert exp.train_loop.traces == 3  # one trace per trainable set
-    assert int(exp.first_trainable_var.numpy()) == 0
+    assert exp.trainer.traces == 3  # one trace per trainable set
+    assert exp.trainer.first_trainable == 0
     # conv trained only in the last 2 steps; check its state after the first 6 directly.
     exp2 = Experiment(
         cfg.replace(train_steps=6, model_dir=str(tmp_path / "b")),

@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import keras
@@ -10,7 +12,6 @@ import pytest
 
 import models
 from models import transfer
-from trainer.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +71,40 @@ def test_split_presets_name_existing_layers(name, resnet50):
     assert models.split_preset(name, "head") == ("head_pool",)
 
 
-def test_unknown_preset_model_head_and_weights_raise_user_error():
-    with pytest.raises(UserError, match="choose one of default, stages, head"):
+def test_unknown_preset_model_head_and_weights_raise_value_error():
+    with pytest.raises(ValueError, match="choose one of default, stages, head"):
         models.split_preset("resnet20", "nope")
-    with pytest.raises(UserError, match="--model='resnet21'.*resnet20"):
+    with pytest.raises(ValueError, match="--model='resnet21'.*resnet20"):
         models.build("resnet21", 10)
-    with pytest.raises(UserError, match="--head='big'"):
+    with pytest.raises(ValueError, match="--head='big'"):
         models.build("resnet8", 10, head="big")
-    with pytest.raises(UserError, match="no ImageNet weights"):
+    with pytest.raises(ValueError, match="no ImageNet weights"):
         models.build("resnet8", 10, weights="imagenet")
+
+
+def test_bad_num_classes_and_image_size_name_the_flag():
+    with pytest.raises(TypeError, match="--num_classes=2.5 must be a positive integer"):
+        models.build("resnet8", 2.5)
+    with pytest.raises(ValueError, match="--num_classes=0 must be a positive integer"):
+        models.build("resnet8", 0)
+    with pytest.raises(ValueError, match="--image_size=16 must be >= 32"):
+        models.build("resnet8", 10, image_size=16)
+
+
+def test_models_does_not_import_trainer():
+    # models/ is a library layer below trainer/ (DESIGN.md): it raises ValueError, never
+    # trainer.errors.UserError. A fresh process, since this test session imported trainer.
+    code = (
+        "import sys, models; "
+        "assert not any(m == 'trainer' or m.startswith('trainer.') for m in sys.modules), "
+        "sorted(m for m in sys.modules if m.startswith('trainer'))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_article_head_layers():
@@ -105,13 +131,13 @@ def _online():
         return False
 
 
-def test_imagenet_offline_is_one_line_user_error(monkeypatch, tmp_path):
+def test_imagenet_offline_is_one_line_value_error(monkeypatch, tmp_path):
     if _online():
         pytest.skip("network reachable: imagenet weights would download")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))  # no cached copy in ~/.keras/models either
     start = time.monotonic()
-    with pytest.raises(UserError) as error:
+    with pytest.raises(ValueError) as error:
         models.build("resnet50", 10, weights="imagenet")
     assert time.monotonic() - start < 30
     message = str(error.value)
@@ -122,7 +148,7 @@ def test_imagenet_offline_is_one_line_user_error(monkeypatch, tmp_path):
 
 def test_missing_weights_file_names_path(tmp_path):
     path = str(tmp_path / "nope.weights.h5")
-    with pytest.raises(UserError, match="nope.weights.h5"):
+    with pytest.raises(ValueError, match="nope.weights.h5"):
         models.build("resnet8", 10, weights=path)
 
 
@@ -166,12 +192,12 @@ def test_transfer_loads_backbone_and_keeps_fresh_head(tmp_path, suffix):
 def test_transfer_rejects_other_architectures(tmp_path):
     path = str(tmp_path / "r20.weights.h5")
     models.build("resnet20", 10).save_weights(path)
-    with pytest.raises(UserError, match="r20.weights.h5.*same architecture"):
+    with pytest.raises(ValueError, match="r20.weights.h5.*same architecture"):
         models.build("resnet8", 10, weights=path)
     dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     other = str(tmp_path / "dense.weights.h5")
     dense.save_weights(other)
-    with pytest.raises(UserError, match="dense.weights.h5.*no backbone layer"):
+    with pytest.raises(ValueError, match="dense.weights.h5.*no backbone layer"):
         models.build("resnet8", 10, weights=other)
 
 

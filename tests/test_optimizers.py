@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
-from trainer import optimizers
+from trainer import keras_private, optimizers, segments
 from trainer.errors import UserError
 
 MULTS = (0.01, 0.1, 1.0)
@@ -323,7 +323,7 @@ def test_reset_slots(name):
     model, opt = run_segmented(name, steps=3)
     before = {id(v): v.numpy() for v in opt.variables}
     n = optimizers.reset_slots(opt, model.trainable_variables[:2])
-    slots = dict(optimizers._slot_lists(opt))
+    slots = dict(keras_private.slot_lists(opt))
     assert n == 2 * len(slots) and n > 0
     initial = 0.1 if name == "adagrad" else 0.0  # Keras' initial_accumulator_value
     for per_variable in slots.values():
@@ -432,3 +432,100 @@ def test_mults_from_spread():
     for bad in [(0, 10.0), (3, 0.5), (3, math.inf), (2.5, 10.0)]:
         with pytest.raises(UserError):
             optimizers.mults_from_spread(*bad)
+
+
+def _fit_data():
+    rng = np.random.default_rng(2)
+    return rng.normal(size=(32, 4)).astype("float32"), rng.normal(size=(32, 3)).astype("float32")
+
+
+def _fit_model(optimizer_fn, tmp_path):
+    """A Sequential model compiled with a segmented optimizer, fit 4 steps, saved, reloaded."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="tanh", name="a")]
+        + [keras.layers.Dense(3, name="b")],
+        name="fitted",
+    )
+    opt = optimizers.segmented(optimizer_fn(), segments.assign(model, ["b"]), (0.1, 1.0))
+    model.compile(optimizer=opt, loss="mse")
+    x, y = _fit_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    path = str(tmp_path / "fitted.keras")
+    model.save(path)
+    return model, keras.saving.load_model(path)
+
+
+def test_model_fit_save_load_keeps_the_segmented_optimizer(tmp_path):
+    model, loaded = _fit_model(lambda: optimizers.make("adam", sgdr()), tmp_path)
+    opt, got = model.optimizer, loaded.optimizer
+    assert type(got).__name__ == "SegmentedAdam" and isinstance(got, keras.optimizers.Adam)
+    assert keras.saving.get_registered_name(type(got)) == "lrtech>SegmentedAdam"
+    config = got.get_config()
+    assert config["segment_of"] == opt.get_config()["segment_of"]
+    assert config["lr_mults"] == [0.1, 1.0] and config["aggregate_gradients"] is True
+    assert isinstance(got.get_config()["learning_rate"], dict)  # the schedule, serialized
+    assert config["learning_rate"] == opt.get_config()["learning_rate"]
+    assert int(got.iterations.numpy()) == int(opt.iterations.numpy()) == 4
+    assert len(got.variables) == len(opt.variables) == 1 + 2 * 4  # iterations, m and v
+    for a, b in zip(opt.variables, got.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert np.abs(got.variables[-1].numpy()).sum() > 0, "slots should be non-zero"
+    x, y = _fit_data()
+    model.train_on_batch(x[:8], y[:8])
+    loaded.train_on_batch(x[:8], y[:8])
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    assert int(got.iterations.numpy()) == 5
+
+
+def test_multiplier_applies_after_load(tmp_path):
+    """After load, segment "a" (x0.1) moves exactly 0.1 of what plain SGD moves it."""
+    _, loaded = _fit_model(lambda: optimizers.make("sgd", 0.5), tmp_path)
+    plain = keras.models.clone_model(loaded)
+    plain.set_weights(loaded.get_weights())
+    plain.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    before = loaded.get_weights()
+    x, y = _fit_data()
+    loaded.train_on_batch(x[:8], y[:8])
+    plain.train_on_batch(x[:8], y[:8])
+    for i, (start, got, want) in enumerate(zip(before, loaded.get_weights(), plain.get_weights())):
+        mult = 0.1 if i < 2 else 1.0  # a/kernel, a/bias in segment 0
+        np.testing.assert_allclose(got - start, mult * (want - start), rtol=1e-4, atol=1e-7)
+        assert np.abs(want - start).max() > 1e-4
+
+
+def test_segmented_classes_are_registered():
+    for base in (
+        keras.optimizers.SGD,
+        keras.optimizers.RMSprop,
+        keras.optimizers.Adam,
+        keras.optimizers.AdamW,
+        keras.optimizers.Adagrad,
+        keras.optimizers.Nadam,
+    ):
+        cls = keras.saving.get_registered_object(f"lrtech>Segmented{base.__name__}")
+        assert cls is not None and issubclass(cls, base), base
+    # Any other class is registered when first segmented; a second class with the same
+    # __name__ gets a module-qualified name instead of replacing the first.
+    adam_like = type("Adam", (keras.optimizers.Adam,), {"__module__": "user.opts"})
+    lion = optimizers.segmented(keras.optimizers.Lion(0.1), {"w": 0}, (1.0,))
+    other = optimizers.segmented(adam_like(0.1), {"w": 0}, (1.0,))
+    assert keras.saving.get_registered_name(type(lion)) == "lrtech>SegmentedLion"
+    assert keras.saving.get_registered_name(type(other)) == "lrtech>user.opts.SegmentedAdam"
+    for opt in (lion, other):
+        clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+        assert type(clone) is type(opt) and clone.get_config() == opt.get_config()
+
+
+def test_variable_paths_match_across_leading_scopes():
+    variables = [keras.Variable(1.0, name=n) for n in ("x", "y")]
+    # Saved from a model built under its name scope, rebuilt without it (or the reverse).
+    seg = {f"net/{variables[0].path}": 0, variables[1].path: 1}
+    opt = optimizers.segmented(keras.optimizers.SGD(1.0), seg, (0.5, 1.0))
+    opt.apply([tf.constant(1.0), tf.constant(1.0)], variables)
+    assert [float(v.numpy()) for v in variables] == [0.5, 0.0]
+    twice = {f"a/{variables[0].path}": 0, f"b/{variables[0].path}": 1, variables[1].path: 1}
+    opt = optimizers.segmented(keras.optimizers.SGD(1.0), twice, (0.5, 1.0))
+    with pytest.raises(UserError, match="different segments"):
+        opt.build(variables)

@@ -65,7 +65,8 @@ def test_inf_on_replica_1_only_skips_the_step_everywhere(float16_policy):
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
     assert float(scale.scale.numpy()) == 2.0**14
-    assert int(opt.iterations.numpy()) == 0  # a skipped step does not advance the schedule
+    # The skipped step consumed a batch: the global step (which the schedule reads) follows.
+    assert int(opt.iterations.numpy()) == 1
 
 
 def test_finite_steps_apply_and_grow_the_scale(float16_policy):
@@ -79,6 +80,39 @@ def test_finite_steps_apply_and_grow_the_scale(float16_policy):
     # Doubles after 2 good steps, then counts 1 more.
     assert float(scale.scale.numpy()) == 2.0**16
     assert int(scale.good_steps.numpy()) == 1
+
+
+def test_schedule_follows_the_data_step_after_a_skipped_step(float16_policy):
+    # lr 0.1 at global step 0, 0.5 from step 1 on. Batch 1 overflows (skipped), batch 2 is
+    # fine: it must train at the rate of step 1, as a run that starts at step 1 does.
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.1, 0.5])
+    strategy = make_strategy("mirrored", devices=DEVICES)
+    huge = _images(huge_on_replica_1=True).take(1)
+    fine = _images(huge_on_replica_1=False)
+
+    def run(dataset, start_step, initial_scale):
+        with strategy.scope():
+            model = _model()
+            segment_of = {v.path: 0 for v in model.trainable_variables}
+            opt = optimizers.segmented(
+                optimizers.make("sgd", schedule), segment_of, (1.0,), aggregate_gradients=False
+            )
+            opt.build(model.trainable_variables)
+            opt.iterations.assign(start_step)
+            scale = precision.DynamicLossScale(initial_scale)
+        loop = TrainLoop(strategy, model, opt, GLOBAL_BATCH, loss_scale=scale)
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+        out = loop.run(iterator, 2 - start_step, model.trainable_variables)
+        return [v.numpy() for v in model.trainable_variables], out, opt
+
+    skipped, out, opt = run(huge.concatenate(fine), 0, 2.0**15)
+    assert out["applied"].tolist() == [False, True]
+    assert int(opt.iterations.numpy()) == 2
+    started_at_1, _, _ = run(fine, 1, 2.0**14)
+    for a, b in zip(skipped, started_at_1):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+    initial = 0.01
+    assert not np.allclose(skipped[0], initial)  # it did train
 
 
 def test_keras_loss_scale_optimizer_lets_replica_1_inf_through(float16_policy):

@@ -1,6 +1,7 @@
 """run_train.py end to end on the offline synthetic dataset, as a user runs it."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,11 +59,22 @@ def test_end_to_end_writes_everything(tmp_path):
     flagfile = (model_dir / "flags.txt").read_text()
     assert "--num_classes=10" in flagfile and "--lr_mults=0.01,0.1,1.0" in flagfile
 
+    # The same command again: the run is complete; nothing trains, nothing is rewritten.
+    exported = (model_dir / "export" / "model.keras").stat().st_mtime_ns
+    same = _run(f"--model_dir={model_dir}", "--train_steps=8", *TINY)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "complete at step 8" in same.stderr
+    assert (model_dir / "export" / "model.keras").stat().st_mtime_ns == exported
+    assert json.loads((model_dir / "metrics.json").read_text())["final"]["step"] == 8
+
     # Run again with more steps: it resumes from step 8 by itself.
+    shutil.rmtree(model_dir / "export" / "saved_model")  # an incomplete export is rewritten
     again = _run(f"--model_dir={model_dir}", "--train_steps=10", *TINY)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "step 8" in again.stderr.lower() or "step=8" in again.stderr.lower(), again.stderr
-    assert json.loads((model_dir / "metrics.json").read_text())["step"] == 10
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["step"] == 10 and [e["step"] for e in metrics["history"]] == [4, 8, 10]
+    assert (model_dir / "export" / "saved_model" / "saved_model.pb").exists()
 
 
 def test_list_layers_prints_layers_and_segments(tmp_path):
@@ -82,15 +94,63 @@ def test_list_layers_prints_layers_and_segments(tmp_path):
         (["--lr_mults=1,1"], "--lr_mults"),
         (["--dataset=folder:/nonexistent/images"], "/nonexistent/images"),
         (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
+        (["--first_cycle_epochs=0.01", "--first_cycle_steps="], "--first_cycle_epochs=0.01"),
+        (["--num_classes=3"], "--num_classes=3"),
+        (["--freeze_segments=5"], "--freeze_segments=5"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
     base = [a for a in TINY if not any(a.startswith(x.split("=")[0] + "=") for x in args)]
+    args = [a for a in args if not a.endswith("=")]
     result = _run(f"--model_dir={tmp_path}", "--train_steps=2", *base, *args)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    error_lines = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
-    assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "error" in lines[0], result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--global_batch_size=99999999999999999999999"], "--global_batch_size"),
+        (["--synthetic_train_size=10000000000"], "--synthetic_train_size"),
+        (["--image_size=100000"], "--image_size=100000"),
+        (["--model_dir=/proc/lrtech"], "--model_dir=/proc/lrtech"),
+        (["--model_dir={file}"], "is a file"),
+        (["--model_dir={file}/run"], "is a file, not a directory"),
+    ],
+)
+def test_bad_flags_fail_before_heavy_work(tmp_path, args, message):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    args = [a.format(file=a_file) for a in args]
+    model_dir = (
+        [] if any(a.startswith("--model_dir") for a in args) else [f"--model_dir={tmp_path}"]
+    )
+    started = time.time()
+    result = _run(*model_dir, "--train_steps=2", *TINY, *args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "tensorflow" not in result.stderr.lower()
+    assert time.time() - started < 30
+
+
+def test_sigterm_during_start_up_exits_3_without_traceback(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_train.py"), f"--model_dir={tmp_path}", "--train_steps=2"]
+        + TINY,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # inside the imports (TensorFlow takes several seconds)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "before training" in err
+    assert not list(tmp_path.glob("ckpt/ckpt-*.index"))
 
 
 def test_sigterm_saves_and_exits_3_then_resumes(tmp_path):
@@ -106,6 +166,10 @@ def test_sigterm_saves_and_exits_3_then_resumes(tmp_path):
     deadline = time.time() + 180
     while time.time() < deadline and not list((model_dir / "ckpt").glob("ckpt-*.index")):
         time.sleep(0.5)
+    # A second run on the same model_dir (another seed) is refused while the first lives.
+    second = _run(*args, "--seed=7")
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"pid {proc.pid}" in second.stderr and "in use by another run" in second.stderr
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err[-3000:]

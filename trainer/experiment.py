@@ -3,33 +3,48 @@
     strategy = trainer.strategy.make_strategy(config.strategy)
     experiment = Experiment(config, strategy)
     experiment.build()
-    experiment.restore()          # resumes from model_dir/ckpt by itself
+    experiment.restore()          # resumes from the newest readable checkpoint by itself
     metrics = experiment.train()  # Preempted on SIGTERM/SIGINT, NonFiniteError on NaN/inf
-    experiment.export()
+    experiment.export()           # atomic: export/ is complete or absent
 
-The driver is plain Python around one compiled loop (`trainer.loop.TrainLoop`): it runs up to
-`steps_per_loop` steps per call and ends a loop early at every checkpoint, eval, epoch, SGDR
-restart and unfreeze boundary (`trainer.steps.Plan.next_boundary`). A signal therefore takes
-effect after at most `steps_per_loop` steps.
+`Experiment` assembles the parts and reads like a table of contents; the work is theirs:
+`trainer.runner.Trainer` owns the iterator, the trainable set and the compiled loop
+(`train(num_steps)`); `trainer.controller.Controller` runs it from boundary to boundary and
+the `trainer.actions` due at each (unfreeze, report, snapshot, evaluate, checkpoint,
+preemption); `trainer.checkpoints.Checkpointer` saves and restores; the global step is the
+optimizer's `iterations`, the one step counter of the run.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import threading
+import shutil
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from trainer import checkpoints, data, optimizers, precision, segments, steps
+from trainer import (
+    actions,
+    checkpoints,
+    data,
+    faults,
+    optimizers,
+    precision,
+    run_dir,
+    segments,
+    steps,
+    summaries,
+)
 from trainer import strategy as strategy_lib
+from trainer.controller import Controller
 from trainer.errors import NonFiniteError, Preempted, UserError
-from trainer.loop import EvalLoop, TrainLoop
-from trainer.run_state import RunState
+from trainer.interrupts import Interrupts
+from trainer.runner import Evaluator, Trainer
+
+EXPORT_DIR = "export"
+EXPORT_FILES = ("model.keras", "model.weights.h5", os.path.join("saved_model", "saved_model.pb"))
 
 
 def _resolve_split_at(config) -> tuple:
@@ -67,25 +82,34 @@ class Experiment:
         strategy: From `trainer.strategy.make_strategy`.
         model_fn: Optional `num_classes -> keras.Model` replacing `models.build` (tests use
             tiny models); called inside the strategy scope.
+        interrupts: A `trainer.interrupts.Interrupts` already installed by the caller
+            (run_train.py installs one first thing); by default `train` and `export` install
+            their own for their duration.
     """
 
-    def __init__(self, config, strategy, *, model_fn=None):
+    def __init__(self, config, strategy, *, model_fn=None, interrupts=None):
         self.config = config
         self.strategy = strategy
         self.model_fn = model_fn
+        self.interrupts = interrupts
         self.is_chief = strategy_lib.is_chief(strategy)
-        self.step = 0
-        self._signal = None
         self.built = False
+        self.history = None
 
     # Build ---------------------------------------------------------------------------------
 
     def build(self) -> Experiment:
-        """Reads the dataset info and builds model, optimizer, counters, checkpoint under scope."""
+        """Loads the data and builds model, optimizer, trainer and checkpointer under scope."""
         config = self.config
-        self.info = data.info_from_config(config)
+        self.data = data.load(config)
+        self.info = self.data.info
         if config.num_classes is None:
             config = self.config = config.replace(num_classes=self.info.num_classes)
+        elif config.num_classes < self.info.num_classes:
+            raise UserError(
+                f"--num_classes={config.num_classes} is smaller than the {self.info.num_classes}"
+                f" classes of --dataset={config.dataset} (labels 0..{self.info.num_classes - 1})"
+            )
         self.plan = steps.resolve(config, data.steps_per_epoch(self.info, config.global_batch_size))
         self.schedule = self._make_schedule()
         previous_policy = keras.config.dtype_policy()
@@ -96,18 +120,29 @@ class Experiment:
                 self._build_in_scope()
         finally:
             keras.config.set_dtype_policy(previous_policy)
-        self.train_loop = TrainLoop(
+        self.trainer = Trainer(
             self.strategy,
             self.model,
             self.optimizer,
-            config.global_batch_size,
+            self._train_data,
+            split_at=self.split_at,
+            global_batch_size=config.global_batch_size,
+            learning_rates=self.learning_rates,
             clipnorm=config.clipnorm,
             loss_scale=self.loss_scale,
             jit_compile=config.jit_compile,
         )
-        self.eval_loop = EvalLoop(self.strategy, self.model, config.num_classes)
+        self.evaluator = Evaluator(self.strategy, self.model, self._eval_data, config.num_classes)
         self.built = True
         return self
+
+    def _train_data(self, start_step: int):
+        dataset = self.data.train_dataset(self.config.global_batch_size, start_step=start_step)
+        return strategy_lib.distribute_dataset(self.strategy, dataset)
+
+    def _eval_data(self):
+        dataset = self.data.eval_dataset(self.config.global_batch_size)
+        return strategy_lib.distribute_dataset(self.strategy, dataset)
 
     def _make_schedule(self):
         config, plan = self.config, self.plan
@@ -144,6 +179,11 @@ class Experiment:
         self.split_at = _resolve_split_at(config)
         self.segment_of = segments.assign(self.model, self.split_at)
         self.num_segments = max(self.segment_of.values()) + 1
+        if config.freeze_segments >= self.num_segments:
+            raise UserError(
+                f"--freeze_segments={config.freeze_segments} must be smaller than the number "
+                f"of segments ({self.num_segments}, from --split_at)"
+            )
         self.lr_mults = _resolve_lr_mults(config, self.num_segments)
         base = optimizers.make(
             config.optimizer,
@@ -156,18 +196,8 @@ class Experiment:
         )
         # Every variable that can ever train, before the first trace (see DESIGN pitfalls).
         self.optimizer.build(self.model.trainable_variables)
-        once = tf.VariableAggregation.ONLY_FIRST_REPLICA
-        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=once)
-        self.first_trainable_var = tf.Variable(
-            config.freeze_segments, dtype=tf.int64, trainable=False, aggregation=once
-        )
+        objects = dict(model=self.model, optimizer=self.optimizer)
         self.loss_scale = None
-        objects = dict(
-            model=self.model,
-            optimizer=self.optimizer,
-            step=self.step_var,
-            first_trainable_segment=self.first_trainable_var,
-        )
         if precision.needs_loss_scale(config.mixed_precision):
             self.loss_scale = precision.DynamicLossScale()
             objects["loss_scale"] = self.loss_scale
@@ -182,8 +212,13 @@ class Experiment:
 
     # Reports -------------------------------------------------------------------------------
 
+    @property
+    def step(self) -> int:
+        """The global step (the optimizer's `iterations`)."""
+        return self.trainer.step
+
     def learning_rates(self, step: int) -> list[float]:
-        """Each segment's learning rate at optimizer step `step`."""
+        """Each segment's learning rate at global step `step`."""
         base = self.schedule
         lr = float(np.asarray(base(step))) if callable(base) else float(base)
         return [m * lr for m in self.lr_mults]
@@ -211,139 +246,172 @@ class Experiment:
     # Restore -------------------------------------------------------------------------------
 
     def restore(self) -> int:
-        """Resumes from model_dir/ckpt when it holds a checkpoint; returns the global step.
+        """Resumes from the newest readable checkpoint in model_dir/ckpt; returns the step.
 
         Raises:
-            IncompatibleCheckpointError: The checkpoint was made with a different
+            IncompatibleCheckpointError: The checkpoints were made with a different
                 configuration (checked before anything is loaded or written).
+            UserError: Checkpoints exist but config.json is missing or unreadable, or no
+                checkpoint is readable.
         """
         config = self.config
-        if self.checkpointer.latest() is not None:
-            checkpoints.check_compatible(config.model_dir, config)
+        if self.checkpointer.steps():
+            checkpoints.check_compatible(config.model_dir, config, has_checkpoints=True)
         path = self.checkpointer.restore()
-        self.step = int(self.step_var.numpy())
         if path:
             logging.info("Restored %s: resuming at step %d", path, self.step)
         elif self.is_chief:
             checkpoints.write_config(config.model_dir, config)
         if self.is_chief:
-            with tf.io.gfile.GFile(os.path.join(config.model_dir, "flags.txt"), "w") as f:
-                f.write(config.to_flagfile())
+            run_dir.write_text(os.path.join(config.model_dir, "flags.txt"), config.to_flagfile())
+        self.history = summaries.History(config.model_dir, self.step, self.is_chief)
         logging.info("Learning rates per segment:\n%s", self.lr_table())
         return self.step
 
     # Train ---------------------------------------------------------------------------------
 
-    def _install_signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            del frame
-            self._signal = signum
-            logging.warning(
-                "Signal %d: stopping after the current loop (at most %d steps) with a checkpoint",
-                signum,
-                self.plan.steps_per_loop,
-            )
-
-        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _set_trainable(self, step: int, first_trainable: int | None):
-        """Freezes the segments below the one that trains at `step`; resets new ones' slots."""
-        wanted = self.plan.first_trainable_segment(step)
-        if wanted == first_trainable:
-            return first_trainable
-        before = {id(v) for v in self.model.trainable_variables}
-        self.trainable = segments.freeze(self.model, self.split_at, wanted)
-        newly = [v for v in self.trainable if id(v) not in before]
-        if first_trainable is not None and newly:
-            optimizers.reset_slots(self.optimizer, newly)
-            logging.info("Step %d: segment %d starts to train", step, wanted)
-        self.first_trainable_var.assign(wanted)
-        return wanted
-
-    def _check_finite(self, start: int, losses: np.ndarray):
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            at = start + int(bad[0])
-            iteration = int(self.optimizer.iterations.numpy()) - (len(losses) - int(bad[0]))
-            lrs = ", ".join(
-                f"segment {s}: {lr:.4g}" for s, lr in enumerate(self.learning_rates(iteration))
-            )
-            raise NonFiniteError(
-                f"non-finite loss {losses[bad[0]]} at step {at} (learning rates: {lrs}); "
-                f"the last good checkpoint is kept: {self.checkpointer.latest()}"
-            )
-
-    def evaluate(self) -> dict[str, float]:
-        """Loss, accuracy (and top-5 with more than 5 classes) on the eval split."""
-        if not hasattr(self, "_eval_data"):
-            dataset = data.eval_dataset(self.config, self.info, self.config.global_batch_size)
-            self._eval_data = strategy_lib.distribute_dataset(self.strategy, dataset)
-        return self.eval_loop.run(self._eval_data)
+    def _actions(self, writer, progress):
+        config, plan = self.config, self.plan
+        restarts = []
+        if config.schedule == "sgdr":
+            restarts = [s for s in self.schedule.restart_steps(plan.total_steps) if s > 0]
+        checkpoint = actions.Checkpoint(self.checkpointer, self.model, plan.checkpoint_every_steps)
+        report = actions.Report(
+            writer,
+            progress,
+            self.learning_rates,
+            config.global_batch_size,
+            plan.steps_per_epoch,
+            restarts,
+        )
+        out = [actions.Unfreeze(self.trainer, plan), report]
+        if config.snapshot_at_restarts and self.is_chief:
+            out.append(actions.Snapshot(config.model_dir, self.model, self.schedule, restarts))
+        out += [
+            actions.Evaluate(
+                self.evaluator.evaluate,
+                self.history,
+                writer,
+                plan.steps_per_epoch,
+                plan.eval_every_steps,
+            ),
+            checkpoint,
+            actions.Preemption(self._interrupts, checkpoint),
+        ]
+        return out, report
 
     def train(self) -> dict:
         """Trains from the restored step to the end; returns the metrics (also metrics.json).
+
+        A run whose checkpoint is at the last step is complete: nothing trains, and the
+        final evaluation runs only if metrics.json lacks it.
 
         Raises:
             Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
             NonFiniteError: The loss became NaN/inf; nothing after the last good checkpoint
                 is saved.
         """
-        if not self.built:
-            raise UserError("Experiment.train: call build() (and restore()) first")
+        if not self.built or self.history is None:
+            raise UserError("Experiment.train: call build() and restore() first")
         steps.check_length(self.config)
-        state = RunState(self)
-        previous = self._install_signal_handlers()
+        config, plan = self.config, self.plan
+        started = time.time()
+        writer = summaries.Summaries(config.model_dir, self.is_chief)
+        progress = summaries.Progress(plan.steps_per_epoch, config.progress and self.is_chief)
+        own = self.interrupts is None
+        self._interrupts = Interrupts().install() if own else self.interrupts
         try:
-            while self.step < self.plan.total_steps:
-                self._one_loop(state)
+            report = None
+            if self.step >= plan.total_steps:
+                logging.info("The run is complete at step %d", self.step)
+            else:
+                run_actions, report = self._actions(writer, progress)
+                controller = Controller(
+                    self.trainer,
+                    run_actions,
+                    total_steps=plan.total_steps,
+                    steps_per_loop=plan.steps_per_loop,
+                )
+                try:
+                    controller.run()
+                except NonFiniteError as e:
+                    raise NonFiniteError(f"{e}; {self.checkpointer.describe_latest()}") from None
+            final = self.history.final
+            if final is None or final["step"] != self.step:
+                actions.Evaluate(
+                    self.evaluator.evaluate, self.history, writer, plan.steps_per_epoch, None
+                )(self.step)
+            return self._metrics(report, time.time() - started)
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            state.summaries.close()
-            state.progress.close()
-        return state.finish()
+            if own:
+                self._interrupts.uninstall()
+            writer.close()
 
-    def _one_loop(self, state):
-        plan, start = self.plan, self.step
-        end = plan.next_boundary(start, state.restarts)
-        state.first = self._set_trainable(start, state.first)
-        t0 = time.perf_counter()
-        out = self.train_loop.run(state.iterator, end - start, self.trainable, key=state.first)
-        seconds = time.perf_counter() - t0
-        self._check_finite(start, out["loss"])
-        self.step = end
-        self.step_var.assign(end)
-        state.record(start, end, out, seconds)
-        if self.config.snapshot_at_restarts and end in state.restarts and self.is_chief:
-            checkpoints.save_snapshot(
-                self.config.model_dir, self.model, self.schedule.cycle_at(end - 1), end
-            )
-        if end % plan.eval_every_steps == 0 or end == plan.total_steps:
-            state.evaluated(end, self.evaluate())
-        if end % plan.checkpoint_every_steps == 0 or end == plan.total_steps or self._signal:
-            self.checkpointer.save(end, self.model)
-        if self._signal:
-            raise Preempted(
-                f"signal {self._signal}: saved a checkpoint at step {end} in "
-                f"{self.checkpointer.directory}; run the same command to resume"
-            )
+    def _metrics(self, report, seconds: float) -> dict:
+        metrics = {
+            "step": self.step,
+            "epochs": steps.epoch_of(self.step, self.plan.steps_per_epoch),
+            "final": self.history.final,
+            "best": self.history.best,
+            "history": self.history.evals,
+            "train": report.last if report else None,
+            "images_per_sec": report.images_per_sec if report else None,
+            "wall_time_sec": seconds,
+        }
+        if self.is_chief:
+            summaries.write_metrics(self.config.model_dir, metrics)
+        return metrics
 
     # Export --------------------------------------------------------------------------------
 
+    @property
+    def export_dir(self) -> str:
+        return os.path.join(self.config.model_dir, EXPORT_DIR)
+
+    def export_complete(self) -> bool:
+        """Whether export/ holds every exported file (it is written atomically)."""
+        return all(os.path.exists(os.path.join(self.export_dir, f)) for f in EXPORT_FILES)
+
     def export(self) -> str:
-        """Writes export/model.keras (no optimizer), model.weights.h5 and saved_model/."""
-        directory = os.path.join(self.config.model_dir, "export")
+        """Writes export/: model.keras, model.weights.h5 and saved_model/, atomically.
+
+        The model is converted to built-in Keras layers (`models.portable`), so model.keras
+        loads with plain `keras.saving.load_model`. The files are written to a temporary
+        directory renamed into place at the end; a signal in between stops with `Preempted`
+        and leaves the previous export (or none), and the next run writes it again.
+        """
+        import models
+
+        directory = self.export_dir
         if not self.is_chief:
             return directory
         checkpoints.check_finite_weights(self.model, self.step)
-        tf.io.gfile.makedirs(directory)
-        self.model.trainable = True  # the exported model is not frozen
-        # The model is never compiled, so model.keras carries no (segmented) optimizer.
-        self.model.save(os.path.join(directory, "model.keras"))
-        self.model.save_weights(os.path.join(directory, "model.weights.h5"))
-        self.model.export(os.path.join(directory, "saved_model"), verbose=False)
+        run_dir.remove_stale_temporaries(self.config.model_dir, EXPORT_DIR)
+        tmp = f"{directory}.tmp-{os.getpid()}"
+        own = self.interrupts is None
+        interrupts = Interrupts().install() if own else self.interrupts
+        try:
+            self.model.trainable = True  # the exported model is not frozen
+            model = models.portable(self.model)
+            os.makedirs(tmp)
+            # The model is never compiled, so model.keras carries no (segmented) optimizer.
+            writes = (
+                lambda: model.save(os.path.join(tmp, "model.keras")),
+                lambda: model.save_weights(os.path.join(tmp, "model.weights.h5")),
+                lambda: model.export(os.path.join(tmp, "saved_model"), verbose=False),
+            )
+            for write in writes:
+                write()
+                faults.point("export")
+                if interrupts.pending is not None:
+                    raise Preempted(
+                        f"signal {interrupts.pending} during the export: the checkpoint at "
+                        f"step {self.step} is kept; run the same command to write the export"
+                    )
+            run_dir.replace_dir(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if own:
+                interrupts.uninstall()
         logging.info("Exported the model to %s", directory)
         return directory

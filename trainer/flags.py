@@ -18,6 +18,11 @@ from absl import flags
 from trainer import config as config_lib
 
 _LIST_FIELDS = ("split_at",)
+# Upper bounds that turn would-be overflows, huge allocations and out-of-memory errors minutes
+# into a run into one line at parse time.
+MAX_GLOBAL_BATCH = 65536
+MAX_SYNTHETIC = 1_000_000
+MAX_IMAGE_SIZE = 1024
 _FLOAT_LIST_FIELDS = ("lr_mults",)
 
 
@@ -85,15 +90,17 @@ def _define_data(fv):
     flags.DEFINE_integer(
         "synthetic_train_size",
         2048,
-        "Examples in the synthetic train split.",
+        "Examples in the synthetic train split (at most 1,000,000: 3 GiB of 32x32 images).",
         lower_bound=1,
+        upper_bound=MAX_SYNTHETIC,
         flag_values=fv,
     )
     flags.DEFINE_integer(
         "synthetic_test_size",
         512,
-        "Examples in the synthetic test split.",
+        "Examples in the synthetic test split (at most 1,000,000).",
         lower_bound=1,
+        upper_bound=MAX_SYNTHETIC,
         flag_values=fv,
     )
 
@@ -121,8 +128,9 @@ def _define_model(fv):
     flags.DEFINE_integer(
         "image_size",
         32,
-        "Input size in pixels (square); images are resized to it.",
+        "Input size in pixels (square, 8..1024); images are resized to it.",
         lower_bound=8,
+        upper_bound=MAX_IMAGE_SIZE,
         flag_values=fv,
     )
     flags.DEFINE_integer(
@@ -140,6 +148,7 @@ def _define_length(fv):
         128,
         "Examples per step, summed over all replicas.",
         lower_bound=1,
+        upper_bound=MAX_GLOBAL_BATCH,
         flag_values=fv,
     )
     flags.DEFINE_float(
@@ -313,6 +322,13 @@ def _define_execution(fv):
         "seed", 0, "Seed for weights, data order and augmentation.", flag_values=fv
     )
     flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.", flag_values=fv)
+    flags.DEFINE_bool(
+        "restart",
+        False,
+        "Start over in --model_dir: move the previous run's files (checkpoints, config, "
+        "metrics, summaries, export) to MODEL_DIR/previous/<time>/ first. Nothing is deleted.",
+        flag_values=fv,
+    )
     flags.DEFINE_bool(
         "list_layers",
         False,

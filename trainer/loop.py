@@ -1,8 +1,10 @@
 """The compiled inner loops: `num_steps` training steps per call, and one pass of evaluation.
 
-A Python driver (`trainer.experiment`) decides how many steps to run before the next log,
-eval, checkpoint, restart or unfreeze boundary and calls `TrainLoop.run` once per such
-stretch, so Python overhead is paid once per loop, not once per step.
+The controller (`trainer.controller`) decides how many steps to run before the next action
+is due (log, eval, checkpoint, restart, unfreeze) and the trainer (`trainer.runner.Trainer`)
+calls `TrainLoop.run` once per such stretch, so Python overhead is paid once per loop, not
+once per step. Every step advances the optimizer's `iterations`, the run's one global step,
+also when float16 loss scaling skips the update.
 
 One training step, on every replica:
 
@@ -139,11 +141,18 @@ class TrainLoop:
             if self.loss_scale is not None:
                 # The cond runs in cross-replica context: a branch that calls merge_call (the
                 # optimizer does) is not allowed inside a replica-context cond.
-                tf.cond(
-                    finite,
-                    lambda: strategy.run(lambda g: optimizer.apply(g, variables), args=(grads,)),
-                    lambda: None,
-                )
+                def apply():
+                    strategy.run(lambda g: optimizer.apply(g, variables), args=(grads,))
+                    return tf.constant(True)
+
+                def skip():
+                    # The step consumed a batch: the global step (the optimizer's iterations,
+                    # which the schedule reads) still advances, so the learning rate follows
+                    # the data, as with PyTorch's GradScaler + scheduler.
+                    optimizer.iterations.assign_add(1)
+                    return tf.constant(False)
+
+                tf.cond(finite, apply, skip)
                 self.loss_scale.update(finite)
             return first(loss), first(correct), finite
 

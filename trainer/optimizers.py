@@ -10,7 +10,12 @@ step) whose update of variable v uses `lr_mults[segment_of[v.path]] * learning_r
   an update about 10x too large.
 * Decoupled weight decay (`weight_decay=`, all Keras 3 optimizers) is scaled by the segment's
   learning rate too, as PyTorch parameter groups and fastai do.
-* The multiplier table is a Python dict read while tracing: no per-step Python work.
+* The multiplier table is a Python list read while tracing: no per-step Python work.
+* The segmented classes are registered with Keras (``lrtech>SegmentedAdam`` ...), so a
+  `model.fit` user can `model.save("m.keras")` and `keras.saving.load_model("m.keras")` with
+  the optimizer and its state, once `trainer.optimizers` is imported.
+
+Private Keras attributes used here are listed, and reached, through `trainer.keras_private`.
 
 Usage (in a custom loop under a tf.distribute strategy):
 
@@ -28,13 +33,21 @@ import numbers
 import keras
 import tensorflow as tf
 
+from trainer import keras_private
 from trainer.errors import UserError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam")
 
-# Slot lists that are not per-variable optimizer *state* to restart: EMA copies of the weights
-# and gradient-accumulation buffers (cleared by Keras itself on every real step).
-_NOT_STATE = frozenset({"_model_variables_moving_average", "_accumulated_gradients"})
+# The Keras classes `make` returns; their segmented subclasses are registered at import.
+_MAKE_CLASSES = (
+    keras.optimizers.SGD,
+    keras.optimizers.RMSprop,
+    keras.optimizers.Adam,
+    keras.optimizers.AdamW,
+    keras.optimizers.Adagrad,
+    keras.optimizers.Nadam,
+)
+_PACKAGE = "lrtech"
 
 
 def make(name, learning_rate, *, momentum=0.9, weight_decay=None, clipnorm=None, **kw):
@@ -112,7 +125,32 @@ class _SegmentTable:
         self.segment_of = dict(segment_of)
         self.lr_mults = tuple(float(m) for m in lr_mults)
         self.aggregate_gradients = bool(aggregate_gradients)
-        self.mult_by_key = {}  # optimizer._var_key(variable) -> multiplier, filled by build()
+        self.mults = []  # multiplier of the i-th variable the optimizer was built with
+        self._by_scope = {}  # path -> segment, for paths found by `_match_scopes`
+
+    def segment(self, path: str) -> int | None:
+        """The segment of the variable at `path`, or None if it is in no segment."""
+        if path in self.segment_of:
+            return self.segment_of[path]
+        if path not in self._by_scope:
+            self._by_scope[path] = self._match_scopes(path)
+        return self._by_scope[path]
+
+    def _match_scopes(self, path: str) -> int | None:
+        # A variable's path may gain or lose leading name scopes with the building context:
+        # a Sequential model given an Input builds under its own name ("net/dense/kernel"),
+        # the same model rebuilt by keras.saving.load_model does not ("dense/kernel").
+        found = {
+            key: segment
+            for key, segment in self.segment_of.items()
+            if key.endswith("/" + path) or path.endswith("/" + key)
+        }
+        if len(set(found.values())) > 1:
+            raise UserError(
+                f"segmented optimizer: variable {path} matches {sorted(found)} in different"
+                " segments; give segment_of the variables' exact paths"
+            )
+        return next(iter(found.values()), None)
 
 
 class _SegmentedMixin:
@@ -123,19 +161,16 @@ class _SegmentedMixin:
         _check_mults(segment_of, lr_mults)
         self._segments = _SegmentTable(segment_of, lr_mults, aggregate_gradients)
 
-    def _lr_mult(self, variable) -> float:
-        return self._segments.mult_by_key[self._var_key(variable)]
-
     def _check_known(self, variables):
         for v in variables:
-            if v.path not in self._segments.segment_of:
+            if self._segments.segment(v.path) is None:
                 raise UserError(f"segmented optimizer: variable {v.path} is in no segment")
 
     def build(self, variables):
         self._check_known(variables)
         table = self._segments
-        for v in variables:
-            table.mult_by_key[self._var_key(v)] = table.lr_mults[table.segment_of[v.path]]
+        # Aligned with Keras' own variable index (the order of `variables`).
+        table.mults = [table.lr_mults[table.segment(v.path)] for v in variables]
         super().build(variables)
 
     def apply(self, grads, trainable_variables=None):
@@ -145,32 +180,21 @@ class _SegmentedMixin:
         return super().apply(grads, trainable_variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        mult = self._lr_mult(variable)
+        mult = self._segments.mults[keras_private.variable_index(self, variable)]
         if mult != 1.0:
             learning_rate = learning_rate * mult
+        if self.weight_decay is not None and keras_private.uses_weight_decay(self, variable):
+            # Keras' decoupled decay (`variable * wd * lr`, before the update), at the
+            # segment's learning rate. Here Keras already runs once per variable, in the
+            # replica context that may update it.
+            lr = tf.cast(learning_rate, variable.dtype)
+            self.assign_sub(variable, variable * tf.cast(self.weight_decay, variable.dtype) * lr)
         return super().update_step(gradient, variable, learning_rate)
 
     def _apply_weight_decay(self, variables):
-        # Keras decays by `variable * wd * lr` with the global lr; here lr is the segment's.
-        if self.weight_decay is None:
-            return
-
-        def decay(var, mult):
-            lr = self.learning_rate
-            if mult != 1.0:
-                lr = lr * mult
-            var.assign_sub(var * tf.cast(self.weight_decay, var.dtype) * tf.cast(lr, var.dtype))
-
-        def decay_all(distribution, variables):
-            for v in variables:
-                if self._use_weight_decay(v):
-                    value = v.value if isinstance(v, keras.Variable) else v
-                    mult = self._lr_mult(v)
-                    distribution.extended.update(value, decay, args=(mult,), group=False)
-
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            decay_all, self._distribution_strategy, variables
-        )
+        # Keras' hook decays every variable at the global learning rate; update_step does it
+        # per segment instead.
+        del variables
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         if self._segments.aggregate_gradients:
@@ -188,9 +212,25 @@ class _SegmentedMixin:
 _CLASSES: dict[type, type] = {}
 
 
+def _registered_name(base: type) -> str:
+    name = f"Segmented{base.__name__}"
+    if keras.saving.get_registered_object(f"{_PACKAGE}>{name}") is not None:
+        # Another class of this __name__ (a user's own Adam) came first: qualify ours. The
+        # Keras classes of `make` are registered at import, so theirs never change.
+        name = f"{base.__module__}.Segmented{base.__qualname__}"
+    return name
+
+
 def _segmented_class(base: type) -> type:
+    """The segmented subclass of `base`, created and registered with Keras once."""
     if base not in _CLASSES:
-        _CLASSES[base] = type(f"Segmented{base.__name__}", (_SegmentedMixin, base), {})
+        keras_private.check_hooks(base)
+        name = f"Segmented{base.__name__}"
+        cls = type(name, (_SegmentedMixin, base), {"__module__": __name__, "__qualname__": name})
+        register = keras.saving.register_keras_serializable(
+            package=_PACKAGE, name=_registered_name(base)
+        )
+        _CLASSES[base] = register(cls)
     return _CLASSES[base]
 
 
@@ -230,15 +270,20 @@ def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True):
 
     Args:
         optimizer: An unbuilt Keras optimizer, e.g. from `make`.
-        segment_of: `{variable.path: segment}`, e.g. from `trainer.segments.assign`.
+        segment_of: `{variable.path: segment}`, e.g. from `trainer.segments.assign`. A
+            variable whose path is not a key takes the segment of the one key that equals
+            its path up to leading name scopes ("net/dense/kernel" for "dense/kernel"), as
+            after `keras.saving.load_model` rebuilds a Sequential model.
         lr_mults: One finite multiplier > 0 per segment.
         aggregate_gradients: False when the caller already summed the gradients across
             replicas (e.g. to clip the global gradient or check it is finite): the optimizer
             then does not all-reduce them again.
 
     Returns:
-        The segmented optimizer. `get_config()` includes `segment_of`, `lr_mults` and
-        `aggregate_gradients`.
+        The segmented optimizer, of a class registered with Keras as
+        ``lrtech>Segmented{type(optimizer).__name__}``. `get_config()` includes `segment_of`,
+        `lr_mults` and `aggregate_gradients`, so a model compiled with it saves and loads
+        (`model.save`, `keras.saving.load_model`) with its optimizer state.
 
     Raises:
         UserError: Bad multipliers, a built or loss-scale optimizer, or (at build / apply) a
@@ -254,37 +299,17 @@ def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True):
     config = optimizer.get_config()
     # Reuse the schedule object instead of a serialization round trip (custom schedules need
     # not be registered serializable).
-    if not isinstance(optimizer._learning_rate, keras.Variable):
-        config["learning_rate"] = optimizer._learning_rate
+    schedule = keras_private.learning_rate_object(optimizer)
+    if schedule is not None:
+        config["learning_rate"] = schedule
     new = _segmented_class(type(optimizer))(
         **config,
         segment_of=segment_of,
         lr_mults=lr_mults,
         aggregate_gradients=aggregate_gradients,
     )
-    for attr in ("_exclude_from_weight_decay", "_exclude_from_weight_decay_pattern"):
-        if hasattr(optimizer, attr):
-            setattr(new, attr, getattr(optimizer, attr))
+    keras_private.copy_weight_decay_exclusions(optimizer, new)
     return new
-
-
-def _slot_lists(opt):
-    """Yields (attribute name, per-variable list) for every slot list of a built optimizer."""
-    model_vars = opt._trainable_variables
-    own = {id(v) for v in opt.variables}
-    for attr, value in vars(opt).items():
-        if attr in _NOT_STATE or isinstance(value, (str, bytes)):
-            continue
-        if not isinstance(value, collections.abc.Sequence) or len(value) != len(model_vars):
-            continue
-        slots = list(value)
-        if not any(isinstance(s, keras.Variable) for s in slots):
-            continue
-        if all(
-            s is None or (id(s) in own and tuple(s.shape) == tuple(v.shape))
-            for s, v in zip(slots, model_vars)
-        ):
-            yield attr, slots
 
 
 def reset_slots(optimizer, variables) -> int:
@@ -313,14 +338,23 @@ def reset_slots(optimizer, variables) -> int:
         raise UserError(f"reset_slots: optimizer {opt.name!r} is not built")
     indices = []
     for v in variables:
-        if opt._var_key(v) not in opt._trainable_variables_indices:
-            raise UserError(f"reset_slots: optimizer was not built with variable {v.path}")
-        indices.append(opt._get_variable_index(v))
+        try:
+            indices.append(keras_private.variable_index(opt, v))
+        except KeyError:
+            raise UserError(
+                f"reset_slots: optimizer was not built with variable {v.path}"
+            ) from None
     count = 0
-    for attr, slots in _slot_lists(opt):
-        value = getattr(opt, "initial_accumulator_value", 0.0) if attr == "_accumulators" else 0.0
+    for attr, slots in keras_private.slot_lists(opt):
+        value = keras_private.slot_initial_value(opt, attr)
         for i in indices:
             if slots[i] is not None:
                 slots[i].assign(tf.fill(slots[i].shape, tf.cast(value, slots[i].dtype)))
                 count += 1
     return count
+
+
+# Registered at import, so `keras.saving.load_model` finds them in any process that imported
+# this module, whichever of them was saved.
+for _base in _MAKE_CLASSES:
+    _segmented_class(_base)

@@ -11,10 +11,9 @@ can be frozen as a unit (`freeze`). Layers are numbered in the model's *flattene
 * Numbering follows `model.layers`, so a functional model's `InputLayer` is layer 0 (as in
   keras.applications models) and a Sequential model's layers start at 0 with its first
   real layer.
-* A variable belongs to the layer that owns it *directly* (created it with `add_weight`; Keras
-  3 keeps those in `layer._trainable_variables` / `_non_trainable_variables`, while
-  `layer.weights` also lists the sublayers' variables). A layer reached twice (shared between
-  a nested model and its parent) is listed at both positions.
+* A variable belongs to the layer that owns it *directly* (created it with `add_weight`):
+  `layer.weights` minus its sublayers' weights. A layer reached twice (shared between a nested
+  model and its parent) is listed at both positions.
 
 `split_at` entries are layer indices or names, mixed (strings of digits are indices, so
 "10,conv4_block1_1_conv" works); n split points give n + 1 segments and split point p makes
@@ -30,6 +29,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from trainer import keras_private
 from trainer.errors import UserError
 
 
@@ -66,16 +66,17 @@ class _Flat:
 def _sublayers(layer) -> list:
     if isinstance(layer, keras.Model):
         return list(layer.layers)
-    return list(getattr(layer, "_layers", []))
+    return keras_private.tracked_sublayers(layer)
 
 
 def _direct_variables(layer) -> list:
-    out, seen = [], set()
-    for v in list(layer._trainable_variables) + list(layer._non_trainable_variables):
-        if id(v) not in seen:
-            seen.add(id(v))
-            out.append(v)
-    return out
+    inside = {id(w) for sublayer in _sublayers(layer) for w in sublayer.weights}
+    return [w for w in layer.weights if id(w) not in inside]
+
+
+def _created_trainable(layer) -> list:
+    # Created trainable, frozen or not: `layer.trainable_weights` is empty while frozen.
+    return keras_private.created_trainable_variables(layer)
 
 
 def _size(variables) -> int:
@@ -225,7 +226,7 @@ def assign(model, split_at: Sequence[int | str] | str | None) -> dict[str, int]:
     segments = _segments_of(len(flat.layers), _resolve(split_at, flat))
     owner = {}  # id(variable) -> (variable, segment, layer index)
     for index, (layer, segment) in enumerate(zip(flat.layers, segments)):
-        for v in layer._trainable_variables:
+        for v in _created_trainable(layer):
             if id(v) in owner and owner[id(v)][1] != segment:
                 _, other_segment, other = owner[id(v)]
                 raise UserError(
@@ -300,7 +301,7 @@ def layer_rows(model, split_at) -> list[LayerRow]:
             scope=scope,
             type=type(layer).__name__,
             params=_size(_direct_variables(layer)),
-            trainable_params=_size(layer._trainable_variables),
+            trainable_params=_size(_created_trainable(layer)),
             segment=segment,
         )
         for i, (layer, scope, segment) in enumerate(zip(flat.layers, flat.scopes, segments))

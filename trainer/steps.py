@@ -1,9 +1,8 @@
-"""Epoch-valued settings resolved to steps, and where the driver must end a compiled loop.
+"""Epoch-valued settings resolved to steps: a run's length and periods (`Plan`).
 
 A step is one optimizer step on one global batch; an epoch is `steps_per_epoch` whole global
-batches (`trainer.data.steps_per_epoch`). Everything the driver acts on (checkpoint, eval,
-epoch end, SGDR restart, unfreeze event, end of training) happens at a loop boundary, so the
-compiled loop is cut there: `next_boundary` is computed in Python.
+batches (`trainer.data.steps_per_epoch`). The controller cuts compiled loops wherever an
+action is due (`trainer.controller`); the plan only says how long things are.
 """
 
 from __future__ import annotations
@@ -53,15 +52,6 @@ class Plan:
             every * j for j in range(1, self.freeze_segments + 1) if every * j < self.total_steps
         ]
 
-    def next_boundary(self, step: int, restarts=()) -> int:
-        """The first step after `step` where a loop must end (see the module docstring)."""
-        candidates = [step + self.steps_per_loop, self.total_steps]
-        for period in (self.checkpoint_every_steps, self.eval_every_steps, self.steps_per_epoch):
-            candidates.append((step // period + 1) * period)
-        candidates += [s for s in restarts if s > step]
-        candidates += [s for s in self.unfreeze_steps() if s > step]
-        return min(candidates)
-
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     """`epochs * steps_per_epoch` rounded to the nearest step, at least 1."""
@@ -100,6 +90,11 @@ def resolve(config, steps_per_epoch: int) -> Plan:
             first_cycle = config.first_cycle_epochs * steps_per_epoch
         else:
             first_cycle = max(total - config.warmup_steps, 1)  # one cycle over the whole run
+        if first_cycle < 1:
+            raise UserError(
+                f"--first_cycle_epochs={config.first_cycle_epochs} is {first_cycle:.3g} steps at "
+                f"{steps_per_epoch} steps per epoch; an SGDR cycle must be at least 1 step"
+            )
     unfreeze = None
     if config.unfreeze_every:
         unfreeze = epochs_to_steps(config.unfreeze_every, steps_per_epoch)

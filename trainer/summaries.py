@@ -16,6 +16,8 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
+from trainer import run_dir
+
 
 def _scalar_metadata():
     # What tensorboard's scalar plugin writes; `tf.summary.scalar` itself needs the tensorboard
@@ -38,6 +40,7 @@ class Progress:
         self.enabled = enabled
         self._bar = None
         self._epoch = None
+        self._seen = 0
 
     def update(self, step: int, values: dict[str, float]) -> None:
         """Shows the state after global step `step` (values: name -> number)."""
@@ -51,12 +54,13 @@ class Progress:
             self._bar = keras.utils.Progbar(
                 self.steps_per_epoch, verbose=verbose, stateful_metrics=list(values)
             )
-        self._bar.update(position + 1, values=list(values.items()))
+        self._seen = position + 1
+        self._bar.update(self._seen, values=list(values.items()))
 
     def close(self) -> None:
         """Prints the last, partial epoch's line (a non-tty bar prints at the epoch end only)."""
-        if self._bar is not None and self._bar._seen_so_far < self.steps_per_epoch:
-            self._bar.update(self._bar._seen_so_far, finalize=True)
+        if self._bar is not None and self._seen < self.steps_per_epoch:
+            self._bar.update(self._seen, finalize=True)
         self._bar = None
 
 
@@ -94,9 +98,61 @@ def log_eval(step: int, epoch: float, results: dict[str, float]) -> None:
     logging.info("eval step %d (epoch %.2f): %s", step, epoch, " ".join(parts))
 
 
+METRICS_FILE = "metrics.json"
+
+
 def write_metrics(model_dir: str, metrics: dict) -> str:
-    """Writes model_dir/metrics.json; returns its path."""
-    path = os.path.join(model_dir, "metrics.json")
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True)
+    """Writes model_dir/metrics.json atomically; returns its path."""
+    path = os.path.join(model_dir, METRICS_FILE)
+    run_dir.write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
     return path
+
+
+class History:
+    """Every evaluation of a run, across resumes; `best` and `final` come from all of them.
+
+    On a resume the evaluations recorded in metrics.json up to the restored step are kept (a
+    run killed after evaluating step 8 but checkpointed at step 6 evaluates 8 again).
+
+    Every evaluation is written to metrics.json at once (chief), so a run stopped by a signal
+    or a kill keeps what it evaluated.
+
+    Args:
+        model_dir: The run directory (metrics.json).
+        restored_step: The global step training resumes from.
+        write: Whether this worker writes metrics.json (the chief).
+    """
+
+    def __init__(self, model_dir: str, restored_step: int, write: bool = True):
+        self.model_dir = model_dir
+        self.write = write
+        self.evals: list[dict] = []
+        path = os.path.join(model_dir, METRICS_FILE)
+        if restored_step and tf.io.gfile.exists(path):
+            try:
+                with tf.io.gfile.GFile(path) as f:
+                    old = json.load(f).get("history", [])
+                self.evals = [e for e in old if int(e["step"]) <= restored_step]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                logging.warning("%s is unreadable; the evaluation history restarts here", path)
+
+    def record(self, step: int, results: dict) -> None:
+        self.evals = [e for e in self.evals if e["step"] != step]
+        self.evals.append(dict(results, step=step))
+        if self.write:
+            write_metrics(
+                self.model_dir, {"final": self.final, "best": self.best, "history": self.evals}
+            )
+
+    @property
+    def final(self) -> dict | None:
+        return self.evals[-1] if self.evals else None
+
+    @property
+    def best(self) -> dict | None:
+        # The earliest of equally good evaluations, as an uninterrupted run would keep.
+        best = None
+        for e in self.evals:
+            if best is None or e["accuracy"] > best["accuracy"]:
+                best = e
+        return best

@@ -2,12 +2,17 @@
 
 A split is held as `Split`: either decoded uint8 images of one fixed shape, or the encoded
 image files (bytes) when shapes vary or the decoded split would not fit in memory; the
-pipelines in `trainer.data` gather from it by index, which is what makes them a pure function
-of (seed, step).
+pipelines in `trainer.data.pipeline` gather from it by index, which is what makes them a pure
+function of (seed, step).
+
+Loading prints nothing: run_train.py reports a failed load as one line on stderr, so warnings
+are returned in `Split.warnings` (the caller logs them once the whole dataset has loaded),
+TFDS's INFO logging is silenced and the image decoders' stderr output is captured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -16,7 +21,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from trainer import data_synthetic
+from trainer import runtime
+from trainer.data import synthetic as synthetic_lib
 from trainer.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -26,7 +32,11 @@ MAX_DECODED_BYTES = 2 * 1024**3
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split in memory. `images` is uint8 [N, H, W, 3] or, when `encoded`, bytes [N]."""
+    """One split in memory. `images` is uint8 [N, H, W, 3] or, when `encoded`, bytes [N].
+
+    `warnings` are messages for the user (empty class directories, skipped files), to be
+    logged only once every split has loaded.
+    """
 
     images: np.ndarray
     labels: np.ndarray  # int32 [N]
@@ -34,15 +44,16 @@ class Split:
     class_names: tuple[str, ...]
     image_shape: tuple[int | None, int | None, int]
     num_skipped: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 def synthetic(dataset: str, split: str, size: int) -> Split:
-    """The `trainer.data_synthetic` split of a ``synthetic[:K]`` spec."""
-    num_classes = data_synthetic.parse_spec(dataset)
+    """The `trainer.data.synthetic` split of a ``synthetic[:K]`` spec."""
+    num_classes = synthetic_lib.parse_spec(dataset)
     if size < 1:
         raise UserError(f"--synthetic_train_size/--synthetic_test_size={size} must be >= 1")
-    images, labels = data_synthetic.generate(split, size, num_classes)
-    names = data_synthetic.CLASS_NAMES[:num_classes]
+    images, labels = synthetic_lib.generate(split, size, num_classes)
+    names = synthetic_lib.CLASS_NAMES[:num_classes]
     return Split(images, labels, False, names, images.shape[1:])
 
 
@@ -71,12 +82,35 @@ def _not_prepared(name: str, data_dir: str | None) -> UserError:
     )
 
 
+@contextlib.contextmanager
+def _tfds_info_silenced():
+    """Raises the `absl` logger, which TFDS logs through, to WARNING inside the block.
+
+    TFDS logs INFO lines ("Constructing tf.data.Dataset ...", "Failed to load dataset ...")
+    that run_train.py's absl set-up prints; before a failed load they would precede its
+    one-line error. The level is restored afterwards, also when the block raises.
+    """
+    logger = logging.getLogger("absl")
+    saved = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
 def tfds_split(name: str, data_dir: str | None, split: str) -> Split:
-    """Loads a prepared TFDS image-classification split (never downloads).
+    """Loads a prepared TFDS image-classification split (never downloads), logging no INFO.
 
     Raises:
       UserError: unknown dataset, not prepared in data_dir, bad split, or not (image, label).
     """
+    with _tfds_info_silenced():
+        return _read_tfds(name, data_dir, split)
+
+
+def _read_tfds(name: str, data_dir: str | None, split: str) -> Split:
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(name, data_dir)
@@ -143,23 +177,32 @@ def _read_image(path: str) -> tuple[bytes, tuple[int, ...]] | None:
     try:
         with open(path, "rb") as f:
             data = f.read()
-        shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
-        return data, tuple(shape)
-    except (OSError, tf.errors.InvalidArgumentError):
+    except OSError:
         return None
+    # libjpeg prints its warnings and errors ("Corrupt JPEG data: ...", "Premature end of JPEG
+    # file", "Improper call to JPEG library ...") and TensorFlow's decoders log theirs straight
+    # to fd 2, in no common format. Everything written during this one decode is about this
+    # file, whose fate the caller reports (an error naming it, or the skipped-files warning).
+    with runtime.captured_stderr(drop=True):
+        try:
+            shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
+        except tf.errors.InvalidArgumentError:
+            return None
+    return data, tuple(shape)
 
 
 def folder_split(root: str, split: str, class_names: tuple[str, ...], skip_corrupt: bool) -> Split:
     """Reads every image of root/split/<class>/ (bytes kept encoded, each checked to decode).
 
     An empty class directory keeps its label index (labels follow the sorted train class
-    directories) and logs a warning: a split may lack a class without shifting the others.
+    directories) and adds a warning: a split may lack a class without shifting the others.
+    Skipped files add one warning naming the first of them.
 
     Raises:
       UserError: a missing directory, a class not in the train split, no image at all, or an
         unreadable file when `skip_corrupt` is False (naming the file).
     """
-    files, labels, shapes, skipped = [], [], set(), []
+    files, labels, shapes, skipped, warnings = [], [], set(), [], []
     for name in _class_dirs(root, split):
         if name not in class_names:
             raise UserError(f"--dataset=folder:{root}: class {name!r} of {split} not in train")
@@ -170,7 +213,7 @@ def folder_split(root: str, split: str, class_names: tuple[str, ...], skip_corru
             if f.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not paths:
-            logging.warning("folder %s: class directory %s has no images", root, class_dir)
+            warnings.append(f"folder {root}: class directory {class_dir} has no images")
         for path in paths:
             read = _read_image(path)
             if read is None:
@@ -185,12 +228,8 @@ def folder_split(root: str, split: str, class_names: tuple[str, ...], skip_corru
             shapes.add(read[1])
             labels.append(class_names.index(name))
     if skipped:
-        logging.warning(
-            "folder %s/%s: skipped %d unreadable images, e.g. %s",
-            root,
-            split,
-            len(skipped),
-            skipped[0],
+        warnings.append(
+            f"folder {root}/{split}: skipped {len(skipped)} unreadable images, e.g. {skipped[0]}"
         )
     if not files:
         raise UserError(f"--dataset=folder:{root}: no readable images in {split}")
@@ -202,4 +241,5 @@ def folder_split(root: str, split: str, class_names: tuple[str, ...], skip_corru
         class_names,
         image_shape,
         len(skipped),
+        tuple(warnings),
     )

@@ -1,0 +1,158 @@
+"""The controller's actions: the periodic work of a run, each due by its own `When`.
+
+Order matters where one action uses another's result: the run's list is
+`Unfreeze, Report, Snapshot, Evaluate, Checkpoint, Preemption` (`trainer.experiment`).
+A later issue's weight averaging is one more action in that list.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+from trainer import checkpoints, summaries
+from trainer.controller import Action, When
+from trainer.errors import Preempted
+
+
+class Unfreeze(Action):
+    """Gradual unfreezing: one more segment trains at each of the plan's unfreeze steps.
+
+    `start` sets the trainable set the restored step calls for (no optimizer state reset:
+    the checkpoint restored it); at an unfreeze step the newly trained variables' optimizer
+    state restarts.
+    """
+
+    def __init__(self, trainer, plan):
+        self.trainer = trainer
+        self.plan = plan
+        self.when = When(steps=tuple(plan.unfreeze_steps()))
+
+    def start(self, step):
+        self.trainer.set_first_trainable(self.plan.first_trainable_segment(step), reset_new=False)
+
+    def __call__(self, step, logs):
+        segment = self.plan.first_trainable_segment(step)
+        if self.trainer.set_first_trainable(segment):
+            logging.info("Step %d: segment %d starts to train", step, segment)
+
+
+class Report(Action):
+    """After every loop: train scalars to TensorBoard and the progress bar.
+
+    Due at every epoch end too, so the bar closes each epoch with the epoch's numbers, and at
+    every SGDR restart, so the logged learning rate shows each cycle's end.
+    """
+
+    def __init__(
+        self, writer, progress, learning_rates, global_batch_size, steps_per_epoch, restarts=()
+    ):
+        self.writer = writer
+        self.progress = progress
+        self.learning_rates = learning_rates
+        self.global_batch_size = global_batch_size
+        self.when = When(every=steps_per_epoch, steps=tuple(restarts), each_loop=True)
+        self.train_seconds = 0.0
+        self.steps = 0
+        self.last = {}
+
+    def __call__(self, step, logs):
+        n = logs["end"] - logs["start"]
+        seconds = logs["seconds"]
+        self.train_seconds += seconds
+        self.steps += n
+        images_per_sec = n * self.global_batch_size / max(seconds, 1e-9)
+        lrs = self.learning_rates(step)
+        self.last = {
+            "loss": float(np.mean(logs["loss"])),
+            "accuracy": float(np.sum(logs["correct"]) / (n * self.global_batch_size)),
+        }
+        scalars = dict(self.last, images_per_sec=images_per_sec, step_time=seconds / n)
+        scalars.update({f"lr/segment_{s}": lr for s, lr in enumerate(lrs)})
+        skipped = int(np.sum(~logs["applied"]))
+        if skipped:
+            scalars["skipped_steps"] = skipped
+        self.writer.write("train", step, scalars)
+        self.progress.update(step, {**self.last, "lr": lrs[-1], "img/s": images_per_sec})
+
+    @property
+    def images_per_sec(self) -> float | None:
+        if not self.train_seconds:
+            return None
+        return self.steps * self.global_batch_size / self.train_seconds
+
+    def close(self):
+        self.progress.close()
+
+
+class Evaluate(Action):
+    """Evaluates every `every` steps and at the end; records into the run's `History`."""
+
+    def __init__(self, evaluate_fn, history, writer, steps_per_epoch, every):
+        self.evaluate_fn = evaluate_fn
+        self.history = history
+        self.writer = writer
+        self.steps_per_epoch = steps_per_epoch
+        self.when = When(every=every, at_end=True)
+
+    def __call__(self, step, logs=None):
+        results = self.evaluate_fn()
+        epoch = step / self.steps_per_epoch
+        summaries.log_eval(step, epoch, results)
+        self.writer.write("eval", step, {k: v for k, v in results.items() if k != "examples"})
+        self.history.record(step, results)
+        return results
+
+
+class Snapshot(Action):
+    """Saves the weights at each SGDR restart as snapshots/cycle_K.weights.h5 (chief)."""
+
+    def __init__(self, model_dir, model, schedule, restarts):
+        self.model_dir = model_dir
+        self.model = model
+        self.schedule = schedule
+        self.when = When(steps=tuple(restarts))
+
+    def __call__(self, step, logs):
+        checkpoints.save_snapshot(
+            self.model_dir, self.model, self.schedule.cycle_at(step - 1), step
+        )
+
+
+class Checkpoint(Action):
+    """Saves a checkpoint every `every` steps and at the end (every worker calls it)."""
+
+    def __init__(self, checkpointer, model, every):
+        self.checkpointer = checkpointer
+        self.model = model
+        self.when = When(every=every, at_end=True)
+        self.saved_at = None
+
+    def __call__(self, step, logs=None):
+        if self.saved_at != step:
+            self.checkpointer.save(step, self.model)
+            self.saved_at = step
+
+
+class Preemption(Action):
+    """After every loop: on SIGTERM/SIGINT, save a checkpoint and stop with `Preempted`.
+
+    Under multi_worker every worker must take part in the save, so a signal to one worker
+    must reach all of them (cluster managers send it to every task).
+    """
+
+    when = When(each_loop=True)
+
+    def __init__(self, interrupts, checkpoint: Checkpoint):
+        self.interrupts = interrupts
+        self.checkpoint = checkpoint
+
+    def __call__(self, step, logs):
+        signum = self.interrupts.pending
+        if signum is None:
+            return
+        self.checkpoint(step)
+        raise Preempted(
+            f"signal {signum}: saved a checkpoint at step {step} in "
+            f"{self.checkpoint.checkpointer.directory}; run the same command to resume"
+        )

@@ -1,0 +1,182 @@
+"""Input data: a TFDS dataset, a folder of the user's images, or the synthetic set.
+
+Dataset specs (``--dataset``):
+  * a TFDS image-classification name (``cifar10``, ``cifar100``, ``oxford_flowers102`` ...),
+    read from a prepared ``--data_dir`` (never downloaded here: see `trainer.data.sources`);
+  * ``folder:PATH`` with images in PATH/<split>/<label>/*.{jpg,jpeg,png,bmp,gif}; labels are
+    the sorted class directories of the train split;
+  * ``synthetic`` or ``synthetic:K``: generated offline (`trainer.data.synthetic`).
+
+`load` reads both splits into memory once and returns a `Data` that the caller owns (there
+is no module-level cache: two loads are two independent copies). Its pipelines gather from
+the splits by index and are a pure function of (seed, step); see `trainer.data.pipeline`.
+
+Example:
+    source = data.load(config)
+    dataset = source.train_dataset(config.global_batch_size, start_step=step)
+    steps = data.steps_per_epoch(source.info, config.global_batch_size)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import tensorflow as tf
+
+from trainer.config import Config
+from trainer.data import pipeline, sources
+from trainer.errors import UserError
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about a dataset before building a model.
+
+    image_shape is the native (H, W, 3) shape, None for sizes that vary; pipelines resize to
+    config.image_size. num_skipped counts unreadable files skipped with skip_corrupt.
+    """
+
+    name: str
+    num_classes: int
+    num_train: int
+    num_eval: int
+    image_shape: tuple[int | None, int | None, int]
+    class_names: tuple[str, ...]
+    num_skipped: int = 0
+
+
+class Data:
+    """Both splits of one dataset in memory, and the pipelines of one run over them.
+
+    Made by `load`. The pipelines use the configuration given at load time: image_size (every
+    image is resized to it), augment and seed (the training order and augmentation).
+    """
+
+    def __init__(self, config: Config, train: sources.Split, evaluation: sources.Split):
+        """Wraps loaded splits.
+
+        Args:
+          config: the run's configuration; its dataset, image_size, augment and seed are used.
+          train: the training split.
+          evaluation: the evaluation split (its labels follow the training split's classes).
+        """
+        self._train = train
+        self._eval = evaluation
+        self._image_size = config.image_size
+        self._augment = config.augment
+        self._seed = config.seed
+        same = train.image_shape == evaluation.image_shape
+        shape = train.image_shape if same else (None, None, 3)
+        self.info = DatasetInfo(
+            name=config.dataset,
+            num_classes=len(train.class_names),
+            num_train=len(train.labels),
+            num_eval=len(evaluation.labels),
+            image_shape=tuple(shape),
+            class_names=train.class_names,
+            num_skipped=train.num_skipped + evaluation.num_skipped,
+        )
+
+    def train_dataset(
+        self,
+        batch_size: int,
+        *,
+        start_step: int = 0,
+        input_context: tf.distribute.InputContext | None = None,
+    ) -> tf.data.Dataset:
+        """The endless, augmented training stream from global step `start_step` on.
+
+        Epoch e visits a permutation seeded by (seed, e), truncated to whole global batches;
+        each example's augmentation is seeded by (seed, e, position). So
+        `train_dataset(b, start_step=k)` yields exactly batches k, k+1, ... of
+        `train_dataset(b)`.
+
+        Args:
+          batch_size: examples per batch this dataset yields: the global batch when the
+            trainer uses `experimental_distribute_dataset`, the per-pipeline batch with
+            `input_context`.
+          start_step: global step of the first batch.
+          input_context: for `distribute_datasets_from_function`: pipeline i of W yields slice
+            [i*b, (i+1)*b) of each global batch of W*b examples, so the union over pipelines
+            at every step is exactly the single-pipeline global batch.
+
+        Returns:
+          A dataset of (float32 [b, S, S, 3] pixels in [0, 255], int32 [b] labels), S =
+          image_size, drop_remainder=True, repeating over epochs.
+
+        Raises:
+          UserError: batch_size < 1 or start_step < 0.
+        """
+        return pipeline.train_dataset(
+            self._train,
+            batch_size,
+            image_size=self._image_size,
+            augment=self._augment,
+            seed=self._seed,
+            start_step=start_step,
+            input_context=input_context,
+        )
+
+    def eval_dataset(self, batch_size: int) -> tf.data.Dataset:
+        """The evaluation split once, in order, unaugmented, keeping the last partial batch."""
+        return pipeline.eval_dataset(self._eval, batch_size, image_size=self._image_size)
+
+    def as_numpy(self, split: str = "train", limit: int | None = None):
+        """In-memory (images float32 [N, S, S, 3] in [0, 255], labels int32 [N]), unaugmented.
+
+        For benchmarks against `model.fit`. `split` is "train" or "eval"; `limit` caps N.
+
+        Raises:
+          UserError: an unknown split.
+        """
+        if split not in ("train", "eval"):
+            raise UserError(f"split={split!r} must be 'train' or 'eval'")
+        source = self._train if split == "train" else self._eval
+        return pipeline.as_numpy(source, image_size=self._image_size, limit=limit)
+
+
+def _load_split(config: Config, split: str, synthetic_size: int, class_names) -> sources.Split:
+    dataset = config.dataset
+    if dataset == "synthetic" or dataset.startswith("synthetic:"):
+        return sources.synthetic(dataset, split, synthetic_size)
+    if dataset.startswith("folder:"):
+        root = dataset[len("folder:") :]
+        return sources.folder_split(root, split, class_names, config.skip_corrupt)
+    return sources.tfds_split(dataset, config.data_dir, split)
+
+
+def load(config: Config) -> Data:
+    """Reads both splits of `config.dataset` into memory, once.
+
+    Prints nothing before it fails: warnings (empty class directories, skipped files) are
+    logged only after both splits have loaded, and TFDS's INFO logging is silenced.
+
+    Args:
+      config: the run's configuration (dataset, data_dir, train_split, eval_split,
+        skip_corrupt, synthetic_train_size, synthetic_test_size, image_size, augment, seed).
+
+    Returns:
+      The `Data` of both splits; `Data.info` describes them.
+
+    Raises:
+      UserError: unknown or unprepared dataset, missing folder, unreadable image, bad split,
+        each as one line naming the flag and the bad value.
+    """
+    class_names = None
+    if config.dataset.startswith("folder:"):
+        # Labels follow the train split's class directories, also in the eval split.
+        root = config.dataset[len("folder:") :]
+        class_names = sources.folder_class_names(root, config.train_split)
+    train = _load_split(config, config.train_split, config.synthetic_train_size, class_names)
+    evaluation = _load_split(config, config.eval_split, config.synthetic_test_size, class_names)
+    for message in train.warnings + evaluation.warnings:
+        _log.warning("%s", message)
+    return Data(config, train, evaluation)
+
+
+def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:
+    """Whole global batches per epoch (the remainder of each epoch is dropped), at least 1."""
+    return max(info.num_train // global_batch_size, 1)
