@@ -25,7 +25,8 @@ TRANSFER_SUFFIXES = (".weights.h5", ".keras")
 
 
 def _snake_case(name: str) -> str:
-    # Keras' naming.to_snake_case, which produces the keys of its weight files.
+    # Keras' naming.to_snake_case, which produces the keys of its weight files. Private (not
+    # exported by Keras): listed in trainer/keras_private.py and checked by its test.
     from keras.src.utils import naming
 
     return naming.to_snake_case(name)

@@ -332,3 +332,19 @@ def test_metrics_keep_the_whole_history_across_a_resume(tmp_path):
     assert resumed["best"]["step"] == straight["best"]["step"]
     on_disk = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert [e["step"] for e in on_disk["history"]] == [4, 8, 12]
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
+    cfg = config(
+        tmp_path,
+        optimizer="sgd",
+        schedule="constant",
+        max_lr=1e30,
+        lr_mults=(1, 1),
+        checkpoint_every_steps=1000,
+        steps_per_loop=1,
+    )
+    with pytest.raises(NonFiniteError) as info:
+        experiment(cfg).train()
+    assert str(info.value).endswith("; no checkpoint was saved yet")
+    assert "None" not in str(info.value)

@@ -75,7 +75,8 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "attribute",
         _OPTIMIZERS,
         "reset_slots finds each kind of per-variable state as a list attribute aligned with"
-        " `_trainable_variables` (entry i belongs to variable i) and resets entries",
+        " `_trainable_variables` (entry i belongs to variable i) and resets entries (SGD"
+        " names its list `momentums`)",
         "`optimizer.variables` is one flat list; which variable a slot belongs to is only a"
         " naming convention there",
     ),

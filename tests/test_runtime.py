@@ -1,0 +1,61 @@
+"""trainer.runtime: `import trainer` changes nothing global; entry points call configure()."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+IMPORT_ONLY = """
+import os, sys
+before = dict(os.environ)
+fd2 = os.fstat(2).st_ino
+import trainer, trainer.experiment, trainer.flags, trainer.data, models, schedules
+assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
+assert os.fstat(2).st_ino == fd2
+from trainer import runtime
+try:
+    runtime.configure()
+except RuntimeError as e:
+    print("refused:", e)
+"""
+
+
+def test_importing_the_packages_sets_nothing():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "LRTECH"))}
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_ONLY],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # TensorFlow came in with trainer.experiment, so configuring now would be too late.
+    assert "refused: trainer.runtime.configure() must run before TensorFlow" in result.stdout
+
+
+def test_configure_sets_only_what_is_unset(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(RuntimeError, match="before TensorFlow is imported"):
+        runtime.configure()
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    changed = runtime.configure(quiet=True)
+    assert changed == {"TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"  # the user's choice stands
+
+
+def test_captured_stderr_drops_native_lines_and_keeps_the_rest(capfd):
+    with runtime.captured_stderr(drop=("banner",)) as dropped:
+        os.write(2, b"a banner line\nkept line\n")
+    assert dropped == ["a banner line"]
+    assert capfd.readouterr().err == "kept line\n"
