@@ -9,6 +9,7 @@ import models
 from models.layers import MIN_FUSED_EPSILON, BatchNormalization
 from schedules import SGDR
 from trainer import optimizers, segments
+from trainer.strategy import make_strategy
 
 CHANNELS = 6
 
@@ -149,7 +150,7 @@ def _train_on_two_replicas(build, steps=8, global_batch=16):
     A plain compiled loop (segmented Adam with SGDR, segments split at layer 2): what the
     trainer runs, without depending on its driver.
     """
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(5)
     images = rng.uniform(0, 255, (steps * global_batch, 8, 8, 3)).astype("float32")
     labels = rng.integers(0, 3, steps * global_batch)

@@ -141,7 +141,7 @@ def test_run_updates_applies_each_segments_rate_to_fixed_gradients(tmp_path):
         lrs = [float(trainer.exp.schedule(i)) for i in range(4)]
         moved = {}
         for v in trainer.variables:
-            mult = trainer.exp.optimizer._lr_mult(v)
+            mult = trainer.exp.lr_mults[trainer.exp.segment_of[v.path]]
             step = (before[v.path] - v.numpy()) / (1e-3 * sum(lrs))
             np.testing.assert_allclose(step, mult, rtol=1e-3)
             moved[mult] = True

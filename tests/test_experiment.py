@@ -12,7 +12,8 @@ from trainer import steps
 from trainer.config import Config
 from trainer.controller import Action, Controller, When
 from trainer.errors import UserError
-from trainer.experiment import Experiment, _resolve_split_at
+from trainer.experiment import Experiment
+from trainer.segment_table import resolve_split_at
 from trainer.strategy import make_strategy
 
 
@@ -56,9 +57,9 @@ def test_split_at_presets_expand():
     import models
 
     cfg = Config(model_dir="/x", model="resnet20", split_at=("preset", "head_logits"))
-    assert _resolve_split_at(cfg) == (*models.split_preset("resnet20"), "head_logits")
+    assert resolve_split_at(cfg) == (*models.split_preset("resnet20"), "head_logits")
     cfg = cfg.replace(split_at=("3",))
-    assert _resolve_split_at(cfg) == ("3",)
+    assert resolve_split_at(cfg) == ("3",)
 
 
 def test_lr_table_and_layer_report(tmp_path):
@@ -155,3 +156,28 @@ def test_tensorboard_scalars_readable(tmp_path):
 def test_train_before_build_is_an_error(tmp_path):
     with pytest.raises(UserError, match="build"):
         Experiment(config(tmp_path), make_strategy("one_device")).train()
+
+
+def test_a_signal_during_export_leaves_no_partial_export(tmp_path):
+    import signal
+
+    from trainer.errors import Preempted
+    from trainer.interrupts import Interrupts
+
+    interrupts = Interrupts()
+    exp = Experiment(
+        config(tmp_path, train_steps=2),
+        make_strategy("one_device"),
+        model_fn=tiny_model,
+        interrupts=interrupts,
+    ).build()
+    exp.restore()
+    exp.train()
+    interrupts.received.append(signal.SIGTERM)  # as if it arrived while model.keras was written
+    with pytest.raises(Preempted, match="during the export"):
+        exp.export()
+    assert not (tmp_path / "export").exists() and not exp.export_complete()
+    assert not list(tmp_path.glob("export.tmp-*"))
+    interrupts.received.clear()
+    exp.export()  # the next run writes it
+    assert exp.export_complete()

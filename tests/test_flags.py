@@ -72,7 +72,7 @@ def test_every_config_field_has_a_flag():
     missing = [f for f in config_lib.Config.__dataclass_fields__ if f not in fv]
     assert missing == []
     # The remaining length/cycle flags are tested separately (they exclude their partners).
-    others = {"epochs", "first_cycle_epochs", "lr_spread", "list_layers"}
+    others = {"epochs", "first_cycle_epochs", "lr_spread", "list_layers", "restart"}
     assert set(EVERY_FLAG) | others == set(fv), set(fv) ^ (set(EVERY_FLAG) | others)
 
 

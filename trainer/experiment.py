@@ -22,7 +22,6 @@ import shutil
 import time
 
 import keras
-import numpy as np
 from absl import logging
 
 from trainer import (
@@ -33,7 +32,6 @@ from trainer import (
     optimizers,
     precision,
     run_dir,
-    segments,
     steps,
     summaries,
 )
@@ -42,36 +40,10 @@ from trainer.controller import Controller
 from trainer.errors import NonFiniteError, Preempted, UserError
 from trainer.interrupts import Interrupts
 from trainer.runner import Evaluator, Trainer
+from trainer.segment_table import SegmentTable
 
 EXPORT_DIR = "export"
 EXPORT_FILES = ("model.keras", "model.weights.h5", os.path.join("saved_model", "saved_model.pb"))
-
-
-def _resolve_split_at(config) -> tuple:
-    out = []
-    for entry in config.split_at:
-        entry = str(entry).strip()
-        if entry == "preset" or entry.startswith("preset:"):
-            import models  # the model zoo is only needed for presets and `build`
-
-            name = entry.partition(":")[2] or "default"
-            out.extend(models.split_preset(config.model, name))
-        else:
-            out.append(entry)
-    return tuple(out)
-
-
-def _resolve_lr_mults(config, num_segments: int) -> tuple[float, ...]:
-    if config.lr_mults is not None:
-        if len(config.lr_mults) != num_segments:
-            raise UserError(
-                f"--lr_mults has {len(config.lr_mults)} values but --split_at gives "
-                f"{num_segments} segments"
-            )
-        return tuple(float(m) for m in config.lr_mults)
-    if config.lr_spread is not None:
-        return optimizers.mults_from_spread(num_segments, config.lr_spread)
-    return (1.0,) * num_segments
 
 
 class Experiment:
@@ -176,15 +148,9 @@ class Experiment:
     def _build_in_scope(self):
         config = self.config
         self.model = self._build_model()
-        self.split_at = _resolve_split_at(config)
-        self.segment_of = segments.assign(self.model, self.split_at)
-        self.num_segments = max(self.segment_of.values()) + 1
-        if config.freeze_segments >= self.num_segments:
-            raise UserError(
-                f"--freeze_segments={config.freeze_segments} must be smaller than the number "
-                f"of segments ({self.num_segments}, from --split_at)"
-            )
-        self.lr_mults = _resolve_lr_mults(config, self.num_segments)
+        self.table = SegmentTable.from_config(config, self.model, self.schedule)
+        self.split_at, self.segment_of = self.table.split_at, self.table.segment_of
+        self.num_segments, self.lr_mults = self.table.num_segments, self.table.lr_mults
         base = optimizers.make(
             config.optimizer,
             self.schedule,
@@ -219,29 +185,15 @@ class Experiment:
 
     def learning_rates(self, step: int) -> list[float]:
         """Each segment's learning rate at global step `step`."""
-        base = self.schedule
-        lr = float(np.asarray(base(step))) if callable(base) else float(base)
-        return [m * lr for m in self.lr_mults]
+        return self.table.learning_rates(step)
 
     def lr_table(self) -> str:
         """Segment, layers, parameters, multiplier and learning rate at step 0, one row each."""
-        rows = segments.layer_rows(self.model, self.split_at)
-        lrs = self.learning_rates(0)
-        lines = ["segment  layers      params      lr_mult   lr at step 0"]
-        for s in range(self.num_segments):
-            mine = [r for r in rows if r.segment == s]
-            params = sum(r.trainable_params for r in mine)
-            lines.append(
-                f"{s:>7}  {mine[0].index:>4}-{mine[-1].index:<5} {params:>10}  "
-                f"{self.lr_mults[s]:>8.4g}  {lrs[s]:.4g}"
-            )
-        return "\n".join(lines)
+        return self.table.format(self.model)
 
     def layer_report(self) -> str:
         """The --list_layers table: every layer with its segment, then the per-segment lrs."""
-        return segments.format_layer_table(
-            self.model, self.split_at, lr_mults=self.lr_mults, base_lr=self.schedule
-        )
+        return self.table.layer_report(self.model)
 
     # Restore -------------------------------------------------------------------------------
 

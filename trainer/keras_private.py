@@ -2,16 +2,18 @@
 
 Keras 3 offers no public route for a few things the segmented optimizer, `reset_slots` and the
 layer segments need. Each is a row of `PRIVATE`: its owner, what we use it for and why no
-public API does it. Code elsewhere reaches them only through the helpers below (`models/` may
-not import `trainer`, so models/transfer.py keeps its one use; it is listed here too).
+public API does it. Code elsewhere reaches them only through the helpers below, except the
+two `HOOKS` that trainer/optimizers.py overrides by name (checked by `check_hooks` when a
+segmented class is made), and models/transfer.py's one use (`models/` may not import
+`trainer`; it is listed here too).
 tests/test_keras_private.py checks every row against the installed Keras, so an upgrade that
 drops one fails there, naming the attribute and the Keras version, instead of changing results
 silently. The accessors raise the same kind of error at run time.
 
-Replaced by public API (no longer used): `Optimizer._var_key` and `_trainable_variables_indices`
-(`_get_variable_index` gives the position), `Layer._non_trainable_variables` (`layer.weights`
-minus the sublayers' weights), `Optimizer._distribution_strategy` and
-`tf.__internal__.distribute.interim.maybe_merge_call` (weight decay now runs inside
+No longer used: `Optimizer._var_key` and `_trainable_variables_indices` (the one
+`_get_variable_index` gives the position), `Layer._non_trainable_variables` (public
+`layer.weights` minus the sublayers' weights), `Optimizer._distribution_strategy` and
+`tf.__internal__.distribute.interim.maybe_merge_call` (weight decay now runs inside the public
 `update_step`, which Keras already calls once per variable in the right replica context).
 """
 

@@ -1,0 +1,108 @@
+"""The run's one table of segments: split points, multipliers and the base schedule together.
+
+Everything that needs the segments reads them from here (STYLE 7 and 14): the segmented
+optimizer's multipliers, freezing, the start-up table, `--list_layers`, the learning rates in
+TensorBoard and in error messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from trainer import optimizers, segments
+from trainer.errors import UserError
+
+
+def resolve_split_at(config) -> tuple:
+    """`config.split_at` with `preset` / `preset:NAME` entries expanded to layer names."""
+    out = []
+    for entry in config.split_at:
+        entry = str(entry).strip()
+        if entry == "preset" or entry.startswith("preset:"):
+            import models  # the model zoo is only needed for presets and `build`
+
+            name = entry.partition(":")[2] or "default"
+            out.extend(models.split_preset(config.model, name))
+        else:
+            out.append(entry)
+    return tuple(out)
+
+
+def resolve_lr_mults(config, num_segments: int) -> tuple[float, ...]:
+    """One multiplier per segment from --lr_mults, --lr_spread, or all 1."""
+    if config.lr_mults is not None:
+        if len(config.lr_mults) != num_segments:
+            raise UserError(
+                f"--lr_mults has {len(config.lr_mults)} values but --split_at gives "
+                f"{num_segments} segments"
+            )
+        return tuple(float(m) for m in config.lr_mults)
+    if config.lr_spread is not None:
+        return optimizers.mults_from_spread(num_segments, config.lr_spread)
+    return (1.0,) * num_segments
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentTable:
+    """Segments of one model and their learning rates.
+
+    Attributes:
+        split_at: Split points (layer indices or names), presets expanded.
+        segment_of: `{variable.path: segment}` (`trainer.segments.assign`).
+        lr_mults: One multiplier per segment, input to head.
+        schedule: The base (head) learning rate: a float or a `LearningRateSchedule`.
+    """
+
+    split_at: tuple
+    segment_of: dict
+    lr_mults: tuple[float, ...]
+    schedule: object
+
+    @classmethod
+    def from_config(cls, config, model, schedule) -> SegmentTable:
+        """Resolves --split_at, --lr_mults / --lr_spread and checks --freeze_segments."""
+        split_at = resolve_split_at(config)
+        segment_of = segments.assign(model, split_at)
+        num_segments = max(segment_of.values()) + 1
+        if config.freeze_segments >= num_segments:
+            raise UserError(
+                f"--freeze_segments={config.freeze_segments} must be smaller than the number "
+                f"of segments ({num_segments}, from --split_at)"
+            )
+        return cls(split_at, segment_of, resolve_lr_mults(config, num_segments), schedule)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.lr_mults)
+
+    def base_lr(self, step: int) -> float:
+        """The head segment's learning rate at global step `step`."""
+        base = self.schedule
+        return float(np.asarray(base(step))) if callable(base) else float(base)
+
+    def learning_rates(self, step: int) -> list[float]:
+        """Each segment's learning rate at global step `step`."""
+        lr = self.base_lr(step)
+        return [m * lr for m in self.lr_mults]
+
+    def format(self, model) -> str:
+        """Segment, layers, parameters, multiplier and learning rate at step 0, one row each."""
+        rows = segments.layer_rows(model, self.split_at)
+        lrs = self.learning_rates(0)
+        lines = ["segment  layers      params      lr_mult   lr at step 0"]
+        for s in range(self.num_segments):
+            mine = [r for r in rows if r.segment == s]
+            params = sum(r.trainable_params for r in mine)
+            lines.append(
+                f"{s:>7}  {mine[0].index:>4}-{mine[-1].index:<5} {params:>10}  "
+                f"{self.lr_mults[s]:>8.4g}  {lrs[s]:.4g}"
+            )
+        return "\n".join(lines)
+
+    def layer_report(self, model) -> str:
+        """The --list_layers table: every layer with its segment, then the per-segment lrs."""
+        return segments.format_layer_table(
+            model, self.split_at, lr_mults=self.lr_mults, base_lr=self.schedule
+        )
