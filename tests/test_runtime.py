@@ -15,7 +15,10 @@ IMPORT_ONLY = """
 import os, sys
 before = dict(os.environ)
 fd2 = os.fstat(2).st_ino
-import trainer, trainer.experiment, trainer.flags, trainer.data, models, schedules
+# models/ is a library layer below trainer/ (DESIGN.md): it never imports it.
+import models, schedules
+assert not [m for m in sys.modules if m.split(".")[0] == "trainer"], "models imported trainer"
+import trainer, trainer.experiment, trainer.flags, trainer.data
 assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
 assert os.fstat(2).st_ino == fd2
 from trainer import runtime
@@ -26,7 +29,7 @@ except RuntimeError as e:
 """
 
 
-def test_importing_the_packages_sets_nothing():
+def test_importing_the_packages_sets_nothing_and_models_stays_below_trainer():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "LRTECH"))}
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_ONLY],
