@@ -1,6 +1,7 @@
 """run_train.py end to end on the offline synthetic dataset, as a user runs it."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,18 @@ TINY = [
     "--checkpoint_every_steps=4",
     "--noprogress",
 ]
+
+
+PLAIN_KERAS_LOAD = """
+import sys
+import keras, numpy as np, tensorflow as tf
+assert not any(m.split(".")[0] in ("trainer", "models", "schedules") for m in sys.modules)
+model = keras.saving.load_model(sys.argv[1] + "/model.keras")
+served = tf.saved_model.load(sys.argv[1] + "/saved_model")
+x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+np.testing.assert_allclose(model(x), served.serve(x), atol=1e-5)
+print("equal")
+"""
 
 
 def _run(*args, timeout=240, env=None):
@@ -58,6 +71,19 @@ def test_end_to_end_writes_everything(tmp_path):
     # The resolved configuration repeats the run with one command.
     flagfile = (model_dir / "flags.txt").read_text()
     assert "--num_classes=10" in flagfile and "--lr_mults=0.01,0.1,1.0" in flagfile
+
+    # model.keras loads in plain Keras, in a process that never sees lrtech, and agrees with
+    # the SavedModel.
+    plain = subprocess.run(
+        [sys.executable, "-c", PLAIN_KERAS_LOAD, str(model_dir / "export")],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert plain.stdout.strip() == "equal", plain.stdout
 
     # The same command again: the run is complete; nothing trains, nothing is rewritten.
     exported = (model_dir / "export" / "model.keras").stat().st_mtime_ns
