@@ -74,6 +74,8 @@ def train(config) -> int:
     from trainer import runtime
 
     runtime.configure(quiet=True)
+    if not FLAGS["verbosity"].present:
+        runtime.quiet_logging()
     runtime.import_tensorflow()
     from trainer import experiment as experiment_lib
     from trainer import strategy as strategy_lib
@@ -94,14 +96,10 @@ def train(config) -> int:
         path = experiment.export_dir
     else:
         path = experiment.export()
-    final = metrics["final"] or {}
-    logging.info(
-        "Done at step %d: eval accuracy %.4f (best %.4f); export in %s",
-        metrics["step"],
-        final.get("accuracy", float("nan")),
-        (metrics["best"] or {}).get("accuracy", float("nan")),
-        path,
-    )
+    from trainer import summaries
+
+    print(f"Done: {config.model_dir}", flush=True)
+    print(summaries.closing_summary(metrics, config.model_dir, path), flush=True)
     if lock is not None:
         lock.release()
     return 0

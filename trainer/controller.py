@@ -80,6 +80,14 @@ class Action:
     def close(self) -> None:
         pass
 
+    def max_loop_steps(self) -> int | None:
+        """The most steps the next compiled loop may run for this action (None: no limit).
+
+        A progress bar on a terminal uses it to update every few seconds when one loop
+        would otherwise cover a whole epoch.
+        """
+        return None
+
 
 class Controller:
     """Runs `trainer.train(n)` from boundary to boundary and the actions due at each.
@@ -106,6 +114,9 @@ class Controller:
             due = next_due(step, action.when, self.total_steps)
             if due is not None:
                 ends.append(due)
+            limit = action.max_loop_steps()
+            if limit is not None:
+                ends.append(step + max(1, int(limit)))
         return min(ends)
 
     def run(self) -> int:

@@ -17,6 +17,7 @@ optimizer's `iterations`, the one step counter of the run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -43,7 +44,12 @@ from trainer.runner import Evaluator, Trainer
 from trainer.segment_table import SegmentTable
 
 EXPORT_DIR = "export"
-EXPORT_FILES = ("model.keras", "model.weights.h5", os.path.join("saved_model", "saved_model.pb"))
+EXPORT_FILES = (
+    "model.keras",
+    "model.weights.h5",
+    os.path.join("saved_model", "saved_model.pb"),
+    "labels.json",
+)
 
 
 class Experiment:
@@ -270,6 +276,7 @@ class Experiment:
         started = time.time()
         writer = summaries.Summaries(config.model_dir, self.is_chief)
         progress = summaries.Progress(plan.steps_per_epoch, config.progress and self.is_chief)
+        writer.write_hparams(config.to_dict())
         own = self.interrupts is None
         self._interrupts = Interrupts().install() if own else self.interrupts
         try:
@@ -324,8 +331,22 @@ class Experiment:
         """Whether export/ holds every exported file (it is written atomically)."""
         return all(os.path.exists(os.path.join(self.export_dir, f)) for f in EXPORT_FILES)
 
+    def _write_labels(self, path: str) -> None:
+        # What a user of the export needs beside the weights: the class of each output and
+        # how evaluation fed images to the model (`trainer.data`: resize with antialiasing to
+        # image_size x image_size, float32 RGB pixels in [0, 255]).
+        record = {
+            "class_names": list(self.info.class_names),
+            "image_size": self.config.image_size,
+            "input": "float32 RGB pixels in [0, 255], resized (bilinear, antialiased) to "
+            "image_size x image_size",
+            "dataset": self.config.dataset,
+            "step": self.step,
+        }
+        run_dir.write_text(path, json.dumps(record, indent=2))
+
     def export(self) -> str:
-        """Writes export/: model.keras, model.weights.h5 and saved_model/, atomically.
+        """Writes export/: model.keras, model.weights.h5, saved_model/ and labels.json.
 
         The model is converted to built-in Keras layers (`models.portable`), so model.keras
         loads with plain `keras.saving.load_model`. The files are written to a temporary
@@ -348,6 +369,7 @@ class Experiment:
             os.makedirs(tmp)
             # The model is never compiled, so model.keras carries no (segmented) optimizer.
             writes = (
+                lambda: self._write_labels(os.path.join(tmp, "labels.json")),
                 lambda: model.save(os.path.join(tmp, "model.keras")),
                 lambda: model.save_weights(os.path.join(tmp, "model.weights.h5")),
                 lambda: model.export(os.path.join(tmp, "saved_model"), verbose=False),

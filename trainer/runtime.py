@@ -110,3 +110,43 @@ def import_tensorflow():
     with captured_stderr(drop=_BANNERS):
         import tensorflow
     return tensorflow
+
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Python warnings that TensorFlow, TFDS and Keras raise about their own internals.
+_LIBRARY_MODULES = r"(tensorflow|tensorflow_datasets|keras|absl|google\.protobuf|h5py)(\.|$)"
+
+
+class _ProjectLines:
+    """A logging filter: INFO and WARNING from this project's code, ERROR from anyone."""
+
+    def filter(self, record) -> bool:
+        import logging
+
+        if record.levelno >= logging.ERROR:
+            return True
+        return os.path.abspath(record.pathname).startswith(_PROJECT_ROOT + os.sep)
+
+
+def quiet_logging(program: str | None = None) -> None:
+    """User-facing output for a command-line program at absl's default verbosity.
+
+    Log lines of this project print as plain messages (no absl prefix with thread id and
+    file); INFO and WARNING lines of TensorFlow, TFDS and Keras (SavedModel chatter, tf.data
+    notes) and their Python warnings are dropped; errors from anyone still show. Call it in
+    `main` after absl parsed the flags, and only when `--verbosity` was not given, which
+    brings everything back.
+
+    Args:
+        program: Unused; reserved for a prefix such as "run_train.py: ".
+    """
+    import logging
+    import warnings
+
+    from absl import logging as absl_logging
+
+    del program
+    warnings.filterwarnings("ignore", module=_LIBRARY_MODULES)
+    handler = absl_logging.get_absl_handler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_ProjectLines())

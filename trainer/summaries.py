@@ -64,11 +64,51 @@ class Progress:
         self._bar = None
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def hparams_plugin_data(hparams: dict) -> bytes:
+    """TensorBoard's HParams `HParamsPluginData{version: 0, session_start_info}`, serialized.
+
+    Written by hand (protobuf wire format) because the tensorboard package, which holds the
+    message classes, is not a dependency of TensorFlow 2.21 nor of lrtech; TensorBoard reads
+    it the same. Values become numbers, booleans or strings (tuples joined by commas).
+    """
+    from google.protobuf import struct_pb2
+
+    entries = b""
+    for key, value in sorted(hparams.items()):
+        v = struct_pb2.Value()
+        if isinstance(value, bool):
+            v.bool_value = value
+        elif isinstance(value, (int, float)):
+            v.number_value = float(value)
+        elif isinstance(value, (tuple, list)):
+            v.string_value = ",".join(str(x) for x in value)
+        else:
+            v.string_value = "none" if value is None else str(value)
+        entries += _field(1, _field(1, key.encode()) + _field(2, v.SerializeToString()))
+    session_start_info = entries  # SessionStartInfo.hparams (field 1), a map
+    return _varint(1 << 3 | 0) + _varint(0) + _field(3, session_start_info)
+
+
 class Summaries:
     """TensorBoard writers for train and eval scalars (no-ops off the chief)."""
 
     def __init__(self, model_dir: str, enabled: bool = True):
         root = os.path.join(model_dir, "tensorboard")
+        self._root = root
+        self._enabled = enabled
         self._metadata = _scalar_metadata()
         if enabled:
             self._writers = {
@@ -78,6 +118,23 @@ class Summaries:
         else:
             noop = tf.summary.create_noop_writer()
             self._writers = {"train": noop, "eval": noop}
+
+    def write_hparams(self, hparams: dict) -> None:
+        """Records the run's hyperparameters for TensorBoard's HParams dashboard.
+
+        Written to tensorboard/ itself, the parent of the train and eval runs, so the
+        dashboard compares several model_dirs (`tensorboard --logdir_spec` or a common
+        parent) by their flags and eval metrics.
+        """
+        if not self._enabled:
+            return
+        metadata = summary_pb2.SummaryMetadata()
+        metadata.plugin_data.plugin_name = "hparams"
+        metadata.plugin_data.content = hparams_plugin_data(hparams)
+        writer = tf.summary.create_file_writer(self._root)
+        with writer.as_default(step=0):
+            tf.summary.write("_hparams_/session_start_info", tf.constant(""), metadata=metadata)
+        writer.close()
 
     def write(self, kind: str, step: int, scalars: dict[str, float]) -> None:
         """Writes `scalars` at `step` to the `train` or `eval` writer."""
@@ -156,3 +213,45 @@ class History:
             if best is None or e["accuracy"] > best["accuracy"]:
                 best = e
         return best
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def closing_summary(metrics: dict, model_dir: str, export_dir: str | None) -> str:
+    """A few aligned lines for the end of a run: accuracy, time, speed, where things are.
+
+    Args:
+        metrics: What `Experiment.train` returned (final, best, step, epochs, wall time...).
+        model_dir: The run directory (for the TensorBoard command).
+        export_dir: Where the export is (None: not exported).
+    """
+    final, best = metrics.get("final") or {}, metrics.get("best") or {}
+    rows = [("step", f"{metrics['step']} ({metrics.get('epochs', float('nan')):.2f} epochs)")]
+    if final:
+        text = f"{final['accuracy']:.4f} (final, step {final['step']})"
+        if best and best.get("step") != final.get("step"):
+            text += f", best {best['accuracy']:.4f} at step {best['step']}"
+        if "top5" in final:
+            text += f"; top-5 {final['top5']:.4f}"
+        rows.append(("eval accuracy", text))
+    for name in ("snapshot_ensemble", "swa", "ema"):  # weight averaging, when a run has it
+        if metrics.get(name):
+            rows.append((name.replace("_", " "), f"{metrics[name]['accuracy']:.4f}"))
+    timing = _duration(metrics.get("wall_time_sec") or 0.0)
+    if metrics.get("images_per_sec"):
+        timing += f", {metrics['images_per_sec']:.0f} images/s while training"
+    rows.append(("wall time", timing))
+    if export_dir:
+        rows.append(("export", export_dir))
+    rows.append(("TensorBoard", f"tensorboard --logdir {os.path.join(model_dir, 'tensorboard')}"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
