@@ -38,7 +38,7 @@ class Unfreeze(Action):
 
 
 class Report(Action):
-    """After every loop: train scalars to TensorBoard and the progress bar.
+    """After every loop: train scalars to TensorBoard and the progress bar (None: no bar).
 
     Due at every epoch end too, so the bar closes each epoch with the epoch's numbers, and at
     every SGDR restart, so the logged learning rate shows each cycle's end.
@@ -52,9 +52,19 @@ class Report(Action):
         self.learning_rates = learning_rates
         self.global_batch_size = global_batch_size
         self.when = When(every=steps_per_epoch, steps=tuple(restarts), each_loop=True)
+        self.steps_per_epoch = steps_per_epoch
         self.train_seconds = 0.0
         self.steps = 0
         self.last = {}
+        self._epoch = None  # [epoch, steps, loss sum, correct sum] of the bar's running means
+
+    def start(self, step):
+        if self.progress is not None:
+            self.progress.start(step)
+
+    def max_loop_steps(self):
+        # On a terminal, loops short enough for the bar to move every couple of seconds.
+        return self.progress.max_loop_steps() if self.progress is not None else None
 
     def __call__(self, step, logs):
         n = logs["end"] - logs["start"]
@@ -73,7 +83,24 @@ class Report(Action):
         if skipped:
             scalars["skipped_steps"] = skipped
         self.writer.write("train", step, scalars)
-        self.progress.update(step, {**self.last, "lr": lrs[-1], "img/s": images_per_sec})
+        if self.progress is not None:
+            self.progress.update(
+                step, {**self._epoch_means(step, n, logs), "lr": lrs[-1], "img/s": images_per_sec}
+            )
+
+    def _epoch_means(self, step, n, logs) -> dict:
+        # The bar shows the epoch's running means (fastai's table does too), not the last loop's.
+        epoch = (step - 1) // self.steps_per_epoch
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = [epoch, 0, 0.0, 0.0]
+        self._epoch[1] += n
+        self._epoch[2] += float(np.sum(logs["loss"]))
+        self._epoch[3] += float(np.sum(logs["correct"]))
+        steps = self._epoch[1]
+        return {
+            "loss": self._epoch[2] / steps,
+            "accuracy": self._epoch[3] / (steps * self.global_batch_size),
+        }
 
     @property
     def images_per_sec(self) -> float | None:
@@ -82,7 +109,8 @@ class Report(Action):
         return self.steps * self.global_batch_size / self.train_seconds
 
     def close(self):
-        self.progress.close()
+        if self.progress is not None:
+            self.progress.close()
 
 
 class Evaluate(Action):

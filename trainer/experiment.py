@@ -40,6 +40,7 @@ from trainer import strategy as strategy_lib
 from trainer.controller import Controller
 from trainer.errors import NonFiniteError, Preempted, UserError
 from trainer.interrupts import Interrupts
+from trainer.progress import ProgressBar
 from trainer.runner import Evaluator, Trainer
 from trainer.segment_table import SegmentTable
 
@@ -275,7 +276,9 @@ class Experiment:
         config, plan = self.config, self.plan
         started = time.time()
         writer = summaries.Summaries(config.model_dir, self.is_chief)
-        progress = summaries.Progress(plan.steps_per_epoch, config.progress and self.is_chief)
+        progress = None
+        if config.progress and self.is_chief:
+            progress = ProgressBar(plan.steps_per_epoch, plan.total_steps)
         writer.write_hparams(config.to_dict())
         own = self.interrupts is None
         self._interrupts = Interrupts().install() if own else self.interrupts

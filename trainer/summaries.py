@@ -1,17 +1,15 @@
-"""What a run reports: a per-epoch progress bar, log lines, TensorBoard, metrics.json.
+"""What a run reports: log lines, TensorBoard, metrics.json and the closing summary.
 
-TensorBoard scalars go to model_dir/tensorboard/{train,eval}; only the chief writes (the other
-workers get no-op writers). The progress bar updates in place on a terminal and prints one line
-per epoch otherwise (logs stay readable).
+TensorBoard scalars go to model_dir/tensorboard/{train,eval} and the hyperparameters to
+model_dir/tensorboard; only the chief writes (the other workers get no-op writers). The
+progress bar is `trainer.progress`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
-import keras
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
@@ -25,43 +23,6 @@ def _scalar_metadata():
     metadata = summary_pb2.SummaryMetadata()
     metadata.plugin_data.plugin_name = "scalars"
     return metadata
-
-
-class Progress:
-    """A `keras.utils.Progbar` per epoch showing loss, accuracy, head lr, images/sec, ETA.
-
-    Args:
-        steps_per_epoch: Steps in one epoch (the bar's target).
-        enabled: False prints nothing.
-    """
-
-    def __init__(self, steps_per_epoch: int, enabled: bool = True):
-        self.steps_per_epoch = steps_per_epoch
-        self.enabled = enabled
-        self._bar = None
-        self._epoch = None
-        self._seen = 0
-
-    def update(self, step: int, values: dict[str, float]) -> None:
-        """Shows the state after global step `step` (values: name -> number)."""
-        if not self.enabled:
-            return
-        epoch, position = divmod(step - 1, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            print(f"Epoch {epoch + 1}", flush=True)
-            verbose = 1 if sys.stdout.isatty() else 2
-            self._bar = keras.utils.Progbar(
-                self.steps_per_epoch, verbose=verbose, stateful_metrics=list(values)
-            )
-        self._seen = position + 1
-        self._bar.update(self._seen, values=list(values.items()))
-
-    def close(self) -> None:
-        """Prints the last, partial epoch's line (a non-tty bar prints at the epoch end only)."""
-        if self._bar is not None and self._seen < self.steps_per_epoch:
-            self._bar.update(self._seen, finalize=True)
-        self._bar = None
 
 
 def _varint(n: int) -> bytes:
