@@ -1,0 +1,279 @@
+"""trainer.predict on a tiny hand-weighted export and generated JPEG/PNG/BMP/GIF files."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import experiment, predict, runtime
+from trainer.data import pipeline, sources
+from trainer.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 16
+CLASSES = ["a", "b", "c"]
+
+
+def _model(num_classes=3):
+    """Logit of class c = 10 * mean intensity of channel c: red -> a, green -> b, blue -> c."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    conv = keras.layers.Conv2D(4, 3, name="conv")
+    x = keras.layers.GlobalAveragePooling2D()(conv(x))
+    head = keras.layers.Dense(num_classes, name="head")
+    model = keras.Model(inputs, head(x))
+    kernel = np.zeros((3, 3, 3, 4), np.float32)
+    for c in range(3):
+        kernel[:, :, c, c] = 1 / 9
+    conv.set_weights([kernel, np.zeros(4, np.float32)])
+    dense = np.zeros((4, num_classes), np.float32)
+    dense[:3, :3] = 10 * np.eye(3)
+    head.set_weights([dense, np.zeros(num_classes, np.float32)])
+    return model
+
+
+def _write_export(model_dir, model, labels):
+    export = model_dir / "export"
+    export.mkdir(parents=True)
+    model.save(export / "model.keras")
+    (export / "labels.json").write_text(json.dumps(labels))
+
+
+def _pixels(h, w, channel, seed):
+    """Noise with one dominant channel, so the tiny model's top-1 class is known."""
+    image = np.random.default_rng(seed).integers(0, 80, (h, w, 3))
+    image[..., channel] += 150
+    return image.astype(np.uint8)
+
+
+def _bmp(image):
+    """A 24-bit uncompressed BMP (bottom-up BGR rows padded to 4 bytes)."""
+    h, w, _ = image.shape
+    row = (3 * w + 3) // 4 * 4
+    rows = np.zeros((h, row), np.uint8)
+    rows[:, : 3 * w] = image[::-1, :, ::-1].reshape(h, 3 * w)
+    size = 54 + rows.size
+    header = b"BM" + np.array([size, 0, 54], "<u4").tobytes()
+    info = np.array([40, w, h], "<i4").tobytes() + np.array([1, 24], "<u2").tobytes()
+    info += np.array([0, rows.size, 2835, 2835, 0, 0], "<u4").tobytes()
+    return header + info + rows.tobytes()
+
+
+def _gif(frames):
+    """An animated GIF; decoding keeps only the first frame (expand_animations=False)."""
+    image_lib = pytest.importorskip("PIL.Image")
+    out = io.BytesIO()
+    pil = [image_lib.fromarray(f) for f in frames]
+    pil[0].save(out, format="GIF", save_all=True, append_images=pil[1:])
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """model_dir with export/, images/ (4 good files, nested) and bad/ (2 unreadable files)."""
+    root = tmp_path_factory.mktemp("predict")
+    _write_export(root / "run", _model(), {"class_names": CLASSES, "image_size": SIZE})
+    images = root / "images"
+    (images / "x" / "y").mkdir(parents=True)
+    (images / "z").mkdir()
+    jpeg = tf.io.encode_jpeg(_pixels(20, 30, 0, 1)).numpy()
+    files = {
+        images / "blue.bmp": _bmp(_pixels(40, 40, 2, 2)),
+        images / "x" / "Red.JPG": jpeg,
+        images / "x" / "y" / "green.png": tf.io.encode_png(_pixels(16, 16, 1, 3)).numpy(),
+        images / "z" / "anim.gif": _gif([_pixels(24, 24, 1, 4), _pixels(24, 24, 0, 5)]),
+    }
+    (images / "notes.txt").write_text("not an image")
+    bad = root / "bad"
+    bad.mkdir()
+    # A truncated JPEG makes libjpeg write to fd 2; random bytes are no format at all.
+    files[bad / "a_truncated.jpg"] = jpeg[: len(jpeg) // 2]
+    files[bad / "b_garbage.png"] = np.random.default_rng(0).bytes(300)
+    for path, data in files.items():
+        path.write_bytes(data)
+    good = [str(p) for p in files if p.parent != bad]
+    return root, sorted(good), sorted(str(p) for p in bad.iterdir())
+
+
+def _expected_probs(model_path, files):
+    """Softmax of the model's logits on the files decoded and resized as training evaluates."""
+    images = []
+    for path in files:
+        image = tf.io.decode_image(Path(path).read_bytes(), channels=3, expand_animations=False)
+        image = tf.image.resize(image, [SIZE, SIZE], antialias=True)
+        images.append(tf.clip_by_value(image, 0, 255))
+    images = tf.stack(images).numpy()
+    # Exactly what training's evaluation pipeline makes of the same encoded files.
+    split = sources.Split(
+        np.array([Path(p).read_bytes() for p in files], dtype=object),
+        np.zeros(len(files), np.int32),
+        True,
+        tuple(CLASSES),
+        (None, None, 3),
+    )
+    np.testing.assert_array_equal(pipeline.as_numpy(split, image_size=SIZE)[0], images)
+    model = keras.saving.load_model(model_path)
+    return tf.nn.softmax(model(images)).numpy()
+
+
+def test_constants_match_the_modules_they_copy():
+    assert predict.IMAGE_EXTENSIONS == sources.IMAGE_EXTENSIONS
+    assert predict.EXPORT_DIR == experiment.EXPORT_DIR
+
+
+def test_find_images_recursive_sorted_and_checked(setup, tmp_path):
+    root, good, bad = setup
+    assert predict.find_images(root / "images") == good  # sorted, recursive, .txt ignored
+    # Arguments keep their order; a file's extension matches in any case.
+    assert predict.find_images([good[1], str(root / "bad")]) == [good[1], *bad]
+    for paths, message in [
+        ([str(root / "nope.jpg")], "nope.jpg: no such file"),
+        ([str(root / "images" / "notes.txt")], "notes.txt: not an image"),
+        ([str(tmp_path)], "no images"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            predict.find_images(paths)
+
+
+def test_predict_matches_the_model_on_training_preprocessing(setup):
+    root, good, _ = setup
+    # batch_size=3: a full batch and a partial one.
+    results = predict.predict(root / "run", [root / "images"], top_k=5, batch_size=3)
+    expected = _expected_probs(root / "run" / "export" / "model.keras", good)
+    assert [path for path, _ in results] == good
+    for (_, top), probs in zip(results, expected):
+        assert len(top) == 3  # top_k capped at the number of classes
+        assert top[0][0] == CLASSES[int(np.argmax(probs))]
+        assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+        np.testing.assert_allclose([p for _, p in top], [probs[CLASSES.index(c)] for c, _ in top])
+        assert sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)
+    # The hand-set weights make the dominant channel win; the GIF's first frame is green.
+    assert [top[0][0] for _, top in results] == ["c", "a", "b", "b"]
+    two = predict.predict(root / "run", good[:2], top_k=2, batch_size=64)
+    assert [[c for c, _ in top] for _, top in two] == [
+        [c for c, _ in top[:2]] for _, top in results[:2]
+    ]
+
+
+def test_unreadable_images_raise_or_are_skipped_and_stay_quiet(setup, capfd):
+    root, good, bad = setup
+    run = root / "run"
+    # The check below can fail: decoding the truncated JPEG does write to fd 2.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(Path(bad[0]).read_bytes())
+    assert capfd.readouterr().err
+    with pytest.raises(UserError, match=f"{bad[0]}: cannot read or decode"):
+        predict.predict(run, [root / "images", root / "bad"])
+    skipped = []
+    results = predict.predict(
+        run,
+        [root / "bad", root / "images"],
+        batch_size=2,
+        skip_corrupt=True,
+        on_skip=skipped.append,
+    )
+    assert skipped == bad and [p for p, _ in results] == good
+    with pytest.raises(UserError, match="no readable images among 2 files"):
+        predict.predict(run, [root / "bad"], skip_corrupt=True)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_bad_exports_and_arguments_name_the_file(setup, tmp_path):
+    root, good, _ = setup
+    with pytest.raises(UserError, match="no such directory"):
+        predict.read_labels(tmp_path / "nope")
+    with pytest.raises(UserError, match="export/model.keras: no export; run training"):
+        predict.read_labels(tmp_path)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="labels.json: missing, the export is incomplete"):
+        predict.read_labels(tmp_path)
+    (export / "labels.json").write_text('{"class_names": ["a"]}')
+    with pytest.raises(UserError, match="labels.json: unreadable .*image_size"):
+        predict.read_labels(tmp_path)
+    (export / "labels.json").write_text(json.dumps({"class_names": CLASSES, "image_size": SIZE}))
+    with pytest.raises(UserError, match="model.keras: cannot load"):
+        predict.load_export(tmp_path)
+    _write_export(tmp_path / "four", _model(4), {"class_names": CLASSES, "image_size": SIZE})
+    with pytest.raises(UserError, match="outputs 4 classes but labels.json names 3"):
+        predict.load_export(tmp_path / "four")
+    for kwargs in ({"top_k": 0}, {"batch_size": 0}, {"batch_size": 2.5}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            predict.predict(root / "run", good, **kwargs)
+
+
+def test_lines_are_aligned_and_csv_round_trips(tmp_path):
+    results = [("x.jpg", [("cat", 0.9123), ("frog", 0.05)]), ("dir/y.png", [("frog", 1.0)])]
+    assert predict.format_lines(results) == [
+        "x.jpg      cat  0.912  frog 0.050",
+        "dir/y.png  frog 1.000",
+    ]
+    out = tmp_path / "p.csv"
+    predict.write_csv(str(out), results[:1])
+    assert list(csv.reader(out.open())) == [
+        ["path", "class", "prob", "class_1", "prob_1", "class_2", "prob_2"],
+        ["x.jpg", "cat", "0.912300", "cat", "0.912300", "frog", "0.050000"],
+    ]
+    assert os.listdir(tmp_path) == ["p.csv"]  # no temporary file left
+
+
+def _cli(*args):
+    """Starts `python3 -m trainer.predict` without the runtime settings the tests' process has,
+    so the command must quiet TensorFlow itself."""
+    unset = (*runtime.DEFAULTS, "TF_CPP_MIN_LOG_LEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer.predict", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_command_line(setup, tmp_path):
+    root, good, bad = setup
+    run, out = f"--model_dir={root / 'run'}", tmp_path / "preds.csv"
+    # Two processes import TensorFlow (run side by side); the others fail before importing it.
+    started = {
+        "ok": _cli(run, "--top_k=2", "--batch_size=3", f"--output={out}", "--skip_corrupt",
+                   str(root / "images"), str(root / "bad")),
+        "corrupt": _cli(run, str(root / "bad")),
+        "missing path": _cli(run, str(root / "nope")),
+        "no export": _cli(f"--model_dir={tmp_path}", str(root / "images")),
+        "bad flag": _cli(run, "--top_k=0", str(root / "images")),
+    }  # fmt: skip
+    done = {name: (*p.communicate(timeout=240), p.returncode) for name, p in started.items()}
+
+    stdout, stderr, code = done["ok"]
+    assert code == 0, stderr
+    expected = predict.predict(root / "run", [root / "images"], top_k=2)
+    assert stdout.splitlines() == predict.format_lines(expected)
+    assert stderr == f"predict: skipped 2 unreadable images, e.g. {bad[0]}\n"
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "class", "prob", "class_1", "prob_1", "class_2", "prob_2"]
+    assert [r[0] for r in rows[1:]] == good
+    for row, (_, top) in zip(rows[1:], expected):
+        assert row[1:3] == row[3:5] and row[1::2] == [top[0][0]] + [c for c, _ in top]
+        np.testing.assert_allclose([float(p) for p in row[4::2]], [p for _, p in top], atol=1e-6)
+
+    for name, message in [
+        ("corrupt", f"{bad[0]}: cannot read or decode the image"),
+        ("missing path", f"{root / 'nope'}: no such file or directory"),
+        ("no export", "no export; run training first"),
+        ("bad flag", "--top_k=0: must be >= 1"),
+    ]:
+        stdout, stderr, code = done[name]
+        assert (code, stdout) == (2, ""), (name, code, stdout, stderr)
+        assert stderr.startswith("predict: error: ") and message in stderr, (name, stderr)
+        assert stderr.count("\n") == 1, (name, stderr)
