@@ -131,6 +131,15 @@ def test_train_writes_metrics_summaries_and_export(tmp_path):
     for kind in ("train", "eval"):
         assert os.listdir(tmp_path / "tensorboard" / kind)
     assert "--num_classes=10" in (tmp_path / "flags.txt").read_text()
+    # The interpretation of the final model: its confusion matrix agrees with the final eval.
+    confusion = np.array(on_disk["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == metrics["final"]["examples"] == 20
+    assert np.trace(confusion) / 20 == pytest.approx(metrics["final"]["accuracy"])
+    recalls = [c["recall"] for c in on_disk["per_class"]]
+    support = confusion.sum(axis=1)
+    assert recalls == pytest.approx(np.diag(confusion) / np.maximum(support, 1))
+    for name in ("confusion_matrix.png", "top_losses.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     path = exp.export()
     loaded = keras.saving.load_model(os.path.join(path, "model.keras"))
     x = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)

@@ -303,11 +303,32 @@ class Experiment:
                 actions.Evaluate(
                     self.evaluator.evaluate, self.history, writer, plan.steps_per_epoch, None
                 )(self.step)
-            return self._metrics(report, time.time() - started)
+            metrics = self._metrics(report, time.time() - started)
+            if report is not None and self.is_chief:  # this process trained: interpret it
+                metrics.update(self.interpret())
+                summaries.write_metrics(config.model_dir, metrics)
+            return metrics
         finally:
             if own:
                 self._interrupts.uninstall()
             writer.close()
+
+    def interpret(self) -> dict:
+        """Confusion matrix, top losses and per-class precision/recall on the eval split.
+
+        Writes confusion_matrix.png and top_losses.png into model_dir and TensorBoard
+        (`trainer.interpret`); returns the metrics.json record.
+        """
+        from trainer import interpret
+
+        config = self.config
+        analysis = interpret.analyze(
+            self.model,
+            self.data.eval_dataset(config.global_batch_size),
+            config.num_classes,
+            class_names=self.info.class_names,
+        )
+        return interpret.write(analysis, self.info.class_names, config.model_dir, step=self.step)
 
     def _metrics(self, report, seconds: float) -> dict:
         metrics = {
