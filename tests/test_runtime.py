@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 IMPORT_ONLY = """
 import os, sys
+# The libraries first: what they set (Keras imports scikit-learn when it is installed, which
+# sets KMP_* variables) is not ours to judge.
+import keras, tensorflow, tensorflow_datasets
 before = dict(os.environ)
 fd2 = os.fstat(2).st_ino
 # models/ is a library layer below trainer/ (DESIGN.md): it never imports it.
@@ -40,7 +43,7 @@ def test_importing_the_packages_sets_nothing_and_models_stays_below_trainer():
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # TensorFlow came in with trainer.experiment, so configuring now would be too late.
+    # TensorFlow is imported, so configuring now would be too late.
     assert "refused: trainer.runtime.configure() must run before TensorFlow" in result.stdout
 
 
@@ -62,3 +65,21 @@ def test_captured_stderr_drops_native_lines_and_keeps_the_rest(capfd):
         os.write(2, b"a banner line\nkept line\n")
     assert dropped == ["a banner line"]
     assert capfd.readouterr().err == "kept line\n"
+
+
+def test_quiet_logging_keeps_project_lines_and_errors_only():
+    import logging
+
+    from trainer.runtime import _ProjectLines
+
+    def record(pathname, level):
+        return logging.LogRecord("absl", level, pathname, 1, "msg", None, None)
+
+    ours = str(ROOT / "trainer" / "checkpoints.py")
+    theirs = "/usr/lib/python3/site-packages/tensorflow/python/saved_model/builder_impl.py"
+    keep = _ProjectLines()
+    assert keep.filter(record(ours, logging.INFO))
+    assert keep.filter(record(ours, logging.WARNING))
+    assert not keep.filter(record(theirs, logging.INFO))
+    assert not keep.filter(record(theirs, logging.WARNING))
+    assert keep.filter(record(theirs, logging.ERROR))

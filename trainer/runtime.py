@@ -112,7 +112,12 @@ def import_tensorflow():
     return tensorflow
 
 
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This project's code (also when installed into site-packages beside TensorFlow).
+_PROJECT_PATHS = tuple(
+    os.path.join(_ROOT, name)
+    for name in ("trainer" + os.sep, "models" + os.sep, "schedules" + os.sep)
+) + (os.path.join(_ROOT, "run_train.py"),)
 # Python warnings that TensorFlow, TFDS and Keras raise about their own internals.
 _LIBRARY_MODULES = r"(tensorflow|tensorflow_datasets|keras|absl|google\.protobuf|h5py)(\.|$)"
 
@@ -125,7 +130,7 @@ class _ProjectLines:
 
         if record.levelno >= logging.ERROR:
             return True
-        return os.path.abspath(record.pathname).startswith(_PROJECT_ROOT + os.sep)
+        return os.path.abspath(record.pathname).startswith(_PROJECT_PATHS)
 
 
 def quiet_logging(program: str | None = None) -> None:
