@@ -29,7 +29,9 @@ setuptools.setup(
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF}"],
         "gpu": [f"tensorflow[and-cuda]=={TF}"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "scikit-learn>=1.3"],
+        # --dataset=sklearn_digits: real 8x8 digit scans shipped inside the scikit-learn wheel.
+        "data": ["scikit-learn>=1.3"],
         "plots": ["matplotlib>=3.7"],
     },
 )

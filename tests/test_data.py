@@ -1,4 +1,4 @@
-"""Tests for trainer/data/: synthetic, folder and TFDS sources, exact-resume pipelines."""
+"""Tests for trainer/data/: synthetic, folder, TFDS and array sources, exact-resume pipelines."""
 
 import json
 import logging
@@ -287,6 +287,246 @@ def test_tfds_unprepared_and_unknown_datasets(tmp_path):
         _load(dataset="cifar11", data_dir=str(tmp_path))
 
 
+# Arrays: npz, IDX, scikit-learn digits ---------------------------------------------------------
+
+
+def _distinct_images(rng, n, shape):
+    """n uint8 images of `shape`, pairwise different (each has its index in pixel [0, 0])."""
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    images.reshape(n, -1)[:, 0] = np.arange(n)
+    return images
+
+
+def _rgb(images):
+    """[N, H, W] or [N, H, W, 1|3] uint8 -> float32 [N, H, W, 3], as the pipelines yield them."""
+    images = images.reshape(*images.shape[:3], -1)
+    return np.broadcast_to(images, (*images.shape[:3], 3)).astype(np.float32)
+
+
+def _assert_batches_match(source, batch_size, steps, images, labels):
+    """Every example of `steps` training batches is exactly images[i], with labels[i].
+
+    Returns the indices i in the order the batches visit them.
+    """
+    lookup = {x.tobytes(): i for i, x in enumerate(_rgb(images))}
+    seen = []
+    for x, y in source.train_dataset(batch_size).take(steps).as_numpy_iterator():
+        for image, label in zip(x, y):
+            index = lookup[image.tobytes()]  # exact pixels: a KeyError otherwise
+            assert label == labels[index]
+            seen.append(index)
+    return seen
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def _npz_arrays(rng, train=12, test=5, shape=(6, 6)):
+    return dict(
+        x_train=_distinct_images(rng, train, shape),
+        y_train=np.arange(train) % 3,
+        x_test=_distinct_images(rng, test, shape),
+        y_test=np.arange(test) % 3,
+    )
+
+
+def test_npz_grayscale_class_names_and_exact_pixels(tmp_path):
+    arrays = _npz_arrays(np.random.default_rng(0))
+    arrays["x_test"] = arrays["x_test"][..., np.newaxis]  # [N, H, W, 1] is grayscale too
+    names = np.array(["cat", "dog", "emu"])
+    spec = _npz(tmp_path / "d.npz", **arrays, class_names=names)
+    source = _load(dataset=spec, image_size=6, augment=False, seed=2)
+    info = source.info
+    assert (info.num_train, info.num_eval, info.num_classes) == (12, 5, 3)
+    assert info.image_shape == (6, 6, 3) and info.class_names == ("cat", "dog", "emu")
+    # Two epochs of 3 batches of 4: every training image once per epoch, pixels exact.
+    seen = _assert_batches_match(source, 4, 6, arrays["x_train"], arrays["y_train"])
+    assert sorted(seen[:12]) == sorted(seen[12:]) == list(range(12))
+    x, y = source.as_numpy("eval")
+    np.testing.assert_array_equal(x, _rgb(arrays["x_test"]))
+    np.testing.assert_array_equal(y, arrays["y_test"])
+    resized, _ = _load(dataset=spec, image_size=12).as_numpy("eval")
+    assert resized.shape == (5, 12, 12, 3)
+
+
+def test_npz_rgb_default_class_names_keras_labels_and_named_splits(tmp_path):
+    rng = np.random.default_rng(1)
+    x_train = _distinct_images(rng, 8, (5, 5, 3))
+    y_train = np.array([[0], [1], [2], [0], [1], [2], [0], [1]], np.uint8)  # Keras' [N, 1]
+    x_val = _distinct_images(rng, 3, (4, 7, 3))  # another size: resized by the pipeline
+    y_val = np.array([0, 6, 1], np.int64)  # K = 7 from the eval split's largest label
+    spec = _npz(tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    source = _load(dataset=spec, eval_split="val", image_size=5, augment=False)
+    info = source.info
+    assert info.class_names == tuple("0123456") and info.image_shape == (None, None, 3)
+    _assert_batches_match(source, 4, 2, x_train, y_train[:, 0])
+    x, y = source.as_numpy("eval")
+    assert x.shape == (3, 5, 5, 3) and list(y) == [0, 6, 1]
+
+
+def _one_line_error(dataset, match, **changes):
+    with pytest.raises(UserError, match=match) as raised:
+        _load(dataset=dataset, **changes)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"--dataset={dataset}: ")
+    return message
+
+
+_NPZ_ERRORS = [
+    ("missing key", lambda a: a.pop("y_test"), r"has no array 'y_test' \(for --eval_split=test"),
+    ("count", lambda a: a.update(y_train=a["y_train"][:-1]), "x_train has 12 images but y_train"),
+    ("negative", lambda a: a["y_test"].__setitem__(2, -1), "y_test has negative label -1 .*2"),
+    (
+        "range",
+        lambda a: a["y_test"].__setitem__(1, 3),
+        "y_test has label 3, but there are 3 class names .* in class_names",
+    ),
+    ("float labels", lambda a: a.update(y_train=a["y_train"] * 1.0), "y_train has dtype float64"),
+    ("one-hot", lambda a: a.update(y_train=np.eye(3)[a["y_train"]]), "y_train has shape"),
+    ("empty", lambda a: a.update(x_test=a["x_test"][:0]), "x_test is empty"),
+    ("float images", lambda a: a.update(x_train=a["x_train"] / 255), "x_train has dtype float64"),
+    ("image shape", lambda a: a.update(x_train=a["x_train"][:, 0]), "x_train has shape .12, 6."),
+    ("names dtype", lambda a: a.update(class_names=np.arange(3)), "class_names has dtype int"),
+    ("names repeated", lambda a: a.update(class_names=np.array(["a", "b", "a"])), "repeats a"),
+    ("names object", lambda a: a.update(class_names=np.array(["a", None])), "object array"),
+]
+
+
+@pytest.mark.parametrize(
+    "change, match", [c[1:] for c in _NPZ_ERRORS], ids=[c[0] for c in _NPZ_ERRORS]
+)
+def test_npz_errors_are_one_line(tmp_path, change, match):
+    arrays = _npz_arrays(np.random.default_rng(2))
+    arrays["class_names"] = np.array(["a", "b", "c"])
+    change(arrays)
+    spec = _npz(tmp_path / "d.npz", **arrays)
+    _one_line_error(spec, match)
+
+
+def test_npz_file_errors_are_one_line(tmp_path):
+    _one_line_error(f"npz:{tmp_path / 'none.npz'}", "no such file")
+    (tmp_path / "text.npz").write_text("not numpy")
+    _one_line_error(f"npz:{tmp_path / 'text.npz'}", "is not a NumPy .npz file")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    _one_line_error(f"npz:{tmp_path / 'single.npy'}", "is a single .npy array")
+    spec = _npz(tmp_path / "ok.npz", **_npz_arrays(np.random.default_rng(3)))
+    _one_line_error(spec, r"no array 'x_val' \(for --train_split=val", train_split="val")
+    big = _npz_arrays(np.random.default_rng(4))
+    big["y_train"][0] = 10**9
+    _one_line_error(_npz(tmp_path / "big.npz", **big), "label 1000000000, too large")
+
+
+def _write_idx(path, array, gz):
+    """An IDX file: magic (0x0000 08 ndim), big-endian uint32 sizes, uint8 data."""
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    content = header + array.astype(np.uint8).tobytes()
+    if gz:
+        import gzip
+
+        path = path.with_name(path.name + ".gz")
+        content = gzip.compress(content)
+    path.write_bytes(content)
+    return path
+
+
+def _idx_dir(root, rng, names=("train", "t10k"), shape=(7, 7), sizes=(10, 4), gz=(True, False)):
+    root.mkdir(parents=True)
+    arrays = {}
+    for name, size, compress in zip(names, sizes, gz):
+        images = _distinct_images(rng, size, shape)
+        labels = rng.integers(0, 10, size).astype(np.uint8)
+        _write_idx(root / f"{name}-images-idx3-ubyte", images, compress)
+        _write_idx(root / f"{name}-labels-idx1-ubyte", labels, compress)
+        arrays[name] = images, labels
+    return arrays
+
+
+def test_idx_gz_and_plain_grayscale_fashion_names_and_exact_pixels(tmp_path):
+    root = tmp_path / "fashion-mnist"
+    arrays = _idx_dir(root, np.random.default_rng(5))
+    (root / "README").write_text("other files are ignored")
+    source = _load(dataset=f"idx:{root}", image_size=7, augment=False)
+    info = source.info
+    assert (info.num_train, info.num_eval, info.image_shape) == (10, 4, (7, 7, 3))
+    assert info.class_names[0] == "T-shirt/top" and info.class_names[9] == "Ankle boot"
+    seen = _assert_batches_match(source, 5, 4, *arrays["train"])
+    assert sorted(seen[:10]) == list(range(10))
+    x, y = source.as_numpy("eval")
+    images, labels = arrays["t10k"]
+    np.testing.assert_array_equal(x, _rgb(images))
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_idx_test_prefix_kaggle_names_and_class_names_file(tmp_path):
+    root = tmp_path / "digits"
+    arrays = _idx_dir(root, np.random.default_rng(6), names=("train", "test"), gz=(False, True))
+    # Kaggle's MNIST spells train-images.idx3-ubyte; plain wins over a .gz of the same name.
+    (root / "train-images-idx3-ubyte").rename(root / "train-images.idx3-ubyte")
+    (root / "train-labels-idx1-ubyte").rename(root / "train-labels.idx1-ubyte")
+    _write_idx(root / "train-labels.idx1-ubyte", np.zeros(1), gz=True)  # ignored
+    info = _load(dataset=f"idx:{root}").info
+    assert (info.num_train, info.num_eval) == (10, 4)
+    largest = max(int(labels.max()) for _, labels in arrays.values())
+    assert info.class_names == tuple(str(k) for k in range(largest + 1))
+    names = [f"digit {k}" for k in range(10)]
+    (root / "class_names.txt").write_text("\n".join(names) + "\n\n")
+    assert _load(dataset=f"idx:{root}").info.class_names == tuple(names)
+    (root / "class_names.txt").write_text("zero\none\n")
+    message = rf"labels.* has label {largest}, but there are 2 class names .* in .*class_names.txt$"
+    _one_line_error(f"idx:{root}", message)
+
+
+def test_idx_errors_are_one_line(tmp_path):
+    _one_line_error(f"idx:{tmp_path / 'none'}", "no such directory")
+    root = tmp_path / "mnist"
+    _idx_dir(root, np.random.default_rng(7))
+    spec = f"idx:{root}"
+    _one_line_error(spec, "no val images file .*it has t10k-images", eval_split="val")
+    plain = root / "t10k-labels-idx1-ubyte"
+    _write_idx(plain, np.zeros(3), gz=False)
+    _one_line_error(spec, "t10k-images-idx3-ubyte has 4 images but .*t10k-labels.* has 3 labels")
+    _write_idx(plain, np.zeros((3, 1)), gz=False)  # 2 dimensions: magic 0x00000802
+    _one_line_error(spec, r"not an IDX labels file \(magic number 0x00000802, expected 0x0000080")
+    plain.write_bytes(plain.read_bytes()[:-1])
+    _one_line_error(spec, "not an IDX labels file")
+    _write_idx(plain, np.zeros(4), gz=False)
+    plain.write_bytes(plain.read_bytes()[:-1])  # 3 data bytes, the header says 4
+    _one_line_error(spec, "has 3 data bytes, but its header says 4 = 4")
+    _write_idx(plain, np.zeros(4), gz=False)
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    _one_line_error(spec, "cannot read .*train-images-idx3-ubyte.gz")
+    _write_idx(root / "train-images-idx3-ubyte", np.zeros((2, 3, 3)), gz=False)
+    _write_idx(root / "extra-train-images-idx3-ubyte", np.zeros((2, 3, 3)), gz=False)
+    _one_line_error(spec, "several train images files .*: extra-train-.*, train-images-")
+
+
+def test_sklearn_digits_split_is_fixed_stratified_and_exact():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    source = _load(dataset="sklearn_digits", image_size=8, augment=False)
+    info = source.info
+    assert (info.num_train, info.num_eval, info.image_shape) == (1442, 355, (8, 8, 3))
+    assert info.class_names == tuple("0123456789")
+    digits = sklearn_datasets.load_digits()
+    test = np.zeros(len(digits.target), bool)
+    for k in range(10):
+        test[np.flatnonzero(digits.target == k)[4::5]] = True
+    expected = np.round(digits.images[test] * 255 / 16).astype(np.uint8)
+    x, y = source.as_numpy("eval")
+    np.testing.assert_array_equal(x, _rgb(expected))
+    np.testing.assert_array_equal(y, digits.target[test])
+    assert x.max() == 255 and np.all(np.bincount(y) >= 34)
+    train_images = np.round(digits.images[~test] * 255 / 16).astype(np.uint8)
+    _assert_batches_match(source, 64, 3, train_images, digits.target[~test])
+    _one_line_error("sklearn_digits", r"no split 'val' \(--eval_split\)", eval_split="val")
+
+
+def test_sklearn_digits_without_sklearn_says_pip_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import raises ImportError
+    _one_line_error("sklearn_digits", "needs scikit-learn: pip install scikit-learn")
+
+
 # One-line errors -------------------------------------------------------------------------------
 
 # Runs in a fresh Python as run_train.py does (absl handler at INFO verbosity, TensorFlow's C++
@@ -369,6 +609,10 @@ def test_load_errors_are_one_line_with_nothing_before(tmp_path):
     truncated, header = _corrupt_jpegs(folder / "train" / "cat")
     spec = f"folder:{folder}"
     nowhere = str(tmp_path / "no_tfds_here")
+    npz = _npz(tmp_path / "d.npz", **_npz_arrays(np.random.default_rng(0)))
+    idx = tmp_path / "idx"
+    _idx_dir(idx, np.random.default_rng(0))
+    _write_idx(idx / "t10k-labels-idx1-ubyte", np.zeros((4, 1)), gz=False)  # bad magic
     cases = [
         f"decode:{truncated}",
         f"decode:{header}",
@@ -377,10 +621,13 @@ def test_load_errors_are_one_line_with_nothing_before(tmp_path):
         {"dataset": spec, "skip_corrupt": True, "eval_split": "val"},  # fails after train
         {"dataset": "cifar10", "data_dir": nowhere},
         {"dataset": "cifar11", "data_dir": nowhere},
+        {"dataset": npz},  # loads silently
+        {"dataset": npz, "eval_split": "val"},
+        {"dataset": f"idx:{idx}"},
     ]
-    decode_truncated, decode_header, corrupt, skipped, no_eval, unprepared, unknown = _stderr_lines(
-        cases
-    )
+    lines = _stderr_lines(cases)
+    decode_truncated, decode_header, corrupt, skipped, no_eval, unprepared, unknown = lines[:7]
+    npz_loaded, npz_no_val, idx_bad_magic = lines[7:]
     assert decode_truncated and decode_header  # without the capture, the decoders print
     assert len(corrupt) == 1 and f"cannot decode image {header}" in corrupt[0]
     assert len(skipped) == 2, skipped
@@ -388,3 +635,6 @@ def test_load_errors_are_one_line_with_nothing_before(tmp_path):
     assert len(no_eval) == 1 and f"missing directory {folder / 'val'}" in no_eval[0]
     assert len(unprepared) == 1 and "--dataset=cifar10: not prepared" in unprepared[0]
     assert len(unknown) == 1 and "--dataset=cifar11: no such TFDS dataset" in unknown[0]
+    assert npz_loaded == []
+    assert len(npz_no_val) == 1 and "has no array 'x_val'" in npz_no_val[0]
+    assert len(idx_bad_magic) == 1 and "magic number 0x00000802" in idx_bad_magic[0]

@@ -20,7 +20,9 @@ class Config:
 
     model_dir: str
     # Data.
-    dataset: str = "synthetic"  # TFDS name | folder:PATH | synthetic
+    dataset: str = (
+        "synthetic"  # TFDS | folder:PATH | npz:PATH | idx:DIR | sklearn_digits | synthetic
+    )
     data_dir: str | None = None  # TFDS data dir
     train_split: str = "train"
     eval_split: str = "test"

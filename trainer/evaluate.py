@@ -67,7 +67,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "dataset",
         None,
-        "Dataset spec (TFDS name, folder:PATH, synthetic[:K]); default: the run's.",
+        "Dataset spec (as run_train.py's --dataset: TFDS name, folder:PATH, npz:PATH, idx:DIR, "
+        "sklearn_digits, synthetic[:K]); default: the run's.",
         flag_values=fv,
     )
     flags.DEFINE_string(

@@ -65,16 +65,33 @@ def _define_data(fv):
         "dataset",
         "synthetic",
         "What to train on: a TFDS image-classification name (cifar10, cifar100, "
-        "oxford_flowers102, ...), folder:PATH (PATH/train/<label>/*.jpg and PATH/test/...), or "
-        "synthetic[:NUM_CLASSES] (generated offline, 32x32x3; for quickstart and tests).",
+        "oxford_flowers102, ...), folder:PATH (PATH/train/<label>/*.jpg and PATH/test/...), "
+        "npz:PATH (a NumPy .npz with uint8 images x_train, x_test [N,H,W] or [N,H,W,1|3], "
+        "integer labels y_train, y_test [N], optional class_names), idx:DIR (MNIST-style "
+        "train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte files, .gz or not, optional "
+        "DIR/class_names.txt; e.g. /usr/share/datasets/fashion-mnist from Debian's "
+        "dataset-fashion-mnist), sklearn_digits (scikit-learn's 1,797 8x8 digit scans, a "
+        "fixed stratified 80/20 split; needs scikit-learn), or synthetic[:NUM_CLASSES] "
+        "(generated offline, 32x32x3; for quickstart and tests). Images are resized to "
+        "--image_size.",
         flag_values=fv,
     )
     _register(fv, "dataset", lambda v: bool(v.strip()), "a non-empty dataset spec")
     flags.DEFINE_string(
         "data_dir", None, "TFDS data directory (prepared datasets).", flag_values=fv
     )
-    flags.DEFINE_string("train_split", "train", "TFDS split to train on.", flag_values=fv)
-    flags.DEFINE_string("eval_split", "test", "TFDS split to evaluate on.", flag_values=fv)
+    flags.DEFINE_string(
+        "train_split",
+        "train",
+        "Split to train on (TFDS split, folder subdirectory, npz x_NAME/y_NAME, IDX file prefix).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "eval_split",
+        "test",
+        "Split to evaluate on (as --train_split; IDX: test also finds t10k).",
+        flag_values=fv,
+    )
     flags.DEFINE_bool(
         "skip_corrupt",
         False,

@@ -1,11 +1,19 @@
-"""Input data: a TFDS dataset, a folder of the user's images, or the synthetic set.
+"""Input data: a TFDS dataset, the user's images or arrays, or the synthetic set.
 
 Dataset specs (``--dataset``):
   * a TFDS image-classification name (``cifar10``, ``cifar100``, ``oxford_flowers102`` ...),
     read from a prepared ``--data_dir`` (never downloaded here: see `trainer.data.sources`);
   * ``folder:PATH`` with images in PATH/<split>/<label>/*.{jpg,jpeg,png,bmp,gif}; labels are
     the sorted class directories of the train split;
+  * ``npz:PATH``: a NumPy .npz with x_train, y_train, x_test, y_test [, class_names];
+  * ``idx:DIR``: MNIST-style IDX files (train-images-idx3-ubyte[.gz], t10k-..., ...), e.g.
+    Debian's dataset-fashion-mnist in /usr/share/datasets/fashion-mnist;
+  * ``sklearn_digits``: scikit-learn's 1,797 real 8x8 digit scans, a fixed 80/20 split
+    (the last three: real data read offline, see `trainer.data.arrays`);
   * ``synthetic`` or ``synthetic:K``: generated offline (`trainer.data.synthetic`).
+
+``--train_split`` / ``--eval_split`` name TFDS splits, folder subdirectories, npz keys
+(x_<split>, y_<split>) or IDX file prefixes (``test`` also reads ``t10k-*``).
 
 `load` reads both splits into memory once and returns a `Data` that the caller owns (there
 is no module-level cache: two loads are two independent copies). Its pipelines gather from
@@ -25,7 +33,7 @@ import logging
 import tensorflow as tf
 
 from trainer.config import Config
-from trainer.data import pipeline, sources
+from trainer.data import arrays, pipeline, sources
 from trainer.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -162,9 +170,13 @@ def load(config: Config) -> Data:
       The `Data` of both splits; `Data.info` describes them.
 
     Raises:
-      UserError: unknown or unprepared dataset, missing folder, unreadable image, bad split,
-        each as one line naming the flag and the bad value.
+      UserError: unknown or unprepared dataset, missing folder or file, unreadable image,
+        malformed array or IDX file, bad labels, bad split, scikit-learn missing for
+        sklearn_digits; each as one line naming the flag and the bad value.
     """
+    if arrays.is_spec(config.dataset):
+        train, evaluation = arrays.load(config.dataset, config.train_split, config.eval_split)
+        return Data(config, train, evaluation)
     class_names = None
     if config.dataset.startswith("folder:"):
         # Labels follow the train split's class directories, also in the eval split.
