@@ -18,6 +18,8 @@ setuptools.setup(
         include=["trainer", "trainer.*", "schedules", "schedules.*", "models", "models.*"]
     ),
     py_modules=["run_train"],
+    # The shipped pretrained weights (models/pretrained/README.md).
+    package_data={"models": ["pretrained/*.weights.h5", "pretrained/README.md"]},
     # TensorFlow itself comes from an extra: `tensorflow` pulls the CUDA build, which a CPU
     # machine should not download; `tensorflow-cpu` is the same API without it.
     install_requires=[

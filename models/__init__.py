@@ -26,7 +26,8 @@ Weights (``weights=``): ``none``; ``imagenet`` (keras.applications backbones; do
 first use, read from ~/.keras/models when cached; offline and uncached -> `ValueError`); a path
 to keras' no-top ImageNet ``.h5`` file; or a ``.weights.h5`` / ``.keras`` file saved from a model
 of the same architecture with any head: the backbone is loaded, the head stays fresh
-(`models.transfer`).
+(`models.transfer`); or ``pretrained:NAME`` for weights shipped in models/pretrained/
+(`PRETRAINED`; e.g. ``pretrained:resnet20_fashion_mnist``), loaded the same way.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ __all__ = [
     "load_backbone_weights",
     "names",
     "portable",
+    "PRETRAINED",
     "presets",
+    "pretrained_path",
     "save_backbone_weights",
     "split_preset",
 ]
@@ -66,6 +69,33 @@ def names() -> tuple[str, ...]:
 def _check_name(name: str) -> None:
     if name not in names():
         raise ValueError(f"--model={name!r} is unknown; choose one of {', '.join(names())}")
+
+
+# Weights shipped in models/pretrained/ (see its README): name -> the architecture they fit.
+PRETRAINED = {"resnet20_fashion_mnist": "resnet20"}
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+def pretrained_path(spec: str, model_name: str | None = None) -> str:
+    """The file of `pretrained:NAME` weights, checked against the model's architecture.
+
+    Raises:
+      ValueError: unknown NAME, weights of another architecture, or the file is missing.
+    """
+    name = spec.partition(":")[2]
+    if name not in PRETRAINED:
+        raise ValueError(
+            f"--weights={spec}: unknown pretrained weights; choose one of "
+            + ", ".join(f"pretrained:{n}" for n in PRETRAINED)
+        )
+    if model_name is not None and PRETRAINED[name] != model_name:
+        raise ValueError(
+            f"--weights={spec} fits --model={PRETRAINED[name]}, not --model={model_name}"
+        )
+    path = os.path.join(PRETRAINED_DIR, f"{name}.weights.h5")
+    if not os.path.isfile(path):
+        raise ValueError(f"--weights={spec}: {path} is missing from this installation")
+    return path
 
 
 def _check_weights(name: str, weights: str) -> None:
@@ -125,6 +155,8 @@ def build(
         raise ValueError(f"--image_size={image_size} must be >= 32")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout} must be in [0, 1)")
+    if weights.startswith("pretrained:"):
+        weights = pretrained_path(weights, name)
     _check_weights(name, weights)
     transfer = weights.endswith(TRANSFER_SUFFIXES)
 

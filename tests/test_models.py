@@ -201,3 +201,10 @@ def test_exported_model_reloads_with_preprocessing(tmp_path):
     reloaded = keras.models.load_model(path)
     pixels = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(reloaded(pixels), model(pixels), rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_spec_errors_name_the_choice():
+    with pytest.raises(ValueError, match="unknown pretrained weights; choose one of pretrained:"):
+        models.build("resnet20", 10, weights="pretrained:nope")
+    with pytest.raises(ValueError, match="fits --model=resnet20, not --model=resnet8"):
+        models.build("resnet8", 10, weights="pretrained:resnet20_fashion_mnist")

@@ -133,7 +133,9 @@ def _define_model(fv):
         "weights",
         "none",
         "Initial weights: imagenet (keras.applications backbones; needs internet once), none, "
-        "or PATH to a .weights.h5/.keras file of the same architecture (head is skipped).",
+        "pretrained:NAME (shipped in models/pretrained/, e.g. pretrained:resnet20_fashion_mnist "
+        "for --model=resnet20), or PATH to a .weights.h5/.keras file of the same architecture "
+        "(head is skipped).",
         flag_values=fv,
     )
     flags.DEFINE_string(
