@@ -208,3 +208,18 @@ def test_pretrained_spec_errors_name_the_choice():
         models.build("resnet20", 10, weights="pretrained:nope")
     with pytest.raises(ValueError, match="fits --model=resnet20, not --model=resnet8"):
         models.build("resnet8", 10, weights="pretrained:resnet20_fashion_mnist")
+
+
+def test_shipped_pretrained_weights_load_into_the_backbone():
+    import h5py
+
+    path = models.pretrained_path("pretrained:resnet20_fashion_mnist", "resnet20")
+    assert os.path.getsize(path) < 5 * 2**20  # the size the repository can carry
+    fresh = models.build("resnet20", 7, weights="none")
+    model = models.build("resnet20", 7, weights="pretrained:resnet20_fashion_mnist")
+    with h5py.File(path, "r") as f:
+        stem = f["layers/conv2d/vars/0"][()]
+    kernel = model.get_layer("stem_conv").kernel.numpy()
+    np.testing.assert_array_equal(kernel, stem)
+    assert not np.array_equal(kernel, fresh.get_layer("stem_conv").kernel.numpy())
+    assert model.get_layer("head_logits").kernel.shape == (64, 7)  # a new head
