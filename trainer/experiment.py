@@ -303,11 +303,9 @@ class Experiment:
                 actions.Evaluate(
                     self.evaluator.evaluate, self.history, writer, plan.steps_per_epoch, None
                 )(self.step)
-            metrics = self._metrics(report, time.time() - started)
-            if report is not None and self.is_chief:  # this process trained: interpret it
-                metrics.update(self.interpret())
-                summaries.write_metrics(config.model_dir, metrics)
-            return metrics
+            # A process that trained interprets its model; metrics.json is written once.
+            extra = self.interpret() if report is not None and self.is_chief else {}
+            return self._metrics(report, time.time() - started, extra)
         finally:
             if own:
                 self._interrupts.uninstall()
@@ -330,7 +328,7 @@ class Experiment:
         )
         return interpret.write(analysis, self.info.class_names, config.model_dir, step=self.step)
 
-    def _metrics(self, report, seconds: float) -> dict:
+    def _metrics(self, report, seconds: float, extra: dict) -> dict:
         metrics = {
             "step": self.step,
             "epochs": steps.epoch_of(self.step, self.plan.steps_per_epoch),
@@ -340,6 +338,7 @@ class Experiment:
             "train": report.last if report else None,
             "images_per_sec": report.images_per_sec if report else None,
             "wall_time_sec": seconds,
+            **extra,
         }
         if self.is_chief:
             summaries.write_metrics(self.config.model_dir, metrics)
