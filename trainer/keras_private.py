@@ -67,8 +67,9 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "_trainable_variables",
         _OPT,
         "attribute",
-        _OPTIMIZERS,
-        "the variables the optimizer was built with, to find the slot lists aligned with them",
+        _OPTIMIZERS + ", trainer.callbacks",
+        "the variables the optimizer was built with, to find the slot lists aligned with them"
+        " (reset_slots; the LRFinder callback's fresh start)",
         "no public accessor; `optimizer.variables` lists the optimizer's own variables",
     ),
     PrivateUse(
@@ -103,9 +104,10 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "_learning_rate",
         _OPT,
         "attribute",
-        _OPTIMIZERS,
+        _OPTIMIZERS + ", trainer.callbacks",
         "the schedule object, reused by segmented() instead of a serialization round trip,"
-        " so custom schedules need not be registered",
+        " so custom schedules need not be registered; read by momentum cycling"
+        " (schedule.momentum) and put back by the LRFinder callback",
         "`learning_rate` returns the current value; get_config() a serialized copy that only"
         " registered classes can rebuild",
     ),

@@ -11,6 +11,10 @@ step) whose update of variable v uses `lr_mults[segment_of[v.path]] * learning_r
 * Decoupled weight decay (`weight_decay=`, all Keras 3 optimizers) is scaled by the segment's
   learning rate too, as PyTorch parameter groups and fastai do.
 * The multiplier table is a Python list read while tracing: no per-step Python work.
+* Momentum cycling (`cycle_momentum=True`, fastai's one-cycle `moms`): the learning-rate
+  schedule's `momentum(step)` (e.g. `schedules.OneCycle`) replaces SGD's `momentum` or the
+  Adam family's `beta_1` at every step, in the compiled step. Adam's bias correction then uses
+  the current beta_1 (`1 - beta_1(t)**t`), as PyTorch's and fastai's Adam do.
 * The segmented classes are registered with Keras (``lrtech>SegmentedAdam`` ...), so a
   `model.fit` user can `model.save("m.keras")` and `keras.saving.load_model("m.keras")` with
   the optimizer and its state, once `trainer.optimizers` is imported.
@@ -121,10 +125,11 @@ def mults_from_spread(num_segments: int, spread: float) -> tuple[float, ...]:
 class _SegmentTable:
     """Plain holder so Keras / TF tracking does not wrap the dicts into trackables."""
 
-    def __init__(self, segment_of, lr_mults, aggregate_gradients):
+    def __init__(self, segment_of, lr_mults, aggregate_gradients, cycle_momentum=False):
         self.segment_of = dict(segment_of)
         self.lr_mults = tuple(float(m) for m in lr_mults)
         self.aggregate_gradients = bool(aggregate_gradients)
+        self.cycle_momentum = bool(cycle_momentum)
         self.mults = []  # multiplier of the i-th variable the optimizer was built with
         self._by_scope = {}  # path -> segment, for paths found by `_match_scopes`
 
@@ -156,10 +161,20 @@ class _SegmentTable:
 class _SegmentedMixin:
     """Per-segment learning rates for any Keras optimizer class (TensorFlow backend)."""
 
-    def __init__(self, *args, segment_of, lr_mults, aggregate_gradients=True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        segment_of,
+        lr_mults,
+        aggregate_gradients=True,
+        cycle_momentum=False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         _check_mults(segment_of, lr_mults)
-        self._segments = _SegmentTable(segment_of, lr_mults, aggregate_gradients)
+        self._segments = _SegmentTable(segment_of, lr_mults, aggregate_gradients, cycle_momentum)
+        if cycle_momentum:
+            _check_cycle_momentum(self)
 
     def _check_known(self, variables):
         for v in variables:
@@ -189,7 +204,31 @@ class _SegmentedMixin:
             # replica context that may update it.
             lr = tf.cast(learning_rate, variable.dtype)
             self.assign_sub(variable, variable * tf.cast(self.weight_decay, variable.dtype) * lr)
+        if self._segments.cycle_momentum:
+            return self._cycled_update_step(gradient, variable, learning_rate)
         return super().update_step(gradient, variable, learning_rate)
+
+    def _cycled_update_step(self, gradient, variable, learning_rate):
+        schedule = keras_private.learning_rate_object(self)
+        momentum = schedule.momentum(self.iterations)
+        if _momentum_attr(self) == "momentum":
+            # Keras' SGD branches on `self.momentum != 0` in Python, so a tensor cannot stand
+            # in for it; this is its momentum update with the step's momentum.
+            lr = tf.cast(learning_rate, variable.dtype)
+            g = tf.cast(gradient, variable.dtype)
+            mom = tf.cast(momentum, variable.dtype)
+            m = self.momentums[keras_private.variable_index(self, variable)]
+            self.assign(m, m * mom - g * lr)
+            self.assign_add(variable, m * mom - g * lr if self.nesterov else m)
+            return None
+        # Adam / AdamW read `self.beta_1` only arithmetically: the step's value stands in
+        # for the duration of this call (one variable, no merge_call in between).
+        constant = self.beta_1
+        self.beta_1 = momentum
+        try:
+            return super().update_step(gradient, variable, learning_rate)
+        finally:
+            self.beta_1 = constant
 
     def _apply_weight_decay(self, variables):
         # Keras' hook decays every variable at the global learning rate; update_step does it
@@ -206,7 +245,43 @@ class _SegmentedMixin:
         config["segment_of"] = dict(self._segments.segment_of)
         config["lr_mults"] = list(self._segments.lr_mults)
         config["aggregate_gradients"] = self._segments.aggregate_gradients
+        config["cycle_momentum"] = self._segments.cycle_momentum
         return config
+
+
+# The hyperparameter momentum cycling replaces, by Keras class (the segmented class's base).
+_MOMENTUM_ATTR = {
+    keras.optimizers.SGD: "momentum",
+    keras.optimizers.Adam: "beta_1",
+    keras.optimizers.AdamW: "beta_1",
+}
+
+
+def _momentum_attr(optimizer) -> str | None:
+    for cls in type(optimizer).__mro__:
+        if cls in _MOMENTUM_ATTR:
+            return _MOMENTUM_ATTR[cls]
+    return None
+
+
+def supports_cycle_momentum(optimizer) -> bool:
+    """Whether momentum cycling applies to `optimizer` (momentum SGD, Adam, AdamW)."""
+    attr = _momentum_attr(optimizer)
+    return attr == "beta_1" or (attr == "momentum" and optimizer.momentum != 0)
+
+
+def _check_cycle_momentum(optimizer):
+    if not supports_cycle_momentum(optimizer):
+        raise UserError(
+            f"cycle_momentum: {optimizer.name} ({type(optimizer).__name__}) has no momentum to"
+            " cycle; use momentum / nesterov SGD, Adam or AdamW"
+        )
+    schedule = keras_private.learning_rate_object(optimizer)
+    if not callable(getattr(schedule, "momentum", None)):
+        raise UserError(
+            f"cycle_momentum: the learning-rate schedule {type(schedule).__name__} has no"
+            " momentum(step); use schedules.OneCycle (or Phases of them)"
+        )
 
 
 _CLASSES: dict[type, type] = {}
@@ -256,7 +331,7 @@ def _check_mults(segment_of, lr_mults):
         )
 
 
-def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True):
+def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True, cycle_momentum=False):
     """Returns an optimizer like `optimizer` with a learning-rate multiplier per segment.
 
     Variable v moves exactly as `type(optimizer)` would move it at learning rate
@@ -278,16 +353,20 @@ def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True):
         aggregate_gradients: False when the caller already summed the gradients across
             replicas (e.g. to clip the global gradient or check it is finite): the optimizer
             then does not all-reduce them again.
+        cycle_momentum: Replace SGD's momentum (momentum / nesterov) or Adam's / AdamW's
+            beta_1 at every step by the schedule's `momentum(step)` (fastai's one-cycle
+            momentum, e.g. 0.95 -> 0.85 -> 0.95 against the learning rate).
 
     Returns:
         The segmented optimizer, of a class registered with Keras as
         ``lrtech>Segmented{type(optimizer).__name__}``. `get_config()` includes `segment_of`,
-        `lr_mults` and `aggregate_gradients`, so a model compiled with it saves and loads
-        (`model.save`, `keras.saving.load_model`) with its optimizer state.
+        `lr_mults`, `aggregate_gradients` and `cycle_momentum`, so a model compiled with it
+        saves and loads (`model.save`, `keras.saving.load_model`) with its optimizer state.
 
     Raises:
-        UserError: Bad multipliers, a built or loss-scale optimizer, or (at build / apply) a
-            variable missing from `segment_of`.
+        UserError: Bad multipliers, a built or loss-scale optimizer, momentum cycling for an
+            optimizer or schedule without momentum, or (at build / apply) a variable missing
+            from `segment_of`.
     """
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise UserError("segmented: wrap the segmented optimizer in LossScaleOptimizer instead")
@@ -307,6 +386,7 @@ def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True):
         segment_of=segment_of,
         lr_mults=lr_mults,
         aggregate_gradients=aggregate_gradients,
+        cycle_momentum=cycle_momentum,
     )
     keras_private.copy_weight_decay_exclusions(optimizer, new)
     return new
