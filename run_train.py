@@ -82,13 +82,29 @@ def train(config) -> int:
 
     _check_interrupted("start-up")
     strategy = strategy_lib.make_strategy(config.strategy)
+    auto = config.max_lr == "auto"
+    if FLAGS.list_layers and auto:
+        config = config.replace(max_lr=1.0)  # no range test just to list the layers
     experiment = experiment_lib.Experiment(config, strategy, interrupts=INTERRUPTS)
     experiment.build()
     if FLAGS.list_layers:
         print(experiment.layer_report())
+        if auto:
+            print("(--max_lr=auto: peak learning rates shown for max_lr=1)")
         return 0
     _check_interrupted("start-up")
     experiment.restore()
+    if config.lr_find:
+        experiment.lr_find()
+        _check_interrupted("the LR range test")
+    if experiment.lr_find_result is not None:
+        print(experiment.lr_find_result.format_line(), flush=True)
+    if auto:
+        print(f"--max_lr=auto: training at --max_lr={experiment.config.max_lr:.4g}", flush=True)
+    if config.epochs is None and config.train_steps is None:  # --lr_find alone
+        print(f"Done: {config.model_dir} (LR range test only)", flush=True)
+        _release(lock)
+        return 0
     complete = experiment.step >= experiment.plan.total_steps
     _check_interrupted("start-up")
     metrics = experiment.train()
@@ -100,9 +116,13 @@ def train(config) -> int:
 
     print(f"Done: {config.model_dir}", flush=True)
     print(summaries.closing_summary(metrics, config.model_dir, path), flush=True)
+    _release(lock)
+    return 0
+
+
+def _release(lock) -> None:
     if lock is not None:
         lock.release()
-    return 0
 
 
 def main(argv):

@@ -4,6 +4,7 @@
 NAMES = (
     "vs_fit",
     "segments",
+    "layer_decay",
     "input",
     "memory_startup",
     "growth",

@@ -1,7 +1,7 @@
 """The benchmarks behind BENCHMARKS.md; each returns a `common.Section`.
 
-Names (for `run_all.py --only`): vs_fit, segments, input, memory_startup, growth, replicas,
-checkpoint, runtime.
+Names (for `run_all.py --only`): vs_fit, segments, layer_decay, input, memory_startup, growth,
+replicas, checkpoint, runtime.
 """
 
 from __future__ import annotations
@@ -301,6 +301,75 @@ def segments(scale: Scale, log) -> Section:
                 if inside
                 else "."
             )
+        ),
+        goals=goals,
+    )
+
+
+def layer_decay(scale: Scale, log) -> Section:
+    """The optimizer update with one segment per weighted layer (--layer_decay) vs one."""
+    from trainer import segments as segments_lib
+
+    model = scale.large or scale.small
+    bodies, goals = [], []
+    count = None
+    for opt in ("adam", "momentum"):
+        log(f"  {opt}: optimizer update alone, {UPDATE_STEPS} updates per run")
+        runners = {}
+        for name, extra in (("1 segment", {}), ("layer decay 0.7", {"layer_decay": 0.7})):
+            cfg = workloads.make_config(model, scale.batch, scale.batch * 2, optimizer=opt, **extra)
+            runners[name] = workloads.Trainer(cfg)
+        with workloads.closing(*runners.values()):
+            exp = runners["layer decay 0.7"].exp
+            count = exp.table.num_segments
+            rows = segments_lib.layer_rows(exp.model, ())
+            assert count == sum(1 for r in rows if r.trainable_params)
+            upd = scale.compare(
+                {k: rate(lambda r=r: r.run_updates(UPDATE_STEPS)) for k, r in runners.items()},
+                log,
+            )
+        ratio = upd.ratio("layer decay 0.7")
+        # A rate ratio below 1 is a slower update: time ratio = 1 / rate ratio.
+        slower = _pct_slower(ratio.median)
+        goals.append((f"{opt}: update within 2% of one segment's ({slower:+.1f}%)", slower <= 2.0))
+        table_rows = []
+        for name, stats in upd.stats.items():
+            ms = Stats([1000.0 / v for v in stats.values])
+            base = name == upd.baseline
+            table_rows.append(
+                [
+                    name if base else f"{name} ({count} segments)",
+                    spread(ms),
+                    "1 (baseline)" if base else spread(upd.ratio(name)),
+                    "" if base else f"{slower:+.1f}%",
+                ]
+            )
+        bodies.append(
+            f"**{opt}** ({'Adam' if opt == 'adam' else 'SGD, momentum 0.9'}), {model}\n\n"
+            + table(
+                [
+                    "learning rates",
+                    "ms per update, median (min-max)",
+                    "update rate ratio to 1 segment",
+                    "slower by (median)",
+                ],
+                table_rows,
+            )
+        )
+    return Section(
+        title="2b. Layer-wise learning-rate decay: one segment per weighted layer",
+        command=scale.cmd("layer_decay"),
+        setup=(
+            f"`--layer_decay=0.7` makes each of {model}'s {count} layers with weights its own "
+            "segment (multiplier 0.7**(L - l), the head at 1). The optimizer update alone "
+            f"({UPDATE_STEPS} compiled updates of every trainable variable per run, fixed "
+            "gradients) against the same optimizer with one learning rate."
+        ),
+        body="\n\n".join(bodies),
+        meaning=(
+            "The multipliers are Python constants folded into each variable's update while "
+            "tracing, so a segment per layer costs one scalar multiply per variable, whatever "
+            "the number of segments."
         ),
         goals=goals,
     )
@@ -697,6 +766,7 @@ def runtime(scale: Scale, log) -> Section:
 RUNNERS = {
     "vs_fit": vs_fit,
     "segments": segments,
+    "layer_decay": layer_decay,
     "input": input_pipeline,
     "memory_startup": memory_startup,
     "growth": growth,

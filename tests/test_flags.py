@@ -33,7 +33,6 @@ EVERY_FLAG = {
     "momentum": ("0.8", 0.8),
     "weight_decay": ("0.01", 0.01),
     "clipnorm": ("1.5", 1.5),
-    "schedule": ("constant", "constant"),
     "max_lr": ("0.02", 0.02),
     "min_lr": ("0.001", 0.001),
     "first_cycle_steps": ("40", 40),
@@ -56,6 +55,27 @@ EVERY_FLAG = {
     "progress": ("false", False),
     "model_dir": ("/tmp/run", "/tmp/run"),
 }
+# Flags that exclude some of the above, each group parsed on its own.
+GROUPS = {
+    "one_cycle": {
+        "schedule": ("one_cycle", "one_cycle"),
+        "pct_start": ("0.3", 0.3),
+        "div": ("10", 10.0),
+        "div_final": ("1e4", 1e4),
+        "moms": ("0.9,0.8,0.85", (0.9, 0.8, 0.85)),
+        "cycle_momentum": ("false", False),
+        "lr_find": ("true", True),
+        "lr_find_start": ("1e-6", 1e-6),
+        "lr_find_end": ("1", 1.0),
+        "lr_find_steps": ("50", 50),
+    },
+    "recipe": {
+        "recipe": ("fine_tune", "fine_tune"),
+        "freeze_epochs": ("2", 2.0),
+        "layer_decay": ("0.7", 0.7),
+        "max_lr": ("auto", "auto"),
+    },
+}
 
 
 def _parse(args):
@@ -73,13 +93,21 @@ def test_every_config_field_has_a_flag():
     assert missing == []
     # The remaining length/cycle flags are tested separately (they exclude their partners).
     others = {"epochs", "first_cycle_epochs", "lr_spread", "list_layers", "restart"}
-    assert set(EVERY_FLAG) | others == set(fv), set(fv) ^ (set(EVERY_FLAG) | others)
+    named = set(EVERY_FLAG).union(*GROUPS.values()) | others
+    assert named == set(fv), set(fv) ^ named
 
 
-def test_every_flag_reaches_the_config():
-    args = [f"--{name}={text}" for name, (text, _) in EVERY_FLAG.items()]
-    config = flags_lib.to_config(_parse(args))
-    for name, (_, expected) in EVERY_FLAG.items():
+def _group_args(group):
+    if group is None:
+        return [f"--{name}={text}" for name, (text, _) in EVERY_FLAG.items()]
+    base = ["--model_dir=/m", "--train_steps=3"]
+    return base + [f"--{name}={text}" for name, (text, _) in GROUPS[group].items()]
+
+
+@pytest.mark.parametrize("group", [None, *GROUPS])
+def test_every_flag_reaches_the_config(group):
+    config = flags_lib.to_config(_parse(_group_args(group)))
+    for name, (_, expected) in (EVERY_FLAG if group is None else GROUPS[group]).items():
         assert getattr(config, name) == expected, name
 
 
@@ -97,9 +125,9 @@ def test_defaults_match_config_defaults():
     assert config == expected
 
 
-def test_flagfile_round_trip(tmp_path):
-    args = [f"--{name}={text}" for name, (text, _) in EVERY_FLAG.items()]
-    config = flags_lib.to_config(_parse(args))
+@pytest.mark.parametrize("group", [None, *GROUPS])
+def test_flagfile_round_trip(tmp_path, group):
+    config = flags_lib.to_config(_parse(_group_args(group)))
     path = tmp_path / "resolved.flags"
     path.write_text(config.to_flagfile())
     again = flags_lib.to_config(_parse([f"--flagfile={path}"]))
@@ -133,6 +161,27 @@ BAD = [
     (["--unfreeze_every=1"], "--unfreeze_every=1.0 needs --freeze_segments >= 1"),
     (["--epochs=-1"], "--epochs=-1.0: must be a positive number of epochs"),
     (["--image_size=abc"], "--image_size"),
+    (["--max_lr=fast"], "--max_lr"),
+    (["--lr_find_start=1", "--lr_find_end=0.1"], "--lr_find_start must be < --lr_find_end"),
+    (["--lr_find_start=1", "--lr_find_end=1"], "--lr_find_start must be < --lr_find_end"),
+    (["--lr_find_steps=4"], "--lr_find_steps=4: must be >= 5"),
+    (["--layer_decay=0"], "--layer_decay=0.0: must be in (0, 1]"),
+    (["--layer_decay=1.5"], "--layer_decay=1.5: must be in (0, 1]"),
+    (["--layer_decay=0.7", "--split_at=3"], "--layer_decay=0.7 makes every layer with weights"),
+    (["--layer_decay=0.7", "--lr_spread=10"], "drop --lr_spread=10.0"),
+    (["--recipe=fine_tune", "--split_at=2", "--freeze_segments=1"], "drop --freeze_segments=1"),
+    (["--recipe=fine_tune", "--split_at=2", "--schedule=sgdr"], "drop --schedule=sgdr"),
+    (["--recipe=fine_tune"], "--recipe=fine_tune needs segments"),
+    (["--schedule=one_cycle", "--warmup_steps=5"], "it warms up by itself"),
+    (["--schedule=cosine", "--first_cycle_steps=5"], "is an SGDR setting"),
+    (["--schedule=cosine", "--snapshot_at_restarts"], "--snapshot_at_restarts needs SGDR"),
+    (["--pct_start=0.3"], "--pct_start=0.3 is a one_cycle setting; the schedule is sgdr"),
+    (["--schedule=one_cycle", "--pct_start=1"], "--pct_start=1.0: must be in [0, 1)"),
+    (["--schedule=one_cycle", "--div=0.5"], "--div=0.5: must be >= 1"),
+    (["--schedule=one_cycle", "--moms=0.9,0.8"], "must be three numbers in [0, 1)"),
+    (["--schedule=one_cycle", "--moms=0.9,1,0.9"], "must be three numbers in [0, 1)"),
+    (["--cycle_momentum"], "--cycle_momentum needs --schedule=one_cycle"),
+    (["--schedule=one_cycle", "--cycle_momentum", "--optimizer=sgd"], "has no momentum"),
 ]
 
 
@@ -165,6 +214,10 @@ def _run(*args, cwd=ROOT):
         (["--model_dir=/tmp/m"], "give exactly one of --epochs / --train_steps"),
         (["--flagfile=/nonexistent.flags"], "/nonexistent.flags"),
         (["--model_dir=/tmp/m", "--train_steps=1", "extra"], "unexpected positional"),
+        (
+            ["--model_dir=/tmp/m", "--train_steps=1", "--lr_find_start=2", "--lr_find_end=1"],
+            "--lr_find_start must be < --lr_find_end",
+        ),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args, message):

@@ -239,3 +239,38 @@ def test_quickstart_output_is_quiet_and_ends_with_a_summary(tmp_path):
     summary = "\n".join(lines[lines.index(f"Done: {tmp_path}") :])
     for label in ("eval accuracy", "wall time", "export", "tensorboard --logdir"):
         assert label in summary, summary
+
+
+def _tiny_without(*names):
+    return [a for a in TINY if not any(a.startswith(f"--{n}=") for n in names)]
+
+
+def test_lr_find_alone_and_max_lr_auto_end_to_end(tmp_path):
+    find = ["--lr_find_steps=30", "--lr_find_start=1e-5"]
+    alone = _run(f"--model_dir={tmp_path / 'find'}", "--lr_find", *find, *TINY)
+    assert alone.returncode == 0, alone.stderr
+    line = re.search(r"^suggested --max_lr=(\S+) \(valley;", alone.stdout, re.M)
+    assert line, alone.stdout
+    record = json.loads((tmp_path / "find" / "lr_find.json").read_text())
+    assert record["suggestions"]["valley"] == pytest.approx(float(line.group(1)), rel=1e-2)
+    assert (tmp_path / "find" / "lr_find.png").exists()
+    assert not (tmp_path / "find" / "ckpt").exists()  # the test alone trains nothing
+
+    auto_dir = tmp_path / "auto"
+    auto = _run(
+        f"--model_dir={auto_dir}",
+        "--train_steps=4",
+        "--max_lr=auto",
+        *find,
+        *_tiny_without("max_lr"),
+    )
+    assert auto.returncode == 0, auto.stderr
+    chosen = re.search(r"^--max_lr=auto: training at --max_lr=(\S+)$", auto.stdout, re.M)
+    assert chosen, auto.stdout
+    flags_txt = (auto_dir / "flags.txt").read_text()
+    value = float(re.search(r"^--max_lr=(\S+)$", flags_txt, re.M).group(1))
+    assert value == pytest.approx(float(chosen.group(1)), rel=1e-3)
+    assert value == pytest.approx(
+        json.loads((auto_dir / "lr_find.json").read_text())["suggestions"]["valley"]
+    )
+    assert json.loads((auto_dir / "metrics.json").read_text())["step"] == 4

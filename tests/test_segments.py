@@ -169,17 +169,31 @@ def test_unbuilt_model_is_an_error():
 
 def test_format_layer_table():
     model = nested_model()
-    table = segments.format_layer_table(model, ["b"], lr_mults=(0.1, 1.0), base_lr=SGDR(0.01, 10))
+    table = segments.format_layer_table(model, ["b"], lr_mults=(0.1, 1.0), base_lr=0.01)
     lines = table.splitlines()
-    assert lines[1].split() == ["0", "x", "InputLayer", "0", "0"]
-    assert lines[2].split() == ["1", "inner/a", "Dense", "25", "0"]
-    assert lines[4].split() == ["3", "head", "Dense", "21", "1"]
+    assert lines[0].split()[-1] == "lr_mult"
+    assert lines[1].split() == ["0", "x", "InputLayer", "0", "0"]  # no weights, no multiplier
+    assert lines[2].split() == ["1", "inner/a", "Dense", "25", "0", "0.1"]
+    assert lines[4].split() == ["3", "head", "Dense", "21", "1", "1"]
     summary = lines[lines.index("") + 2 :]
-    # segment, first-last, #layers, trainable params, lr_mult, lr at step 0
+    # segment, first-last, #layers, trainable params, lr_mult, peak lr
     assert summary[0].split() == ["0", "0-1", "2", "25", "0.1", "0.001"]
     assert summary[1].split() == ["1", "2-3", "2", str(36 + 21), "1", "0.01"]
     plain = segments.format_layer_table(model, [])
     assert plain.splitlines()[-1].split() == ["0", "0-3", "4", str(25 + 57), "-", "-"]
+    assert plain.splitlines()[2].split() == ["1", "inner/a", "Dense", "25", "0"]
+
+
+def test_peak_lr_of_each_schedule():
+    from schedules import Cosine, OneCycle, Phases
+    from trainer.segment_table import peak_lr
+
+    # With warmup the learning rate at step 0 is min_lr; the table shows the peak.
+    assert peak_lr(SGDR(0.01, 10, warmup_steps=5)) == 0.01
+    assert peak_lr(OneCycle(0.02, 100)) == 0.02
+    assert peak_lr(Cosine(0.03, 100, warmup_steps=10)) == 0.03
+    assert peak_lr(Phases([(10, OneCycle(0.02, 10)), (20, OneCycle(0.01, 20))])) == 0.02
+    assert peak_lr(0.5) == 0.5
 
 
 def bn_model():

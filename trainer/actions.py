@@ -41,15 +41,24 @@ class Report(Action):
     """After every loop: train scalars to TensorBoard and the progress bar (None: no bar).
 
     Due at every epoch end too, so the bar closes each epoch with the epoch's numbers, and at
-    every SGDR restart, so the logged learning rate shows each cycle's end.
+    every SGDR restart (or recipe phase boundary), so the logged learning rate shows each
+    cycle's end.
     """
 
     def __init__(
-        self, writer, progress, learning_rates, global_batch_size, steps_per_epoch, restarts=()
+        self,
+        writer,
+        progress,
+        learning_rates,
+        global_batch_size,
+        steps_per_epoch,
+        restarts=(),
+        momentum=None,
     ):
         self.writer = writer
         self.progress = progress
         self.learning_rates = learning_rates
+        self.momentum = momentum  # step -> cycled momentum / beta_1, or None
         self.global_batch_size = global_batch_size
         self.when = When(every=steps_per_epoch, steps=tuple(restarts), each_loop=True)
         self.steps_per_epoch = steps_per_epoch
@@ -79,6 +88,8 @@ class Report(Action):
         }
         scalars = dict(self.last, images_per_sec=images_per_sec, step_time=seconds / n)
         scalars.update({f"lr/segment_{s}": lr for s, lr in enumerate(lrs)})
+        if self.momentum is not None:
+            scalars["momentum"] = self.momentum(step)
         skipped = int(np.sum(~logs["applied"]))
         if skipped:
             scalars["skipped_steps"] = skipped

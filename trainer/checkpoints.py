@@ -138,6 +138,15 @@ def _files_of(prefix: str) -> list[str]:
     return tf.io.gfile.glob(prefix + ".index") + tf.io.gfile.glob(prefix + ".data-*")
 
 
+def saved_steps(model_dir: str) -> list[int]:
+    """Steps of model_dir's checkpoints whose index file exists, oldest first."""
+    directory = os.path.join(model_dir, PREFIX)
+    if not tf.io.gfile.isdir(directory):
+        return []
+    found = (_NAME.match(n) for n in tf.io.gfile.listdir(directory))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
 class Checkpointer:
     """Rolling checkpoints ckpt/ckpt-STEP, multi-worker aware, robust to damage.
 
@@ -169,10 +178,7 @@ class Checkpointer:
 
     def steps(self) -> list[int]:
         """Steps of the checkpoints whose index file exists, oldest first."""
-        if not tf.io.gfile.isdir(self.directory):
-            return []
-        found = (_NAME.match(n) for n in tf.io.gfile.listdir(self.directory))
-        return sorted(int(m.group(1)) for m in found if m)
+        return saved_steps(self.model_dir)
 
     def _all_steps(self) -> list[int]:
         """Steps with any checkpoint file (index or data), oldest first."""

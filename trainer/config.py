@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam")
-SCHEDULES = ("sgdr", "constant")
+SCHEDULES = ("sgdr", "one_cycle", "cosine", "constant")
+RECIPES = ("none", "fine_tune")
+# Optimizers whose momentum (SGD) or beta_1 (Adam, AdamW) --cycle_momentum cycles.
+CYCLE_MOMENTUM_OPTIMIZERS = ("momentum", "nesterov", "adam", "adamw")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 
@@ -46,17 +49,31 @@ class Config:
     weight_decay: float = 0.0  # decoupled, scaled by each segment's learning rate
     clipnorm: float | None = None  # global norm of the aggregated gradient
     schedule: str = "sgdr"
-    max_lr: float = 1e-3  # head segment's peak learning rate
+    max_lr: float | str = 1e-3  # head segment's peak learning rate, or "auto" (LR range test)
     min_lr: float = 0.0
     first_cycle_epochs: float | None = None
     first_cycle_steps: int | None = None
     cycle_mult: float = 2.0
     max_lr_decay: float = 1.0
     warmup_steps: int = 0
+    pct_start: float | None = None  # one_cycle: fraction of steps rising (None: 0.25)
+    div: float | None = None  # one_cycle: starts at max_lr / div (None: 25)
+    div_final: float = 1e5  # one_cycle: ends at max_lr / div_final
+    moms: tuple[float, ...] = (0.95, 0.85, 0.95)  # one_cycle momentum / beta_1 cycle
+    cycle_momentum: bool | None = None  # None: on with one_cycle when the optimizer has one
+    # LR range test.
+    lr_find: bool = False
+    lr_find_start: float = 1e-7
+    lr_find_end: float = 10.0
+    lr_find_steps: int = 100
+    # Recipes.
+    recipe: str = "none"  # none | fine_tune
+    freeze_epochs: float = 1.0  # fine_tune: epochs training the head only, before --epochs
     # Differential learning rates.
     split_at: tuple[str, ...] = ()  # layer indices / names / "preset[:NAME]"
     lr_mults: tuple[float, ...] | None = None  # one per segment
     lr_spread: float | None = None  # geometric from max_lr/R to max_lr
+    layer_decay: float | None = None  # every weighted layer a segment at D**(L - l)
     freeze_segments: int = 0  # train only segments >= K at first
     unfreeze_every: float | None = None  # epochs between unfreezing one more segment
     # Execution.

@@ -17,6 +17,7 @@ optimizer's `iterations`, the one step counter of the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -32,11 +33,13 @@ from trainer import (
     faults,
     optimizers,
     precision,
+    range_test,
     run_dir,
     steps,
     summaries,
 )
 from trainer import strategy as strategy_lib
+from trainer.config import CYCLE_MOMENTUM_OPTIMIZERS
 from trainer.controller import Controller
 from trainer.errors import NonFiniteError, Preempted, UserError
 from trainer.interrupts import Interrupts
@@ -51,6 +54,36 @@ EXPORT_FILES = (
     os.path.join("saved_model", "saved_model.pb"),
     "labels.json",
 )
+
+
+def one_cycle_args(config, *, pct_start=0.25, div=25.0) -> dict:
+    """OneCycle's arguments from the flags; unset --pct_start / --div take these defaults."""
+    return dict(
+        pct_start=pct_start if config.pct_start is None else config.pct_start,
+        div=div if config.div is None else config.div,
+        div_final=config.div_final,
+        moms=tuple(config.moms),
+    )
+
+
+def fine_tune_schedule(config, plan):
+    """fastai's fine_tune as two one-cycle phases of one schedule (one global step).
+
+    Phase 1 (the head alone, `plan.freeze_steps`): one cycle at max_lr with pct_start 0.99.
+    Phase 2 (everything): one cycle at max_lr / 2 with pct_start 0.3 and div 5, fastai's
+    `fine_tune` defaults (--pct_start and --div override these two).
+    """
+    import schedules
+
+    first = plan.freeze_steps
+    rest = plan.total_steps - first
+    head = schedules.OneCycle(
+        config.max_lr, first, **dict(one_cycle_args(config), pct_start=0.99, div=25.0)
+    )
+    full = schedules.OneCycle(
+        config.max_lr / 2, max(rest, 1), **one_cycle_args(config, pct_start=0.3, div=5.0)
+    )
+    return schedules.Phases([(first, head), (max(rest, 1), full)])
 
 
 class Experiment:
@@ -74,6 +107,7 @@ class Experiment:
         self.is_chief = strategy_lib.is_chief(strategy)
         self.built = False
         self.history = None
+        self.lr_find_result = None  # the LR range test's, once one ran
 
     # Build ---------------------------------------------------------------------------------
 
@@ -90,20 +124,30 @@ class Experiment:
                 f" classes of --dataset={config.dataset} (labels 0..{self.info.num_classes - 1})"
             )
         self.plan = steps.resolve(config, data.steps_per_epoch(self.info, config.global_batch_size))
-        self.schedule = self._make_schedule()
         previous_policy = keras.config.dtype_policy()
         precision.set_policy(config.mixed_precision)
         keras.utils.set_random_seed(config.seed)  # identical initial weights on every worker
         try:
             with self.strategy.scope():
-                self._build_in_scope()
+                self.model = self._build_model()
+                self.table = SegmentTable.from_config(config, self.model, None)
+            if config.recipe == "fine_tune":  # phase 1 trains the last segment alone
+                self.plan = dataclasses.replace(
+                    self.plan, freeze_segments=self.table.num_segments - 1
+                )
+            if config.max_lr == "auto":
+                self._resolve_auto_max_lr()
+            self.schedule = self._make_schedule()
+            self.table = dataclasses.replace(self.table, schedule=self.schedule)
+            with self.strategy.scope():
+                self._build_optimizer()
         finally:
             keras.config.set_dtype_policy(previous_policy)
         self.trainer = Trainer(
             self.strategy,
             self.model,
             self.optimizer,
-            self._train_data,
+            self.train_data,
             split_at=self.split_at,
             global_batch_size=config.global_batch_size,
             learning_rates=self.learning_rates,
@@ -115,7 +159,7 @@ class Experiment:
         self.built = True
         return self
 
-    def _train_data(self, start_step: int):
+    def train_data(self, start_step: int):
         dataset = self.data.train_dataset(self.config.global_batch_size, start_step=start_step)
         return strategy_lib.distribute_dataset(self.strategy, dataset)
 
@@ -125,11 +169,22 @@ class Experiment:
 
     def _make_schedule(self):
         config, plan = self.config, self.plan
+        import schedules
+
+        if config.recipe == "fine_tune":
+            return fine_tune_schedule(config, plan)
         if config.schedule == "constant":
             return config.max_lr
-        from schedules import SGDR
-
-        return SGDR(
+        if config.schedule == "one_cycle":
+            return schedules.OneCycle(config.max_lr, plan.total_steps, **one_cycle_args(config))
+        if config.schedule == "cosine":
+            return schedules.Cosine(
+                config.max_lr,
+                plan.total_steps,
+                warmup_steps=config.warmup_steps,
+                min_lr=config.min_lr,
+            )
+        return schedules.SGDR(
             config.max_lr,
             plan.first_cycle_steps,
             min_lr=config.min_lr,
@@ -137,6 +192,15 @@ class Experiment:
             max_lr_decay=config.max_lr_decay,
             warmup_steps=config.warmup_steps,
         )
+
+    @property
+    def cycle_momentum(self) -> bool:
+        """Whether momentum / beta_1 cycles with the schedule (--cycle_momentum resolved)."""
+        config = self.config
+        if config.cycle_momentum is not None:
+            return config.cycle_momentum
+        one_cycle = config.schedule == "one_cycle" or config.recipe == "fine_tune"
+        return one_cycle and config.optimizer in CYCLE_MOMENTUM_OPTIMIZERS
 
     def _build_model(self):
         config = self.config
@@ -152,10 +216,39 @@ class Experiment:
             head=config.head,
         )
 
-    def _build_in_scope(self):
+    def _resolve_auto_max_lr(self) -> None:
+        """--max_lr=auto: the number a resumed run chose, else the range test's valley."""
         config = self.config
-        self.model = self._build_model()
-        self.table = SegmentTable.from_config(config, self.model, self.schedule)
+        stored = (checkpoints.read_config(config.model_dir) or {}).get("full", {})
+        value = stored.get("max_lr")
+        if checkpoints.saved_steps(config.model_dir) and isinstance(value, (int, float)):
+            logging.info("--max_lr=auto: %.4g, as chosen when this run started", value)
+        else:
+            self.lr_find_result = range_test.run(self, start_step=0)
+            self._write_lr_find()
+            value = self.lr_find_result.suggested_max_lr
+            logging.info("--max_lr=auto: the LR range test's valley suggestion %.4g", value)
+        self.config = config.replace(max_lr=float(value))
+
+    def lr_find(self):
+        """Runs the LR range test from the current (restored) step; nothing else changes.
+
+        Writes lr_find.json and lr_find.png into model_dir (chief) and returns the
+        `trainer.lr_find.LRFinderResult`. After `--max_lr=auto` ran it at build time, that
+        result is returned instead of a second test.
+        """
+        if self.lr_find_result is None:
+            self.lr_find_result = range_test.run(self, start_step=self.step)
+            self._write_lr_find()
+        return self.lr_find_result
+
+    def _write_lr_find(self):
+        if self.is_chief:
+            os.makedirs(self.config.model_dir, exist_ok=True)
+            range_test.write(self.lr_find_result, self.config.model_dir)
+
+    def _build_optimizer(self):
+        config = self.config
         self.split_at, self.segment_of = self.table.split_at, self.table.segment_of
         self.num_segments, self.lr_mults = self.table.num_segments, self.table.lr_mults
         base = optimizers.make(
@@ -165,7 +258,11 @@ class Experiment:
             weight_decay=config.weight_decay,
         )
         self.optimizer = optimizers.segmented(
-            base, self.segment_of, self.lr_mults, aggregate_gradients=False
+            base,
+            self.segment_of,
+            self.lr_mults,
+            aggregate_gradients=False,
+            cycle_momentum=self.cycle_momentum,
         )
         # Every variable that can ever train, before the first trace (see DESIGN pitfalls).
         self.optimizer.build(self.model.trainable_variables)
@@ -232,8 +329,13 @@ class Experiment:
     def _actions(self, writer, progress):
         config, plan = self.config, self.plan
         restarts = []
-        if config.schedule == "sgdr":
+        if config.recipe != "none":
+            restarts = list(self.schedule.boundaries)
+        elif config.schedule == "sgdr":
             restarts = [s for s in self.schedule.restart_steps(plan.total_steps) if s > 0]
+        momentum = None
+        if self.cycle_momentum:
+            momentum = lambda step: float(self.schedule.momentum(step))  # noqa: E731
         checkpoint = actions.Checkpoint(self.checkpointer, self.model, plan.checkpoint_every_steps)
         report = actions.Report(
             writer,
@@ -242,6 +344,7 @@ class Experiment:
             config.global_batch_size,
             plan.steps_per_epoch,
             restarts,
+            momentum,
         )
         out = [actions.Unfreeze(self.trainer, plan), report]
         if config.snapshot_at_restarts and self.is_chief:

@@ -23,7 +23,7 @@ _LIST_FIELDS = ("split_at",)
 MAX_GLOBAL_BATCH = 65536
 MAX_SYNTHETIC = 1_000_000
 MAX_IMAGE_SIZE = 1024
-_FLOAT_LIST_FIELDS = ("lr_mults",)
+_FLOAT_LIST_FIELDS = ("lr_mults", "moms")
 
 
 def _register(fv, name, ok, requirement):
@@ -53,11 +53,31 @@ def _float_list(values):
     return out
 
 
+def _is_float_list(values):
+    try:
+        _float_list(values)
+    except ValueError:
+        return False
+    return True
+
+
 def _positive_float_list(values):
     try:
         return len(values) > 0 and all(_positive(x) for x in _float_list(values))
     except ValueError:
         return False
+
+
+class _FloatOrAutoParser(flags.FloatParser):
+    """A float flag that also takes the word `auto`."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip().lower() == "auto":
+            return "auto"
+        return super().parse(argument)
+
+    def flag_type(self):
+        return "float or auto"
 
 
 def _define_data(fv):
@@ -211,13 +231,26 @@ def _define_schedule(fv):
         "schedule",
         "sgdr",
         config_lib.SCHEDULES,
-        "Base learning-rate schedule (per step).",
+        "Base learning-rate schedule, per step: sgdr (cosine with warm restarts), one_cycle "
+        "(fastai's: cosine up from max_lr/div over --pct_start of the steps, then down to "
+        "max_lr/div_final), cosine (optional linear warmup, then one cosine to --min_lr at the "
+        "end; no restarts) or constant.",
         flag_values=fv,
     )
-    flags.DEFINE_float("max_lr", 1e-3, "Peak learning rate of the head segment.", flag_values=fv)
-    _register(fv, "max_lr", _positive, "> 0")
+    flags.DEFINE(
+        _FloatOrAutoParser(),
+        "max_lr",
+        1e-3,
+        "Peak learning rate of the head segment, or auto: run the LR range test first (see "
+        "--lr_find) and train at its valley suggestion (the chosen number goes into flags.txt).",
+        flag_values=fv,
+    )
+    _register(fv, "max_lr", lambda x: x == "auto" or _positive(x), "> 0 or auto")
     flags.DEFINE_float(
-        "min_lr", 0.0, "SGDR floor learning rate (absolute, head segment).", flag_values=fv
+        "min_lr",
+        0.0,
+        "Floor learning rate of sgdr / cosine (absolute, head segment).",
+        flag_values=fv,
     )
     _register(fv, "min_lr", _non_negative, ">= 0")
     flags.DEFINE_float(
@@ -245,10 +278,107 @@ def _define_schedule(fv):
     flags.DEFINE_integer(
         "warmup_steps",
         0,
-        "Linear warmup from min_lr to max_lr, in steps.",
+        "sgdr / cosine: linear warmup from min_lr to max_lr, in steps.",
         lower_bound=0,
         flag_values=fv,
     )
+    flags.DEFINE_float(
+        "pct_start",
+        None,
+        "one_cycle: fraction of the steps spent rising to max_lr, in [0, 1) (default 0.25; "
+        "0.3 in the fine_tune recipe's second phase).",
+        flag_values=fv,
+    )
+    _register(fv, "pct_start", lambda x: 0 <= x < 1, "in [0, 1)")
+    flags.DEFINE_float(
+        "div",
+        None,
+        "one_cycle: the first step's learning rate is max_lr / div (>= 1; default 25, 5 in the "
+        "fine_tune recipe's second phase).",
+        flag_values=fv,
+    )
+    _register(fv, "div", lambda x: math.isfinite(x) and x >= 1, ">= 1")
+    flags.DEFINE_float(
+        "div_final",
+        1e5,
+        "one_cycle: the learning rate anneals to max_lr / div_final (>= 1).",
+        flag_values=fv,
+    )
+    _register(fv, "div_final", lambda x: math.isfinite(x) and x >= 1, ">= 1")
+    flags.DEFINE_list(
+        "moms",
+        ["0.95", "0.85", "0.95"],
+        "one_cycle with --cycle_momentum: momentum (SGD) or beta_1 (Adam, AdamW) at the start, "
+        "at the learning-rate peak and at the end, each in [0, 1).",
+        flag_values=fv,
+    )
+    _register(
+        fv,
+        "moms",
+        lambda v: _is_float_list(v) and len(v) == 3 and all(0 <= x < 1 for x in _float_list(v)),
+        "three numbers in [0, 1)",
+    )
+    flags.DEFINE_bool(
+        "cycle_momentum",
+        None,
+        "Cycle momentum / beta_1 against the learning rate (--moms). Default: on with "
+        "--schedule=one_cycle and the fine_tune recipe when the optimizer has a momentum "
+        "(momentum, nesterov, adam, adamw), off otherwise.",
+        flag_values=fv,
+    )
+
+
+def _define_lr_find(fv):
+    flags.DEFINE_bool(
+        "lr_find",
+        False,
+        "Run Smith's LR range test before training (fastai's lr_find): the head's learning rate "
+        "grows exponentially from --lr_find_start to --lr_find_end over --lr_find_steps steps, "
+        "the segment multipliers fixed; writes lr_find.png and lr_find.json to --model_dir and "
+        "prints the suggested --max_lr. Weights, optimizer state, step and data position are "
+        "restored afterwards. Without --epochs / --train_steps only the test runs.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "lr_find_start", 1e-7, "LR range test: first learning rate (> 0).", flag_values=fv
+    )
+    _register(fv, "lr_find_start", _positive, "> 0")
+    flags.DEFINE_float(
+        "lr_find_end",
+        10.0,
+        "LR range test: last learning rate (> --lr_find_start).",
+        flag_values=fv,
+    )
+    _register(fv, "lr_find_end", _positive, "> 0")
+    flags.DEFINE_integer(
+        "lr_find_steps",
+        100,
+        "LR range test: steps (batches) from start to end (>= 5; it stops early once the "
+        "smoothed loss exceeds 4x its minimum).",
+        flag_values=fv,
+    )
+    _register(fv, "lr_find_steps", lambda x: x >= 5, ">= 5")
+
+
+def _define_recipe(fv):
+    flags.DEFINE_enum(
+        "recipe",
+        "none",
+        config_lib.RECIPES,
+        "fine_tune: fastai's fine_tune. Phase 1 trains only the last segment (the others "
+        "frozen, their BatchNorm in inference mode) for --freeze_epochs with one_cycle "
+        "(pct_start 0.99) at --max_lr; phase 2 trains every segment for --epochs (or "
+        "--train_steps) with one_cycle at --max_lr/2, spread geometrically over the segments "
+        "(--lr_spread, default 100). Needs --split_at (>= 2 segments) or --layer_decay.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "freeze_epochs",
+        1.0,
+        "fine_tune recipe: epochs of phase 1 (head only), before --epochs.",
+        flag_values=fv,
+    )
+    _register(fv, "freeze_epochs", _positive, "a positive number of epochs")
 
 
 def _define_segments(fv):
@@ -274,6 +404,15 @@ def _define_segments(fv):
         flag_values=fv,
     )
     _register(fv, "lr_spread", lambda x: math.isfinite(x) and x >= 1, ">= 1")
+    flags.DEFINE_float(
+        "layer_decay",
+        None,
+        "Layer-wise learning-rate decay D in (0, 1] (BEiT / MAE / timm fine-tuning, typically "
+        "0.65-0.75): every layer with weights is its own segment, the l-th of L+1 at "
+        "multiplier D**(L - l), the head at 1. Replaces --split_at / --lr_mults / --lr_spread.",
+        flag_values=fv,
+    )
+    _register(fv, "layer_decay", lambda x: 0 < x <= 1, "in (0, 1]")
     flags.DEFINE_integer(
         "freeze_segments", 0, "Train only segments >= K at first.", lower_bound=0, flag_values=fv
     )
@@ -364,6 +503,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     _define_length(fv)
     _define_optimizer(fv)
     _define_schedule(fv)
+    _define_lr_find(fv)
+    _define_recipe(fv)
     _define_segments(fv)
     _define_execution(fv)
 
@@ -381,7 +522,8 @@ def cross_check(fv: flags.FlagValues) -> None:
 
     if not v["model_dir"]:
         fail("--model_dir is required (where checkpoints, summaries and the export go)")
-    if not v["list_layers"]:
+    test_only = v["lr_find"] and v["epochs"] is None and v["train_steps"] is None
+    if not v["list_layers"] and not test_only:
         if (v["epochs"] is None) == (v["train_steps"] is None):
             fail(
                 f"give exactly one of --epochs / --train_steps; got epochs={v['epochs']}, "
@@ -392,15 +534,71 @@ def cross_check(fv: flags.FlagValues) -> None:
             f"give one of --lr_mults / --lr_spread, not both; got lr_mults="
             f"{','.join(v['lr_mults'])}, lr_spread={v['lr_spread']}"
         )
+    if v["layer_decay"] is not None:
+        for name in ("split_at", "lr_mults", "lr_spread"):
+            if v[name]:
+                value = ",".join(v[name]) if isinstance(v[name], list) else v[name]
+                fail(
+                    f"--layer_decay={v['layer_decay']} makes every layer with weights a segment;"
+                    f" drop --{name}={value}"
+                )
     if v["first_cycle_epochs"] is not None and v["first_cycle_steps"] is not None:
         fail(
             "give one of --first_cycle_epochs / --first_cycle_steps, not both; got "
             f"{v['first_cycle_epochs']} and {v['first_cycle_steps']}"
         )
-    if v["min_lr"] is not None and v["max_lr"] is not None and v["min_lr"] > v["max_lr"]:
+    if v["max_lr"] != "auto" and v["min_lr"] is not None and v["min_lr"] > v["max_lr"]:
         fail(f"--min_lr must be <= --max_lr; got min_lr={v['min_lr']}, max_lr={v['max_lr']}")
     if v["unfreeze_every"] is not None and not v["freeze_segments"]:
         fail(f"--unfreeze_every={v['unfreeze_every']} needs --freeze_segments >= 1")
+    if v["lr_find_start"] >= v["lr_find_end"]:
+        fail(
+            f"--lr_find_start must be < --lr_find_end; got lr_find_start={v['lr_find_start']},"
+            f" lr_find_end={v['lr_find_end']}"
+        )
+    _schedule_checks(fv, v, fail)
+
+
+def _schedule_checks(fv, v, fail):
+    recipe = v["recipe"] != "none"
+    schedule = "one_cycle" if recipe else v["schedule"]
+    if recipe:
+        if fv["schedule"].present and v["schedule"] != "one_cycle":
+            fail(f"--recipe={v['recipe']} sets its own schedule; drop --schedule={v['schedule']}")
+        for name in ("freeze_segments", "unfreeze_every"):
+            if v[name]:
+                fail(
+                    f"--recipe={v['recipe']} freezes and unfreezes by itself (--freeze_epochs);"
+                    f" drop --{name}={v[name]}"
+                )
+        if not v["split_at"] and v["layer_decay"] is None:
+            fail(
+                f"--recipe={v['recipe']} needs segments: give --split_at (e.g. preset) or "
+                "--layer_decay"
+            )
+    if schedule != "sgdr":
+        if v["snapshot_at_restarts"]:
+            fail(f"--snapshot_at_restarts needs SGDR restarts; the schedule is {schedule}")
+        for name in ("first_cycle_epochs", "first_cycle_steps"):
+            if v[name] is not None:
+                fail(f"--{name}={v[name]} is an SGDR setting; the schedule is {schedule}")
+    if schedule in ("one_cycle", "constant") and v["warmup_steps"]:
+        fail(
+            f"--warmup_steps={v['warmup_steps']} applies to sgdr and cosine; the schedule is "
+            f"{schedule}" + (" (it warms up by itself)" if schedule == "one_cycle" else "")
+        )
+    if schedule != "one_cycle":
+        for name in ("pct_start", "div"):
+            if v[name] is not None:
+                fail(f"--{name}={v[name]} is a one_cycle setting; the schedule is {schedule}")
+    if v["cycle_momentum"]:
+        if schedule != "one_cycle":
+            fail(f"--cycle_momentum needs --schedule=one_cycle (or a recipe); got {schedule}")
+        if v["optimizer"] not in config_lib.CYCLE_MOMENTUM_OPTIMIZERS:
+            fail(
+                f"--cycle_momentum: --optimizer={v['optimizer']} has no momentum to cycle; use "
+                + ", ".join(config_lib.CYCLE_MOMENTUM_OPTIMIZERS)
+            )
 
 
 def to_config(fv: flags.FlagValues) -> config_lib.Config:
@@ -415,4 +613,6 @@ def to_config(fv: flags.FlagValues) -> config_lib.Config:
         elif field in _FLOAT_LIST_FIELDS and value is not None:
             value = tuple(_float_list(value))
         values[field] = value
+    if values.get("recipe", "none") != "none":
+        values["schedule"] = "one_cycle"  # a recipe's phases are one-cycle schedules
     return config_lib.Config(**values)

@@ -30,8 +30,32 @@ def resolve_split_at(config) -> tuple:
     return tuple(out)
 
 
+def layer_decay_split(model) -> tuple[int, ...]:
+    """Split points making every layer with trainable weights its own segment.
+
+    Layers without weights join the segment of the weighted layer before them (the first
+    segment for those in front of the first weighted layer).
+    """
+    weighted = [r.index for r in segments.layer_rows(model, ()) if r.trainable_params]
+    if not weighted:
+        raise UserError("--layer_decay: the model has no layer with trainable weights")
+    return tuple(weighted[1:])
+
+
+def layer_decay_mults(num_segments: int, decay: float) -> tuple[float, ...]:
+    """`decay ** (L - l)` for segment l of L + 1: the head at 1 (timm's layer-wise decay)."""
+    last = num_segments - 1
+    return tuple(float(decay) ** (last - i) for i in range(num_segments))
+
+
 def resolve_lr_mults(config, num_segments: int) -> tuple[float, ...]:
-    """One multiplier per segment from --lr_mults, --lr_spread, or all 1."""
+    """One multiplier per segment from --layer_decay, --lr_mults, --lr_spread, or all 1.
+
+    The fine_tune recipe spreads its segments over 100x unless told otherwise (fastai's
+    `fine_tune(lr_mult=100)`).
+    """
+    if config.layer_decay is not None:
+        return layer_decay_mults(num_segments, config.layer_decay)
     if config.lr_mults is not None:
         if len(config.lr_mults) != num_segments:
             raise UserError(
@@ -41,7 +65,24 @@ def resolve_lr_mults(config, num_segments: int) -> tuple[float, ...]:
         return tuple(float(m) for m in config.lr_mults)
     if config.lr_spread is not None:
         return optimizers.mults_from_spread(num_segments, config.lr_spread)
+    if config.recipe == "fine_tune":
+        return optimizers.mults_from_spread(num_segments, FINE_TUNE_SPREAD)
     return (1.0,) * num_segments
+
+
+# fastai's fine_tune: the second phase trains from base_lr / 100 (input) to base_lr (head).
+FINE_TUNE_SPREAD = 100.0
+
+
+def peak_lr(schedule) -> float:
+    """The base schedule's highest learning rate (a constant's value)."""
+    if not callable(schedule):
+        return float(schedule)
+    for name in ("peak_lr", "max_lr"):
+        value = getattr(schedule, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return float(np.asarray(schedule(0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +103,18 @@ class SegmentTable:
 
     @classmethod
     def from_config(cls, config, model, schedule) -> SegmentTable:
-        """Resolves --split_at, --lr_mults / --lr_spread and checks --freeze_segments."""
-        split_at = resolve_split_at(config)
+        """Resolves --split_at or --layer_decay, the multipliers, and checks freezing."""
+        if config.layer_decay is not None:
+            split_at = layer_decay_split(model)
+        else:
+            split_at = resolve_split_at(config)
         segment_of = segments.assign(model, split_at)
         num_segments = max(segment_of.values()) + 1
+        if config.recipe != "none" and num_segments < 2:
+            raise UserError(
+                f"--recipe={config.recipe} trains the head alone first, so it needs at least "
+                f"2 segments; --split_at={','.join(map(str, split_at))} gives {num_segments}"
+            )
         if config.freeze_segments >= num_segments:
             raise UserError(
                 f"--freeze_segments={config.freeze_segments} must be smaller than the number "
@@ -87,22 +136,27 @@ class SegmentTable:
         lr = self.base_lr(step)
         return [m * lr for m in self.lr_mults]
 
+    @property
+    def peak_lr(self) -> float:
+        """The head segment's highest learning rate over the run."""
+        return peak_lr(self.schedule)
+
     def format(self, model) -> str:
-        """Segment, layers, parameters, multiplier and learning rate at step 0, one row each."""
+        """Segment, layers, parameters, multiplier and peak learning rate, one row each."""
         rows = segments.layer_rows(model, self.split_at)
-        lrs = self.learning_rates(0)
-        lines = ["segment  layers      params      lr_mult   lr at step 0"]
+        peak = self.peak_lr
+        lines = ["segment  layers      params      lr_mult   peak lr"]
         for s in range(self.num_segments):
             mine = [r for r in rows if r.segment == s]
             params = sum(r.trainable_params for r in mine)
             lines.append(
                 f"{s:>7}  {mine[0].index:>4}-{mine[-1].index:<5} {params:>10}  "
-                f"{self.lr_mults[s]:>8.4g}  {lrs[s]:.4g}"
+                f"{self.lr_mults[s]:>8.4g}  {self.lr_mults[s] * peak:.4g}"
             )
         return "\n".join(lines)
 
     def layer_report(self, model) -> str:
         """The --list_layers table: every layer with its segment, then the per-segment lrs."""
         return segments.format_layer_table(
-            model, self.split_at, lr_mults=self.lr_mults, base_lr=self.schedule
+            model, self.split_at, lr_mults=self.lr_mults, base_lr=self.peak_lr
         )

@@ -308,38 +308,38 @@ def layer_rows(model, split_at) -> list[LayerRow]:
     ]
 
 
-def _lr_at_zero(base_lr) -> float | None:
-    if base_lr is None:
-        return None
-    if callable(base_lr):
-        return float(np.asarray(base_lr(0)))
-    return float(base_lr)
-
-
 def format_layer_table(model, split_at, lr_mults=None, base_lr=None) -> str:
     """Formats every layer, then one summary line per segment (for `--list_layers`).
 
     Args:
         model: A built `keras.Model`.
         split_at: Split points, as for `layer_segments`.
-        lr_mults: Optional multiplier per segment.
-        base_lr: Optional float or schedule (called at step 0) that the multipliers scale.
+        lr_mults: Optional multiplier per segment (shown per layer too).
+        base_lr: Optional peak learning rate of the head that the multipliers scale.
 
     Returns:
         The table as one string (no trailing newline).
     """
     rows = layer_rows(model, split_at)
     width = max([len(r.scope + "/" + r.name) for r in rows] + [10])
-    lines = [f"{'index':>5}  {'layer':<{width}}  {'type':<22} {'params':>10}  segment"]
+
+    def mult_of(segment):
+        return lr_mults[segment] if lr_mults is not None and segment < len(lr_mults) else None
+
+    header = f"{'index':>5}  {'layer':<{width}}  {'type':<22} {'params':>10}  segment"
+    lines = [header + ("  lr_mult" if lr_mults is not None else "")]
     for r in rows:
         name = f"{r.scope}/{r.name}" if r.scope else r.name
-        lines.append(f"{r.index:>5}  {name:<{width}}  {r.type:<22} {r.params:>10}  {r.segment}")
-    lr0 = _lr_at_zero(base_lr)
-    lines += ["", "segment  layers       #layers  trainable params  lr_mult   lr at step 0"]
+        line = f"{r.index:>5}  {name:<{width}}  {r.type:<22} {r.params:>10}  {r.segment:>7}"
+        mult = mult_of(r.segment)
+        if mult is not None and r.trainable_params:
+            line += f"  {mult:.4g}"
+        lines.append(line)
+    lines += ["", "segment  layers       #layers  trainable params  lr_mult   peak lr"]
     for s in range(rows[-1].segment + 1):
         mine = [r for r in rows if r.segment == s]
-        mult = lr_mults[s] if lr_mults is not None and s < len(lr_mults) else None
-        lr = mult * lr0 if mult is not None and lr0 is not None else None
+        mult = mult_of(s)
+        lr = mult * float(base_lr) if mult is not None and base_lr is not None else None
         lines.append(
             f"{s:>7}  {f'{mine[0].index}-{mine[-1].index}':<12} {len(mine):>7}"
             f"  {sum(r.trainable_params for r in mine):>16}"

@@ -26,6 +26,8 @@ class Plan:
         checkpoint_every_steps: Steps between checkpoints.
         steps_per_loop: Most steps in one compiled loop call.
         freeze_segments: Segments frozen at step 0.
+        freeze_steps: The fine_tune recipe's phase 1 (head only), in steps; every segment
+            trains from this step on. None without the recipe.
     """
 
     steps_per_epoch: int
@@ -36,15 +38,24 @@ class Plan:
     checkpoint_every_steps: int
     steps_per_loop: int
     freeze_segments: int = 0
+    freeze_steps: int | None = None
 
     def first_trainable_segment(self, step: int) -> int:
-        """ULMFiT gradual unfreezing: one more segment trains every `unfreeze_every_steps`."""
+        """ULMFiT gradual unfreezing: one more segment trains every `unfreeze_every_steps`.
+
+        With the fine_tune recipe, `freeze_segments` (all but the head) are frozen for the
+        first `freeze_steps` and everything trains afterwards.
+        """
+        if self.freeze_steps is not None:
+            return self.freeze_segments if step < self.freeze_steps else 0
         if not self.unfreeze_every_steps:
             return self.freeze_segments
         return max(0, self.freeze_segments - step // self.unfreeze_every_steps)
 
     def unfreeze_steps(self) -> list[int]:
         """The steps at which one more segment starts to train."""
+        if self.freeze_steps is not None:
+            return [self.freeze_steps] if self.freeze_steps < self.total_steps else []
         if not self.unfreeze_every_steps:
             return []
         every = self.unfreeze_every_steps
@@ -79,9 +90,16 @@ def resolve(config, steps_per_epoch: int) -> Plan:
     if config.train_steps is not None:
         total = int(config.train_steps)
     elif config.epochs is None:
-        total = steps_per_epoch  # a placeholder for --list_layers; `check_length` refuses it
+        # A placeholder for --list_layers and an LR range test alone; `check_length` refuses it.
+        total = steps_per_epoch
     else:
         total = epochs_to_steps(config.epochs, steps_per_epoch)
+    freeze_steps = None
+    if config.recipe == "fine_tune":
+        # fastai's fine_tune(epochs, freeze_epochs): the head-only phase comes first and adds
+        # to the length.
+        freeze_steps = epochs_to_steps(config.freeze_epochs, steps_per_epoch)
+        total += freeze_steps
     first_cycle = None
     if config.schedule == "sgdr":
         if config.first_cycle_steps is not None:
@@ -107,6 +125,7 @@ def resolve(config, steps_per_epoch: int) -> Plan:
         checkpoint_every_steps=max(1, int(config.checkpoint_every_steps)),
         steps_per_loop=max(1, int(config.steps_per_loop)),
         freeze_segments=int(config.freeze_segments),
+        freeze_steps=freeze_steps,
     )
 
 

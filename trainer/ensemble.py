@@ -1,0 +1,396 @@
+"""Snapshot ensembles: the averaged softmax of the weights saved at SGDR restarts.
+
+    python3 -m trainer.ensemble --model_dir=DIR [--snapshots=M]
+
+Huang et al., "Snapshot Ensembles: Train 1, get M for free" (ICLR 2017): the weights at the
+end of each cycle of a restarting schedule are M different models; averaging their predicted
+probabilities usually beats the last one alone. A run trained with `--snapshot_at_restarts`
+keeps them as DIR/snapshots/cycle_K.weights.h5 (`trainer.actions.Snapshot`).
+
+The command rebuilds the run's model and evaluation split from DIR/config.json (as
+`python3 -m trainer.evaluate --source=checkpoint` does), takes the last M snapshots by cycle
+(default: all), evaluates each one alone and their ensemble, prints a table and writes
+DIR/ensemble.json (atomically). Nothing of the run itself is changed.
+
+Library use (one model's weights in memory at a time, plus an [N, C] sum of probabilities):
+
+    result = ensemble_evaluate(strategy, model, paths, dataset_fn, num_classes)
+
+Exit codes: 0 done; 2 bad input (one line on stderr, nothing printed before it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from trainer import config as config_lib
+from trainer import evaluate as evaluate_lib
+from trainer import run_dir
+from trainer.errors import UserError
+
+PROGRAM = "ensemble"
+ENSEMBLE_FILE = "ensemble.json"
+SNAPSHOT_DIR = "snapshots"
+_SNAPSHOT = re.compile(r"^cycle_(\d+)\.weights\.h5$")
+# Only an underflow of the averaged probability to 0 is clipped (loss at most ~708).
+EPSILON = float(np.finfo(np.float64).tiny)
+
+
+# The library ------------------------------------------------------------------------------
+
+
+def metrics_from_probabilities(probabilities, labels, num_classes: int) -> dict:
+    """Loss, accuracy (and top-5) of predicted class probabilities.
+
+    Args:
+        probabilities: [N, C] probabilities (rows sum to 1).
+        labels: [N] integer labels.
+        num_classes: Classes of the task (top-5 is reported above 5, as `EvalLoop` does).
+
+    Returns:
+        `loss` (mean negative log probability of the true class, clipped at `EPSILON`),
+        `accuracy` (argmax), `examples` and, when num_classes > 5, `top5` (ties at the
+        boundary count as in the top 5, as `tf.math.in_top_k`).
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels, np.int64)
+    count = len(labels)
+    true = probabilities[np.arange(count), labels]
+    out = {
+        "loss": float(np.mean(-np.log(np.maximum(true, EPSILON)))) if count else 0.0,
+        "accuracy": float(np.mean(np.argmax(probabilities, axis=-1) == labels)) if count else 0.0,
+        "examples": int(count),
+    }
+    if num_classes > 5:
+        higher = np.sum(probabilities > true[:, None], axis=-1)
+        out["top5"] = float(np.mean(higher < 5)) if count else 0.0
+    return out
+
+
+class _ProbabilityPass:
+    """One compiled pass over a finite distributed dataset: softmax probabilities in order."""
+
+    def __init__(self, strategy, model):
+        import tensorflow as tf
+
+        self.strategy = strategy
+        self.model = model
+        self._tf = tf
+        self._fn = tf.function(self._pass)
+
+    def _replica(self, images, labels):
+        tf = self._tf
+        logits = self.model(images, training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float64)), tf.cast(labels, tf.int64)
+
+    def _pass(self, dataset):
+        tf, strategy = self._tf, self.strategy
+        probabilities = tf.TensorArray(tf.float64, size=0, dynamic_size=True, infer_shape=False)
+        labels = tf.TensorArray(tf.int64, size=0, dynamic_size=True, infer_shape=False)
+        i = tf.constant(0)
+        for batch in dataset:
+            probs, y = strategy.run(self._replica, args=batch)
+            # Replica r holds slice r of the global batch: gathered in replica order, the
+            # rows are in dataset order (also an unevenly split last batch).
+            probabilities = probabilities.write(i, strategy.gather(probs, axis=0))
+            labels = labels.write(i, strategy.gather(y, axis=0))
+            i += 1
+        # concat() of no element fails: an empty split gives [0, 0] (reported by the caller).
+        return tf.cond(
+            i > 0,
+            lambda: (probabilities.concat(), labels.concat()),
+            lambda: (tf.zeros([0, 0], tf.float64), tf.zeros([0], tf.int64)),
+        )
+
+    def __call__(self, dataset):
+        probabilities, labels = self._fn(dataset)
+        return probabilities.numpy(), labels.numpy()
+
+
+def load_weights(model, source) -> None:
+    """Loads one ensemble member into `model`: a .weights.h5 path, or `source(model)`."""
+    if callable(source):
+        source(model)
+    else:
+        model.load_weights(os.fspath(source))
+
+
+def _name(source) -> str:
+    if callable(source):
+        return getattr(source, "__name__", type(source).__name__)
+    return os.fspath(source)
+
+
+def ensemble_evaluate(
+    strategy, model, weight_sources, dataset_fn, num_classes: int, *, return_probabilities=False
+) -> dict:
+    """Evaluates the snapshot ensemble of `weight_sources` on a finite eval split.
+
+    For each source in turn its weights are loaded into `model` and one distributed pass
+    computes every example's softmax probabilities; only their running sum over members
+    (float64 [N, C], N examples in dataset order) is kept, so memory holds one model and
+    that sum, never M models. The ensemble predicts the mean probability. The model's own
+    weights are put back afterwards (also on error).
+
+    Args:
+        strategy: The strategy `model` was built under.
+        model: A Keras model giving logits.
+        weight_sources: The members: paths of .weights.h5 files (as the Snapshot action
+            writes) or callables `source(model)` that load weights into the model.
+        dataset_fn: `() -> distributed dataset` of (images, labels) over the eval split,
+            once, in a fixed order (as for `trainer.runner.Evaluator`); called once.
+        num_classes: Classes of the task (top-5 is reported above 5).
+        return_probabilities: Also return `probabilities` ([N, C] mean) and `labels`.
+
+    Returns:
+        The ensemble's `loss`, `accuracy`, `examples` (and `top5`), `members` (M) and
+        `per_member`: each member's `source` and metrics.
+
+    Raises:
+        ValueError: No sources, an empty split, or an eval split whose order changed
+            between passes.
+    """
+    sources = list(weight_sources)
+    if not sources:
+        raise ValueError("ensemble_evaluate needs at least one weight source; received none")
+    dataset = dataset_fn()
+    predict = _ProbabilityPass(strategy, model)
+    original = [w.numpy() for w in model.weights]
+    total, labels, per_member = None, None, []
+    try:
+        for source in sources:
+            load_weights(model, source)
+            probabilities, y = predict(dataset)
+            if labels is None:
+                if not len(y):
+                    raise ValueError("ensemble_evaluate: the eval split holds no example")
+                total, labels = np.zeros(probabilities.shape, np.float64), y
+            elif not np.array_equal(y, labels):
+                raise ValueError(
+                    "ensemble_evaluate: the eval split came in another order for "
+                    f"{_name(source)}; dataset_fn must give a fixed order"
+                )
+            total += probabilities
+            member = metrics_from_probabilities(probabilities, labels, num_classes)
+            member.pop("examples")
+            per_member.append({"source": _name(source), **member})
+    finally:
+        for w, value in zip(model.weights, original):
+            w.assign(value)
+    mean = total / len(sources)
+    out = metrics_from_probabilities(mean, labels, num_classes)
+    out.update(members=len(sources), per_member=per_member)
+    if return_probabilities:
+        out.update(probabilities=mean, labels=labels)
+    return out
+
+
+# Finding the snapshots (no TensorFlow) ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    cycle: int
+    path: str
+
+
+def _listdir(path: str) -> list[str] | None:
+    if run_dir.is_local(path):
+        return os.listdir(path) if os.path.isdir(path) else None
+    from trainer import runtime
+
+    tf = runtime.import_tensorflow()
+    return tf.io.gfile.listdir(path) if tf.io.gfile.isdir(path) else None
+
+
+def find_snapshots(model_dir: str) -> list[Snapshot]:
+    """DIR/snapshots/cycle_K.weights.h5, sorted by K (temporary files of a write are not)."""
+    directory = os.path.join(model_dir, SNAPSHOT_DIR)
+    found = ((_SNAPSHOT.match(n), n) for n in (_listdir(directory) or []))
+    return sorted(
+        (Snapshot(int(m.group(1)), os.path.join(directory, n)) for m, n in found if m),
+        key=lambda s: s.cycle,
+    )
+
+
+def select_snapshots(model_dir: str, count: int | None) -> list[Snapshot]:
+    """The last `count` snapshots by cycle (all when None).
+
+    Raises:
+        UserError: No snapshot, count < 1, or more than there are.
+    """
+    snapshots = find_snapshots(model_dir)
+    directory = os.path.join(model_dir, SNAPSHOT_DIR)
+    if not snapshots:
+        raise UserError(
+            f"--model_dir={model_dir}: no snapshots (no cycle_K.weights.h5 in {directory}); "
+            "train with --snapshot_at_restarts"
+        )
+    if count is None:
+        return snapshots
+    if count < 1:
+        raise UserError(f"--snapshots={count}: must be at least 1")
+    if count > len(snapshots):
+        cycles = ", ".join(f"cycle_{s.cycle}" for s in snapshots)
+        raise UserError(
+            f"--snapshots={count}: {directory} holds only {len(snapshots)} snapshots ({cycles})"
+        )
+    return snapshots[-count:]
+
+
+def read_run_config(model_dir: str | None) -> config_lib.Config:
+    """The run's configuration from DIR/config.json.
+
+    Raises:
+        UserError: No such directory, or no readable config.json.
+    """
+    # trainer.evaluate.locate does these checks too but also demands an export or a
+    # checkpoint, which an ensemble does not use; its private file helpers are reused.
+    if not model_dir:
+        raise UserError("--model_dir is required (the directory of a training run)")
+    if not evaluate_lib._isdir(model_dir):
+        raise UserError(f"--model_dir={model_dir}: no such directory")
+    path = os.path.join(model_dir, "config.json")
+    if not evaluate_lib._exists(path):
+        raise UserError(f"--model_dir={model_dir}: no config.json (not a training run directory)")
+    try:
+        record = json.loads(evaluate_lib._read_text(path))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e})") from None
+    return evaluate_lib.config_from_record(record, model_dir)
+
+
+# The command ------------------------------------------------------------------------------
+
+
+def evaluate_snapshots(config, snapshots: list[Snapshot], strategy_name: str = "auto") -> dict:
+    """Rebuilds the run's model and eval split; evaluates the snapshots and their ensemble.
+
+    Returns:
+        The ensemble.json record (also written to the run directory).
+    """
+    from trainer import experiment
+    from trainer import strategy as strategy_lib
+
+    strategy = strategy_lib.make_strategy(strategy_name)
+    # Every weight comes from the snapshots: no pretrained file to read (or download).
+    exp = experiment.Experiment(config.replace(weights="none"), strategy).build()
+    config = exp.config  # num_classes resolved
+
+    def dataset_fn():
+        dataset = exp.data.eval_dataset(config.global_batch_size)
+        return strategy_lib.distribute_dataset(strategy, dataset)
+
+    result = ensemble_evaluate(
+        strategy, exp.model, [s.path for s in snapshots], dataset_fn, config.num_classes
+    )
+    members = [
+        {"cycle": s.cycle, **{("path" if k == "source" else k): v for k, v in m.items()}}
+        for s, m in zip(snapshots, result.pop("per_member"))
+    ]
+    record = {
+        "model_dir": config.model_dir,
+        "dataset": config.dataset,
+        "eval_split": config.eval_split,
+        "examples": result.pop("examples"),
+        "ensemble": result,
+        "snapshots": members,
+    }
+    run_dir.write_text(
+        os.path.join(config.model_dir, ENSEMBLE_FILE), json.dumps(record, indent=2, sort_keys=True)
+    )
+    return record
+
+
+def summary(record: dict) -> str:
+    """The table: each snapshot alone, then the ensemble; where the record went."""
+    has_top5 = "top5" in record["ensemble"]
+    header = ["", "loss", "accuracy"] + (["top-5"] if has_top5 else [])
+
+    def row(name, m):
+        return [name, f"{m['loss']:.4f}", f"{m['accuracy']:.4f}"] + (
+            [f"{m['top5']:.4f}"] if has_top5 else []
+        )
+
+    rows = [header] + [row(f"cycle_{m['cycle']}", m) for m in record["snapshots"]]
+    rows.append(row(f"ensemble of {record['ensemble']['members']}", record["ensemble"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(cells):
+        padded = [cells[0].ljust(widths[0])]
+        padded += [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  " + "  ".join(padded)
+
+    lines = [line(r) for r in rows]
+    data = f"{record['dataset']}, split {record['eval_split']}, {record['examples']} examples"
+    path = os.path.join(record["model_dir"], ENSEMBLE_FILE)
+    return "\n".join([f"  data: {data}", *lines, f"  results: {path}"])
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """Defines this tool's flags on `fv` (only when run as a program)."""
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "The training run's directory (config.json, snapshots/cycle_K.weights.h5).",
+        flag_values=fv,
+    )
+    evaluate_lib._non_empty(fv, "model_dir", "must name the training run's directory")
+    flags.DEFINE_integer(
+        "snapshots",
+        None,
+        "Ensemble the last M snapshots by cycle (count of snapshots); default: all.",
+        lower_bound=1,
+        flag_values=fv,
+    )
+
+
+def _user_error(message) -> None:
+    sys.stderr.write(f"{PROGRAM}: error: {message}\n")
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+    """absl parsing, but a bad flag is one line and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _user_error(str(e).replace("\n", " "))
+
+
+def main(argv):
+    """flags -> run directory and snapshots -> TensorFlow -> model, data -> evaluate -> table."""
+    if len(argv) > 1:
+        _user_error(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    fv = flags.FLAGS
+    from trainer import runtime
+
+    runtime.configure(quiet=True)
+    if not fv["verbosity"].present:
+        runtime.quiet_logging()
+    try:
+        config = read_run_config(fv.model_dir)
+        snapshots = select_snapshots(fv.model_dir, fv.snapshots)
+        runtime.import_tensorflow()
+        record = evaluate_snapshots(config, snapshots)
+    except (UserError, ValueError, TypeError) as e:
+        # Library code raises ValueError for bad input; this is the one place that turns it
+        # into one line and exit code 2.
+        _user_error(str(e).replace("\n", " "))
+    print(f"Snapshot ensemble of {fv.model_dir}", flush=True)
+    print(summary(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags(flags.FLAGS)
+    app.run(main, flags_parser=_parse_flags)
