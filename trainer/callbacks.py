@@ -12,7 +12,7 @@ towards `end` over at most `num_steps` batches (see `trainer.lr_find`), stops th
 the smoothed loss diverges, and then puts the model's variables, the optimizer's variables
 and its learning rate back as they were. Give `fit` enough epochs to hold `num_steps`
 batches. For the same model, data and optimizer it records the same curve as
-`trainer.lr_find.lr_find` in a custom loop.
+`trainer.lr_find` in a custom loop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from trainer import keras_private, optimizers
-from trainer.lr_find import RangeTest
+from trainer.lr_finder import RangeTest
 
 
 class _AssignedRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -65,7 +65,7 @@ class LRFinder(keras.callbacks.Callback):
     If `fit` raises, `on_train_end` is not called: call `restore()` yourself.
 
     Args:
-        start, end, num_steps, beta, diverge: As in `trainer.lr_find.RangeTest`.
+        start, end, num_steps, beta, diverge: As in `trainer.lr_finder.RangeTest`.
 
     Attributes:
         result: The `LRFinderResult` once `fit` returns (None before).

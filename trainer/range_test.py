@@ -1,7 +1,7 @@
 """The LR range test of a run (`--lr_find`, `--max_lr=auto`): a short run of its own.
 
 It trains a throw-away segmented optimizer (same class, config and segment multipliers as the
-run's, learning rate `trainer.lr_find.ExponentialRange`) through its own `Trainer`, on the run's
+run's, learning rate `trainer.lr_finder.ExponentialRange`) through its own `Trainer`, on the run's
 training pipeline from the run's current step, one step per call so every loss is seen; then
 it puts back every model variable and the layers' trainable flags. The run's optimizer, its
 global step, its loss scale and its input iterator are never touched, so training afterwards is
@@ -18,7 +18,7 @@ import os
 
 from absl import logging
 
-from trainer import lr_find, optimizers, precision, segments
+from trainer import lr_finder, optimizers, precision, segments
 from trainer.errors import NonFiniteError
 from trainer.runner import Trainer
 
@@ -26,7 +26,7 @@ JSON_FILE = "lr_find.json"
 PLOT_FILE = "lr_find.png"
 
 
-def run(experiment, *, start_step: int) -> lr_find.LRFinderResult:
+def run(experiment, *, start_step: int) -> lr_finder.LRFinderResult:
     """Runs the range test on a built experiment from global step `start_step`.
 
     Args:
@@ -38,7 +38,7 @@ def run(experiment, *, start_step: int) -> lr_find.LRFinderResult:
         The curve and the suggestions (`LRFinderResult`).
     """
     config, model = experiment.config, experiment.model
-    test = lr_find.RangeTest(config.lr_find_start, config.lr_find_end, config.lr_find_steps)
+    test = lr_finder.RangeTest(config.lr_find_start, config.lr_find_end, config.lr_find_steps)
     layers = [model, *segments.flatten_layers(model)]
     flags = [layer.trainable for layer in layers]
     saved = [v.numpy() for v in model.variables]
@@ -71,7 +71,7 @@ def run(experiment, *, start_step: int) -> lr_find.LRFinderResult:
 def _trainer(experiment, start_step: int) -> Trainer:
     config, table, model = experiment.config, experiment.table, experiment.model
     strategy = experiment.strategy
-    schedule = lr_find.ExponentialRange(
+    schedule = lr_finder.ExponentialRange(
         config.lr_find_start, config.lr_find_end, config.lr_find_steps
     )
     with strategy.scope():
