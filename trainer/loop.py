@@ -17,6 +17,16 @@ One training step, on every replica:
    global norm (also on the aggregated gradient: `global_clipnorm` would clip each replica's
    share);
 4. the segmented optimizer, built with `aggregate_gradients=False`.
+
+After the last step of each call, one more all-reduce (MEAN) makes every replica's copy of the
+BatchNorm moving statistics the mean of the copies (see `replica_statistics`). Keras 3 creates
+them as mirrored variables without aggregation, so a training-mode call on a replica writes
+that replica's batch statistics into its own copy only: the copies drift apart, checkpoints
+and exports keep replica 0's and evaluation on N replicas uses each replica's own for its
+share of the examples (tf.keras aggregated these updates with MEAN). The moving average is
+linear (m <- momentum * m + (1 - momentum) * batch), so from equal copies the mean of the
+copies after `num_steps` steps is exactly what MEAN aggregation at every step gives (up to
+float32 round-off): one all-reduce of a few kilobytes per loop, not one per layer per step.
 """
 
 from __future__ import annotations
@@ -25,7 +35,47 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import segments
+
 SUM = tf.distribute.ReduceOp.SUM
+MEAN = tf.distribute.ReduceOp.MEAN
+
+
+def replica_statistics(model) -> list:
+    """The variables whose per-replica copies a training-mode call writes independently.
+
+    Float variables the model's layers created non-trainable (BatchNorm's `moving_mean` and
+    `moving_variance`), mirrored over replicas without aggregation. Not: variables created
+    trainable (frozen ones too; the optimizer writes them with the all-reduced gradient),
+    integer state (seed generators: each replica may keep its own random stream), variables
+    that TensorFlow already aggregates (MEAN, SUM, ONLY_FIRST_REPLICA) or syncs on read, and
+    variables that are not distributed.
+
+    Averaging once per loop equals MEAN aggregation at every step only for updates that are
+    linear in the variable (moving averages) and only while no replica reads its copy during
+    the loop: true for BatchNorm without renorm (training mode normalizes with the batch's
+    statistics; a frozen layer reads them but does not write). Renorm reads the moving
+    statistics while training, so its replicas see slightly different copies within a loop.
+
+    Args:
+        model: A built Keras model, created under the strategy's scope.
+
+    Returns:
+        The Keras variables, in `model.variables` order (the same on every worker).
+    """
+    created_trainable = segments.assign(model, None)
+    out = []
+    for v in model.variables:
+        if v.path in created_trainable or not keras.backend.is_float_dtype(v.dtype):
+            continue
+        tf_variable = v.value if isinstance(v, keras.Variable) else v
+        if (
+            isinstance(tf_variable, tf.distribute.DistributedValues)
+            and tf_variable.synchronization != tf.VariableSynchronization.ON_READ
+            and tf_variable.aggregation == tf.VariableAggregation.NONE
+        ):
+            out.append(v)
+    return out
 
 
 class TrainLoop:
@@ -39,6 +89,8 @@ class TrainLoop:
         clipnorm: Optional max global norm of the aggregated gradient.
         loss_scale: Optional `trainer.precision.DynamicLossScale`.
         jit_compile: Compile each replica's forward/backward pass with XLA.
+        statistics: Variables to average over replicas after each call (default:
+            `replica_statistics(model)`); ignored on one replica.
     """
 
     def __init__(
@@ -51,6 +103,7 @@ class TrainLoop:
         clipnorm=None,
         loss_scale=None,
         jit_compile=False,
+        statistics=None,
     ):
         self.strategy = strategy
         self.model = model
@@ -59,6 +112,11 @@ class TrainLoop:
         self.clipnorm = clipnorm
         self.loss_scale = loss_scale
         self.jit_compile = jit_compile
+        if strategy.num_replicas_in_sync == 1:
+            statistics = []
+        elif statistics is None:
+            statistics = replica_statistics(model)
+        self.statistics = list(statistics)
         self.traces = 0  # how many times a loop function was traced (tests check retracing)
         self._loops = {}
 
@@ -156,6 +214,17 @@ class TrainLoop:
                 self.loss_scale.update(finite)
             return first(loss), first(correct), finite
 
+        def average_statistics():
+            # Replica context: reads and writes the replica's own copy. A collective, so under
+            # MultiWorkerMirroredStrategy the mean is over the replicas of every worker.
+            # tf.identity places the read on this replica's device: converting a Keras variable
+            # gives a tensor without one, which MultiWorkerMirroredStrategy's merge_call
+            # all-reduce rejects ("destinations can not be empty").
+            context = tf.distribute.get_replica_context()
+            means = context.all_reduce(MEAN, [tf.identity(v) for v in self.statistics])
+            for v, mean in zip(self.statistics, means):
+                v.assign(mean)
+
         def loop(iterator, num_steps):
             self.traces += 1
             losses = tf.TensorArray(tf.float32, size=num_steps)
@@ -166,6 +235,8 @@ class TrainLoop:
                 losses = losses.write(i, loss)
                 corrects = corrects.write(i, correct)
                 applied = applied.write(i, finite)
+            if self.statistics:
+                strategy.run(average_statistics)
             return losses.stack(), corrects.stack(), applied.stack()
 
         return tf.function(loop)

@@ -9,6 +9,9 @@ step inside the compiled loop (also when float16 loss scaling skips the update).
 position follows it: the iterator is (re)created from `dataset_fn(start_step)` whenever the
 global step is not where the iterator stands (first call, after a restore, after an LR range
 test put the state back). The trainable set (segments >= `first_trainable`) lives here only.
+On several replicas every call ends with the BatchNorm moving statistics averaged over the
+replicas (`trainer.loop.replica_statistics`), so checkpoints, exports and evaluation see one
+value.
 """
 
 from __future__ import annotations
