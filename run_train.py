@@ -71,6 +71,14 @@ def _take_model_dir(config):
 def train(config) -> int:
     """parse -> model_dir -> strategy -> build under scope -> restore -> train -> export."""
     lock = None if FLAGS.list_layers else _take_model_dir(config)
+    try:
+        return _train(config)
+    finally:  # also on a user error, a signal or a non-finite loss: the run has ended
+        if lock is not None:
+            lock.release()
+
+
+def _train(config) -> int:
     from trainer import runtime
 
     runtime.configure(quiet=True)
@@ -103,7 +111,6 @@ def train(config) -> int:
         print(f"--max_lr=auto: training at --max_lr={experiment.config.max_lr:.4g}", flush=True)
     if config.epochs is None and config.train_steps is None:  # --lr_find alone
         print(f"Done: {config.model_dir} (LR range test only)", flush=True)
-        _release(lock)
         return 0
     complete = experiment.step >= experiment.plan.total_steps
     _check_interrupted("start-up")
@@ -116,13 +123,7 @@ def train(config) -> int:
 
     print(f"Done: {config.model_dir}", flush=True)
     print(summaries.closing_summary(metrics, config.model_dir, path), flush=True)
-    _release(lock)
     return 0
-
-
-def _release(lock) -> None:
-    if lock is not None:
-        lock.release()
 
 
 def main(argv):

@@ -4,6 +4,7 @@
 * `Cosine`: linear warmup, then one cosine decay to a floor that is held;
 * `OneCycle`: fastai's one-cycle policy, with `momentum(step)` for momentum cycling;
 * `Phases`: schedules one after another, each on its own step counter (fastai's fine_tune);
+* `SWALR`: a schedule that switches to a constant rate at a step (SWA's `--swa_lr`);
 * `plot_schedule`: a PNG of a schedule's learning rate per step.
 
 `from schedules import OneCycle` gives a Keras `LearningRateSchedule` usable as the
@@ -11,7 +12,7 @@
 `python -m schedules.plot --help` and its flag errors answer without loading TensorFlow.
 """
 
-__all__ = ["SGDR", "Cosine", "OneCycle", "Phases", "plot_schedule"]
+__all__ = ["SGDR", "Cosine", "OneCycle", "Phases", "SWALR", "plot_schedule"]
 
 # Public name -> module defining it, imported on first access.
 _LAZY = {
@@ -19,6 +20,7 @@ _LAZY = {
     "Cosine": "schedules.cosine",
     "OneCycle": "schedules.one_cycle",
     "Phases": "schedules.phases",
+    "SWALR": "schedules.swa",
     "plot_schedule": "schedules.plot",
 }
 

@@ -75,6 +75,14 @@ GROUPS = {
         "layer_decay": ("0.7", 0.7),
         "max_lr": ("auto", "auto"),
     },
+    "averaging": {
+        "ensemble_snapshots": ("3", 3),
+        "swa_start_epoch": ("2.5", 2.5),
+        "swa_every_epochs": ("0.5", 0.5),
+        "swa_lr": ("0.01", 0.01),
+        "swa_bn_augment": ("true", True),
+        "ema_decay": ("0.999", 0.999),
+    },
 }
 
 
@@ -182,6 +190,17 @@ BAD = [
     (["--schedule=one_cycle", "--moms=0.9,1,0.9"], "must be three numbers in [0, 1)"),
     (["--cycle_momentum"], "--cycle_momentum needs --schedule=one_cycle"),
     (["--schedule=one_cycle", "--cycle_momentum", "--optimizer=sgd"], "has no momentum"),
+    (["--ensemble_snapshots=1"], "--ensemble_snapshots=1: must be >= 2"),
+    (["--schedule=cosine", "--ensemble_snapshots=2"], "taken at SGDR restarts; the schedule is co"),
+    (["--recipe=fine_tune", "--split_at=2", "--ensemble_snapshots=2"], "schedule is one_cycle"),
+    (["--swa_start_epoch=-1"], "--swa_start_epoch=-1.0: must be a number of epochs >= 0"),
+    (["--swa_every_epochs=2"], "--swa_every_epochs=2.0 is an SWA setting; give --swa_start_ep"),
+    (["--swa_lr=0.01"], "--swa_lr=0.01 is an SWA setting; give --swa_start_epoch"),
+    (["--swa_start_epoch=1", "--swa_lr=0"], "--swa_lr=0.0: must be > 0"),
+    (["--swa_start_epoch=1", "--swa_every_epochs=2"], "with --schedule=sgdr SWA averages at"),
+    (["--swa_bn_augment"], "--swa_bn_augment applies to the SWA and EMA models"),
+    (["--ema_decay=1"], "--ema_decay=1.0: must be in (0, 1)"),
+    (["--ema_decay=0"], "--ema_decay=0.0: must be in (0, 1)"),
 ]
 
 
@@ -218,6 +237,10 @@ def _run(*args, cwd=ROOT):
             ["--model_dir=/tmp/m", "--train_steps=1", "--lr_find_start=2", "--lr_find_end=1"],
             "--lr_find_start must be < --lr_find_end",
         ),
+        (
+            ["--model_dir=/tmp/m", "--train_steps=1", "--ensemble_snapshots=1"],
+            "run_train.py: error: flag --ensemble_snapshots=1: must be >= 2",
+        ),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args, message):
@@ -236,3 +259,10 @@ def test_helpfull_documents_every_flag():
     flags_lib.define_flags(fv)
     for name in fv:
         assert f"--{name}" in result.stdout or f"--[no]{name}" in result.stdout, name
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.flags")), ids=lambda p: p.name)
+def test_every_shipped_flagfile_parses(path):
+    config = flags_lib.to_config(_parse([f"--flagfile={path}"]))
+    assert config.model_dir and (config.epochs or config.train_steps)
+    assert path.read_text().startswith("#")  # the header: what it reproduces, command, result

@@ -1,8 +1,10 @@
 """The controller's actions: the periodic work of a run, each due by its own `When`.
 
 Order matters where one action uses another's result: the run's list is
-`Unfreeze, Report, Snapshot, Evaluate, Checkpoint, Preemption` (`trainer.experiment`).
-A later issue's weight averaging is one more action in that list.
+`Unfreeze, Report, Snapshot, [AverageWeights, EvaluateEnsemble,] Evaluate, Checkpoint,
+Preemption` (`trainer.experiment`); the weight-averaging actions are
+`trainer.weight_averaging`'s (after Snapshot, whose files the ensemble reads; before
+Checkpoint, which saves the SWA average).
 """
 
 from __future__ import annotations
@@ -144,13 +146,17 @@ class Evaluate(Action):
 
 
 class Snapshot(Action):
-    """Saves the weights at each SGDR restart as snapshots/cycle_K.weights.h5 (chief)."""
+    """Saves the weights at each SGDR cycle end as snapshots/cycle_K.weights.h5 (chief).
 
-    def __init__(self, model_dir, model, schedule, restarts):
+    `cycle_ends` are the restart steps plus the run's last step when it ends a cycle
+    (`trainer.weight_averaging.cycle_ends`).
+    """
+
+    def __init__(self, model_dir, model, schedule, cycle_ends):
         self.model_dir = model_dir
         self.model = model
         self.schedule = schedule
-        self.when = When(steps=tuple(restarts))
+        self.when = When(steps=tuple(cycle_ends))
 
     def __call__(self, step, logs):
         checkpoints.save_snapshot(

@@ -42,7 +42,14 @@ COMPAT_FIELDS = (
     "optimizer",
     "dataset",
     "mixed_precision",
+    # Weight averaging: the SWA average is part of the checkpoint when on, the EMA copies are
+    # optimizer variables; their values say which steps the averages hold.
+    "swa_start_epoch",
+    "swa_every_epochs",
+    "ema_decay",
 )
+# Fields added after config.json existed: a record without one was made with the default.
+_DEFAULT_WHEN_ABSENT = {"swa_start_epoch": None, "swa_every_epochs": None, "ema_decay": None}
 CONFIG_FILE = "config.json"
 PREFIX = "ckpt"
 _NAME = re.compile(rf"^{PREFIX}-(\d+)\.index$")
@@ -100,6 +107,7 @@ def check_compatible(model_dir: str, config, has_checkpoints: bool = True) -> No
             )
         return
     new = compat_record(config)
+    old = {**_DEFAULT_WHEN_ABSENT, **old}
     diffs = [
         f"--{k}: checkpoint has {old[k]!r}, now {new[k]!r}"
         for k in COMPAT_FIELDS

@@ -85,6 +85,13 @@ class Config:
     checkpoint_every_steps: int = 1000
     keep_checkpoints: int = 3
     snapshot_at_restarts: bool = False
+    # Weight averaging (trainer.weight_averaging).
+    ensemble_snapshots: int | None = None  # ensemble of the last M snapshots (implies snapshots)
+    swa_start_epoch: float | None = None  # epochs; SWA averages from here on
+    swa_every_epochs: float | None = None  # epochs between SWA updates without cycles (None: 1)
+    swa_lr: float | None = None  # head learning rate from swa_start_epoch on (constant)
+    swa_bn_augment: bool = False  # recompute BN statistics over augmented training images
+    ema_decay: float | None = None  # exponential moving average of the weights, per step
     seed: int = 0
     progress: bool = True  # per-epoch progress bar
 

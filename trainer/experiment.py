@@ -11,8 +11,10 @@
 `trainer.runner.Trainer` owns the iterator, the trainable set and the compiled loop
 (`train(num_steps)`); `trainer.controller.Controller` runs it from boundary to boundary and
 the `trainer.actions` due at each (unfreeze, report, snapshot, evaluate, checkpoint,
-preemption); `trainer.checkpoints.Checkpointer` saves and restores; the global step is the
-optimizer's `iterations`, the one step counter of the run.
+preemption); `trainer.weight_averaging` adds the snapshot ensemble, SWA and EMA (actions, and
+the averaged models evaluated and exported after training); `trainer.checkpoints.Checkpointer`
+saves and restores; the global step is the optimizer's `iterations`, the one step counter of
+the run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from trainer import (
     run_dir,
     steps,
     summaries,
+    weight_averaging,
 )
 from trainer import strategy as strategy_lib
 from trainer.config import CYCLE_MOMENTUM_OPTIMIZERS
@@ -137,8 +140,13 @@ class Experiment:
                 )
             if config.max_lr == "auto":
                 self._resolve_auto_max_lr()
-            self.schedule = self._make_schedule()
-            self.table = dataclasses.replace(self.table, schedule=self.schedule)
+            self.schedule = self._make_schedule()  # restarts and cycles come from this one
+            self.averaging = weight_averaging.WeightAveraging(
+                self.config, self.plan, self.schedule, self.strategy
+            )
+            # The optimizer's rate: the schedule, switched to --swa_lr at the SWA start.
+            lr = self.averaging.learning_rate(self.schedule)
+            self.table = dataclasses.replace(self.table, schedule=lr)
             with self.strategy.scope():
                 self._build_optimizer()
         finally:
@@ -155,7 +163,7 @@ class Experiment:
             loss_scale=self.loss_scale,
             jit_compile=config.jit_compile,
         )
-        self.evaluator = Evaluator(self.strategy, self.model, self._eval_data, config.num_classes)
+        self.evaluator = Evaluator(self.strategy, self.model, self.eval_data, config.num_classes)
         self.built = True
         return self
 
@@ -163,7 +171,8 @@ class Experiment:
         dataset = self.data.train_dataset(self.config.global_batch_size, start_step=start_step)
         return strategy_lib.distribute_dataset(self.strategy, dataset)
 
-    def _eval_data(self):
+    def eval_data(self):
+        """The eval split once, in order, distributed."""
         dataset = self.data.eval_dataset(self.config.global_batch_size)
         return strategy_lib.distribute_dataset(self.strategy, dataset)
 
@@ -234,7 +243,7 @@ class Experiment:
         """Runs the LR range test from the current (restored) step; nothing else changes.
 
         Writes lr_find.json and lr_find.png into model_dir (chief) and returns the
-        `trainer.lr_find.LRFinderResult`. After `--max_lr=auto` ran it at build time, that
+        `trainer.lr_finder.LRFinderResult`. After `--max_lr=auto` ran it at build time, that
         result is returned instead of a second test.
         """
         if self.lr_find_result is None:
@@ -253,9 +262,10 @@ class Experiment:
         self.num_segments, self.lr_mults = self.table.num_segments, self.table.lr_mults
         base = optimizers.make(
             config.optimizer,
-            self.schedule,
+            self.table.schedule,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
+            **self.averaging.optimizer_args(),
         )
         self.optimizer = optimizers.segmented(
             base,
@@ -266,7 +276,9 @@ class Experiment:
         )
         # Every variable that can ever train, before the first trace (see DESIGN pitfalls).
         self.optimizer.build(self.model.trainable_variables)
+        self.averaging.build(self.model, self.optimizer)
         objects = dict(model=self.model, optimizer=self.optimizer)
+        objects.update(self.averaging.checkpoint_objects())
         self.loss_scale = None
         if precision.needs_loss_scale(config.mixed_precision):
             self.loss_scale = precision.DynamicLossScale()
@@ -335,7 +347,7 @@ class Experiment:
             restarts = [s for s in self.schedule.restart_steps(plan.total_steps) if s > 0]
         momentum = None
         if self.cycle_momentum:
-            momentum = lambda step: float(self.schedule.momentum(step))  # noqa: E731
+            momentum = lambda step: float(self.table.schedule.momentum(step))  # noqa: E731
         checkpoint = actions.Checkpoint(self.checkpointer, self.model, plan.checkpoint_every_steps)
         report = actions.Report(
             writer,
@@ -347,8 +359,13 @@ class Experiment:
             momentum,
         )
         out = [actions.Unfreeze(self.trainer, plan), report]
-        if config.snapshot_at_restarts and self.is_chief:
-            out.append(actions.Snapshot(config.model_dir, self.model, self.schedule, restarts))
+        if self.averaging.snapshot_steps and self.is_chief:
+            out.append(
+                actions.Snapshot(
+                    config.model_dir, self.model, self.schedule, self.averaging.snapshot_steps
+                )
+            )
+        out += self.averaging.actions(self, writer)  # SWA updates, ensemble evaluations
         out += [
             actions.Evaluate(
                 self.evaluator.evaluate,
@@ -408,6 +425,7 @@ class Experiment:
                 )(self.step)
             # A process that trained interprets its model; metrics.json is written once.
             extra = self.interpret() if report is not None and self.is_chief else {}
+            extra.update(self.averaging.finish(self, writer))  # ensemble, SWA, EMA models
             return self._metrics(report, time.time() - started, extra)
         finally:
             if own:
@@ -455,9 +473,14 @@ class Experiment:
 
     def export_complete(self) -> bool:
         """Whether export/ holds every exported file (it is written atomically)."""
-        return all(os.path.exists(os.path.join(self.export_dir, f)) for f in EXPORT_FILES)
+        subdirs = ["", *self.averaging.names]
+        return all(
+            os.path.exists(os.path.join(self.export_dir, d, f))
+            for d in subdirs
+            for f in EXPORT_FILES
+        )
 
-    def _write_labels(self, path: str) -> None:
+    def _write_labels(self, path: str, extra: dict) -> None:
         # What a user of the export needs beside the weights: the class of each output and
         # how evaluation fed images to the model (`trainer.data`: resize with antialiasing to
         # image_size x image_size, float32 RGB pixels in [0, 255]).
@@ -468,6 +491,7 @@ class Experiment:
             "image_size x image_size",
             "dataset": self.config.dataset,
             "step": self.step,
+            **extra,
         }
         run_dir.write_text(path, json.dumps(record, indent=2))
 
@@ -475,39 +499,32 @@ class Experiment:
         """Writes export/: model.keras, model.weights.h5, saved_model/ and labels.json.
 
         The model is converted to built-in Keras layers (`models.portable`), so model.keras
-        loads with plain `keras.saving.load_model`. The files are written to a temporary
-        directory renamed into place at the end; a signal in between stops with `Preempted`
-        and leaves the previous export (or none), and the next run writes it again.
+        loads with plain `keras.saving.load_model`. The SWA and EMA models, when the run has
+        them, go to export/swa/ and export/ema/ (the same four files). The files are written
+        to a temporary directory renamed into place at the end; a signal in between stops
+        with `Preempted` and leaves the previous export (or none), and the next run writes it
+        again.
         """
-        import models
-
         directory = self.export_dir
         if not self.is_chief:
             return directory
-        checkpoints.check_finite_weights(self.model, self.step)
+        targets = [("", self.model, {}), *self.averaging.export_models(self)]
+        for _, model, _ in targets:
+            checkpoints.check_finite_weights(model, self.step)
         run_dir.remove_stale_temporaries(self.config.model_dir, EXPORT_DIR)
         tmp = f"{directory}.tmp-{os.getpid()}"
         own = self.interrupts is None
         interrupts = Interrupts().install() if own else self.interrupts
         try:
-            self.model.trainable = True  # the exported model is not frozen
-            model = models.portable(self.model)
-            os.makedirs(tmp)
-            # The model is never compiled, so model.keras carries no (segmented) optimizer.
-            writes = (
-                lambda: self._write_labels(os.path.join(tmp, "labels.json")),
-                lambda: model.save(os.path.join(tmp, "model.keras")),
-                lambda: model.save_weights(os.path.join(tmp, "model.weights.h5")),
-                lambda: model.export(os.path.join(tmp, "saved_model"), verbose=False),
-            )
-            for write in writes:
-                write()
-                faults.point("export")
-                if interrupts.pending is not None:
-                    raise Preempted(
-                        f"signal {interrupts.pending} during the export: the checkpoint at "
-                        f"step {self.step} is kept; run the same command to write the export"
-                    )
+            for subdir, model, extra in targets:
+                for write in self._export_writes(model, os.path.join(tmp, subdir), extra):
+                    write()
+                    faults.point("export")
+                    if interrupts.pending is not None:
+                        raise Preempted(
+                            f"signal {interrupts.pending} during the export: the checkpoint at "
+                            f"step {self.step} is kept; run the same command to write the export"
+                        )
             run_dir.replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -515,3 +532,17 @@ class Experiment:
                 interrupts.uninstall()
         logging.info("Exported the model to %s", directory)
         return directory
+
+    def _export_writes(self, model, directory: str, extra: dict):
+        import models
+
+        model.trainable = True  # the exported model is not frozen
+        portable = models.portable(model)
+        os.makedirs(directory, exist_ok=True)
+        # The model is never compiled, so model.keras carries no (segmented) optimizer.
+        return (
+            lambda: self._write_labels(os.path.join(directory, "labels.json"), extra),
+            lambda: portable.save(os.path.join(directory, "model.keras")),
+            lambda: portable.save_weights(os.path.join(directory, "model.weights.h5")),
+            lambda: portable.export(os.path.join(directory, "saved_model"), verbose=False),
+        )

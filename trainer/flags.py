@@ -473,7 +473,8 @@ def _define_execution(fv):
     flags.DEFINE_bool(
         "snapshot_at_restarts",
         False,
-        "Keep the weights at the end of every SGDR cycle as snapshots/cycle_K.",
+        "Keep the weights at the end of every SGDR cycle as snapshots/cycle_K (the run's last "
+        "step counts when it ends a cycle); implied by --ensemble_snapshots.",
         flag_values=fv,
     )
     flags.DEFINE_integer(
@@ -496,6 +497,64 @@ def _define_execution(fv):
     )
 
 
+def _define_averaging(fv):
+    flags.DEFINE_integer(
+        "ensemble_snapshots",
+        None,
+        "Snapshot ensemble (Huang et al. 2017): after each SGDR restart from the M-th snapshot "
+        "on, and at the end, evaluate the mean softmax of the last M snapshots (>= 2) on the eval "
+        "split; metrics.json snapshot_ensemble, TensorBoard eval/ensemble/*. Implies "
+        "--snapshot_at_restarts (needs --schedule=sgdr). Single-process strategies only; for "
+        "multi_worker runs use python -m trainer.ensemble afterwards.",
+        flag_values=fv,
+    )
+    _register(fv, "ensemble_snapshots", lambda x: x >= 2, ">= 2 (one snapshot is no ensemble)")
+    flags.DEFINE_float(
+        "swa_start_epoch",
+        None,
+        "Stochastic weight averaging (Izmailov et al. 2018) from this epoch on (>= 0, before the "
+        "end): an equal average of the weights at every SGDR cycle end at or after it (the run's "
+        "last step counts when it ends a cycle), or, with another schedule or --swa_lr, every "
+        "--swa_every_epochs epochs after it and at the last step. After training the average gets "
+        "BatchNorm statistics recomputed over one pass of the training split, is evaluated "
+        "(metrics.json swa) and exported to export/swa/. The average is checkpointed.",
+        flag_values=fv,
+    )
+    _register(fv, "swa_start_epoch", _non_negative, "a number of epochs >= 0")
+    flags.DEFINE_float(
+        "swa_every_epochs",
+        None,
+        "SWA: epochs between averaged models (default 1) when the schedule has no cycles "
+        "(constant, cosine, one_cycle) or with --swa_lr.",
+        flag_values=fv,
+    )
+    _register(fv, "swa_every_epochs", _positive, "a positive number of epochs")
+    flags.DEFINE_float(
+        "swa_lr",
+        None,
+        "SWA: from --swa_start_epoch on, the head's learning rate is this constant (the "
+        "segment multipliers are kept); the models are then averaged every --swa_every_epochs.",
+        flag_values=fv,
+    )
+    _register(fv, "swa_lr", _positive, "> 0")
+    flags.DEFINE_bool(
+        "swa_bn_augment",
+        False,
+        "Recompute the BatchNorm statistics of the SWA and EMA models over augmented training "
+        "images (default: the training split without augmentation).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "ema_decay",
+        None,
+        "Keep an exponential moving average of the weights, updated every step with this decay "
+        "in (0, 1), e.g. 0.999 (Keras' use_ema / ema_momentum). After training it is evaluated "
+        "with recomputed BatchNorm statistics (metrics.json ema) and exported to export/ema/.",
+        flag_values=fv,
+    )
+    _register(fv, "ema_decay", lambda x: 0 < x < 1, "in (0, 1)")
+
+
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines every run_train.py flag on `fv`, with validators and the cross-flag checks."""
     _define_data(fv)
@@ -507,6 +566,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     _define_recipe(fv)
     _define_segments(fv)
     _define_execution(fv)
+    _define_averaging(fv)
 
 
 def cross_check(fv: flags.FlagValues) -> None:
@@ -557,6 +617,7 @@ def cross_check(fv: flags.FlagValues) -> None:
             f" lr_find_end={v['lr_find_end']}"
         )
     _schedule_checks(fv, v, fail)
+    _averaging_checks(v, fail)
 
 
 def _schedule_checks(fv, v, fail):
@@ -599,6 +660,30 @@ def _schedule_checks(fv, v, fail):
                 f"--cycle_momentum: --optimizer={v['optimizer']} has no momentum to cycle; use "
                 + ", ".join(config_lib.CYCLE_MOMENTUM_OPTIMIZERS)
             )
+
+
+def _averaging_checks(v, fail):
+    schedule = "one_cycle" if v["recipe"] != "none" else v["schedule"]
+    if v["ensemble_snapshots"] is not None and schedule != "sgdr":
+        fail(
+            f"--ensemble_snapshots={v['ensemble_snapshots']} ensembles the snapshots taken at "
+            f"SGDR restarts; the schedule is {schedule}"
+        )
+    if v["swa_start_epoch"] is None:
+        for name in ("swa_every_epochs", "swa_lr"):
+            if v[name] is not None:
+                fail(f"--{name}={v[name]} is an SWA setting; give --swa_start_epoch")
+    if v["swa_bn_augment"] and v["swa_start_epoch"] is None and v["ema_decay"] is None:
+        fail(
+            "--swa_bn_augment applies to the SWA and EMA models; give --swa_start_epoch or "
+            "--ema_decay"
+        )
+    if schedule == "sgdr" and v["swa_every_epochs"] is not None and v["swa_lr"] is None:
+        fail(
+            f"--swa_every_epochs={v['swa_every_epochs']}: with --schedule=sgdr SWA averages at "
+            "the end of each cycle; give --swa_lr for a constant rate averaged every "
+            "--swa_every_epochs"
+        )
 
 
 def to_config(fv: flags.FlagValues) -> config_lib.Config:

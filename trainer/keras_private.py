@@ -101,6 +101,15 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "as for the slot lists",
     ),
     PrivateUse(
+        "_model_variables_moving_average",
+        _OPT,
+        "attribute",
+        "trainer.weight_averaging",
+        "Keras' EMA copies of the model variables (use_ema=True): started at the initial"
+        " weights, then read to evaluate and export the EMA model",
+        "no public accessor; finalize_variable_values() overwrites the model's own weights",
+    ),
+    PrivateUse(
         "_learning_rate",
         _OPT,
         "attribute",
@@ -239,6 +248,11 @@ def variable_index(optimizer, variable) -> int:
 def built_variables(optimizer) -> list:
     """The model variables `optimizer` was built with, in build order."""
     return list(_get(optimizer, "_trainable_variables"))
+
+
+def ema_copies(optimizer) -> list:
+    """Keras' EMA copy of each built variable (optimizers made with `use_ema=True`)."""
+    return list(_get(optimizer, "_model_variables_moving_average"))
 
 
 def learning_rate_object(optimizer):

@@ -110,10 +110,18 @@ class Summaries:
             writer.close()
 
 
-def log_eval(step: int, epoch: float, results: dict[str, float]) -> None:
-    """One concise log line per evaluation."""
-    parts = [f"{k}={v:.4f}" for k, v in results.items() if k != "examples"]
-    logging.info("eval step %d (epoch %.2f): %s", step, epoch, " ".join(parts))
+_LOGGED = ("loss", "accuracy", "top5")
+
+
+def log_eval(step: int, epoch: float, results: dict, label: str | None = None) -> None:
+    """One concise log line per evaluation (`label`: of another model, e.g. "swa")."""
+    parts = [
+        f"{k}={v:.4f}"
+        for k, v in results.items()
+        if k in _LOGGED or (label is None and k != "examples" and isinstance(v, float))
+    ]
+    what = f" {label}" if label else ""
+    logging.info("eval step %d (epoch %.2f)%s: %s", step, epoch, what, " ".join(parts))
 
 
 METRICS_FILE = "metrics.json"
@@ -187,6 +195,18 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+_AVERAGED = (
+    ("snapshot_ensemble", lambda r: f"{r.get('members')} snapshots, cycles {_cycles(r)}"),
+    ("swa", lambda r: f"{r.get('models_averaged')} models averaged, BN recomputed"),
+    ("ema", lambda r: f"decay {r.get('decay')}, BN recomputed"),
+)
+
+
+def _cycles(record: dict) -> str:
+    cycles = record.get("cycles") or []
+    return f"{cycles[0]}-{cycles[-1]}" if cycles else "?"
+
+
 def closing_summary(metrics: dict, model_dir: str, export_dir: str | None) -> str:
     """A few aligned lines for the end of a run: accuracy, time, speed, where things are.
 
@@ -204,9 +224,13 @@ def closing_summary(metrics: dict, model_dir: str, export_dir: str | None) -> st
         if "top5" in final:
             text += f"; top-5 {final['top5']:.4f}"
         rows.append(("eval accuracy", text))
-    for name in ("snapshot_ensemble", "swa", "ema"):  # weight averaging, when a run has it
-        if metrics.get(name):
-            rows.append((name.replace("_", " "), f"{metrics[name]['accuracy']:.4f}"))
+    for name, what in _AVERAGED:  # weight averaging, when a run has it
+        record = metrics.get(name)
+        if record:
+            text = f"{record['accuracy']:.4f} ({what(record)})"
+            if "top5" in record:
+                text += f"; top-5 {record['top5']:.4f}"
+            rows.append((name.replace("_", " "), text))
     timing = _duration(metrics.get("wall_time_sec") or 0.0)
     if metrics.get("images_per_sec"):
         timing += f", {metrics['images_per_sec']:.0f} images/s while training"

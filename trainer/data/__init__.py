@@ -94,6 +94,7 @@ class Data:
         *,
         start_step: int = 0,
         input_context: tf.distribute.InputContext | None = None,
+        augment: bool | None = None,
     ) -> tf.data.Dataset:
         """The endless, augmented training stream from global step `start_step` on.
 
@@ -110,6 +111,8 @@ class Data:
           input_context: for `distribute_datasets_from_function`: pipeline i of W yields slice
             [i*b, (i+1)*b) of each global batch of W*b examples, so the union over pipelines
             at every step is exactly the single-pipeline global batch.
+          augment: None for the run's --augment; False gives the same order without
+            augmentation (e.g. to recompute BatchNorm statistics after weight averaging).
 
         Returns:
           A dataset of (float32 [b, S, S, 3] pixels in [0, 255], int32 [b] labels), S =
@@ -122,7 +125,7 @@ class Data:
             self._train,
             batch_size,
             image_size=self._image_size,
-            augment=self._augment,
+            augment=self._augment if augment is None else augment,
             seed=self._seed,
             start_step=start_step,
             input_context=input_context,

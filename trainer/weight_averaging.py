@@ -1,0 +1,388 @@
+"""Weight averaging in a run: snapshot ensembles, SWA and EMA, as actions and a closing step.
+
+    averaging = WeightAveraging(config, plan, schedule, strategy)   # checks the plan
+    lr = averaging.learning_rate(schedule)          # SWALR from the SWA start with --swa_lr
+    optimizer = make(..., **averaging.optimizer_args())              # Keras' use_ema
+    averaging.build(model, optimizer)               # under the scope, before the restore
+    Checkpointer(..., **averaging.checkpoint_objects())
+    controller actions += averaging.actions(...)    # AverageWeights, EvaluateEnsemble
+    metrics.update(averaging.finish(...))           # after training: ensemble, swa, ema
+    averaging.export_models(...)                    # export/swa/, export/ema/
+
+When things happen (global steps; E = --swa_start_epoch * steps_per_epoch, rounded):
+
+* Snapshot ensemble (`--ensemble_snapshots=M`, Huang et al. 2017): snapshots are taken at
+  every SGDR cycle end, the run's last step included when it ends a cycle. From the M-th
+  cycle end on the ensemble of the last M snapshots is evaluated after each restart, and once
+  more at the end of the run (`trainer.ensemble.ensemble_evaluate`: one model's weights at a
+  time plus the running sum of probabilities).
+* SWA (`--swa_start_epoch`, Izmailov et al. 2018): the weights join an equal average
+  (`trainer.averaging.WeightAverage`, float32, checkpointed) at every SGDR cycle end >= E;
+  with another schedule, or with `--swa_lr` (a constant rate has no cycles), every
+  `--swa_every_epochs` (default 1) after E and at the last step. With `--swa_lr` the head's
+  rate is that constant from E on (`schedules.swa.SWALR`, segment multipliers kept).
+* EMA (`--ema_decay=D`): Keras' optimizer EMA (`use_ema=True, ema_momentum=D`), updated in
+  `optimizer.apply` at every applied step: `avg <- D * avg + (1 - D) * w`, the first step
+  copying w. The copies start at the initial weights, so a first step skipped by float16 loss
+  scaling does not leave them at zero (Keras' start is "iterations == 0", not "first update").
+
+After training each averaged model is a clone of the training model holding the averaged
+weights; its BatchNorm statistics are recomputed (`trainer.averaging.update_bn`, torch's
+`update_bn`) over one epoch of the training split, in the run's epoch-0 order, without
+augmentation unless `--swa_bn_augment`. This is done for EMA too: the training model's
+moving statistics belong to the last weights, not to their average. The clone is evaluated
+(metrics.json `swa` / `ema`, TensorBoard eval/swa/*, eval/ema/*) and exported beside the
+last-step model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from trainer import keras_private, summaries
+from trainer.averaging import WeightAverage, averaged_weights, update_bn
+from trainer.controller import Action, When
+from trainer.ensemble import ensemble_evaluate
+from trainer.errors import UserError
+from trainer.runner import Evaluator
+
+SWA, EMA, ENSEMBLE = "swa", "ema", "snapshot_ensemble"
+SNAPSHOT_DIR = "snapshots"
+# What export/swa/labels.json and export/ema/labels.json say about the weights.
+_LABELS = ("models_averaged", "steps_averaged", "decay", "bn_batches", "bn_augment")
+
+
+# The plan: which steps ----------------------------------------------------------------------
+
+
+def cycle_ends(schedule, total_steps: int) -> list[int]:
+    """The steps <= total_steps at which an SGDR cycle ends; entry k ends cycle k."""
+    return schedule.restart_steps(total_steps + 1)[1:]
+
+
+def swa_start_step(config, plan) -> int:
+    return round(config.swa_start_epoch * plan.steps_per_epoch)
+
+
+def averages_at_cycle_ends(config) -> bool:
+    """SGDR without --swa_lr averages at cycle ends; otherwise every --swa_every_epochs."""
+    return config.schedule == "sgdr" and config.recipe == "none" and config.swa_lr is None
+
+
+def swa_steps(config, plan, schedule) -> list[int]:
+    """The global steps after which the weights join the SWA average (see the module doc)."""
+    start, total = swa_start_step(config, plan), plan.total_steps
+    if averages_at_cycle_ends(config):
+        return [s for s in cycle_ends(schedule, total) if s >= start]
+    every = max(1, round((config.swa_every_epochs or 1.0) * plan.steps_per_epoch))
+    steps = list(range(start + every, total + 1, every))
+    if start < total and (not steps or steps[-1] != total):
+        steps.append(total)
+    return steps
+
+
+def _multi_worker(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return sum(len(tasks) for tasks in spec.values()) > 1
+
+
+def _epochs(step: int, plan) -> str:
+    return f"{step / plan.steps_per_epoch:g} epochs"
+
+
+def check_plan(config, plan, schedule, strategy) -> None:
+    """The checks that need the run's length; UserError naming the flag and the steps."""
+    if config.ensemble_snapshots is not None:
+        if config.schedule != "sgdr" or config.recipe != "none":
+            raise UserError(
+                f"--ensemble_snapshots={config.ensemble_snapshots} ensembles the snapshots "
+                "taken at SGDR restarts; use --schedule=sgdr"
+            )
+        if _multi_worker(strategy):
+            raise UserError(
+                f"--ensemble_snapshots={config.ensemble_snapshots}: under multi_worker the "
+                "snapshots live on the chief only; evaluate them after training with "
+                f"python -m trainer.ensemble --model_dir={config.model_dir}"
+            )
+        ends = cycle_ends(schedule, plan.total_steps)
+        if len(ends) < config.ensemble_snapshots:
+            raise UserError(
+                f"--ensemble_snapshots={config.ensemble_snapshots}: the run ends only "
+                f"{len(ends)} SGDR cycles (at steps {ends or 'none'} of {plan.total_steps}); "
+                "train longer or ensemble fewer snapshots"
+            )
+    if config.swa_start_epoch is None:
+        return
+    start, total = swa_start_step(config, plan), plan.total_steps
+    flag = f"--swa_start_epoch={config.swa_start_epoch:g}"
+    if start >= total:
+        raise UserError(
+            f"{flag} is step {start}, at or after the end of the run (step {total}, "
+            f"{_epochs(total, plan)}); SWA must start before the end"
+        )
+    if not swa_steps(config, plan, schedule):
+        ends = cycle_ends(schedule, total)
+        raise UserError(
+            f"{flag} (step {start}): no SGDR cycle ends between it and the end of the run "
+            f"(cycles end at steps {ends or 'none'}; the last step {total}); start earlier or "
+            "give --swa_lr"
+        )
+
+
+# Actions ------------------------------------------------------------------------------------
+
+
+class AverageWeights(Action):
+    """Adds the model's weights to the SWA average at the plan's SWA steps.
+
+    Listed before the Checkpoint action: a checkpoint at step s holds the update at s, and a
+    run resumed from it never repeats that update.
+    """
+
+    def __init__(self, average: WeightAverage, steps):
+        self.average = average
+        self.when = When(steps=tuple(steps))
+
+    def __call__(self, step, logs=None):
+        self.average.update()
+        logging.info("Step %d: SWA average of %d models", step, self.average.num_averaged)
+
+
+class EvaluateEnsemble(Action):
+    """Evaluates the snapshot ensemble after the restarts from the M-th snapshot on."""
+
+    def __init__(self, evaluate_fn, steps):
+        self.evaluate_fn = evaluate_fn
+        self.when = When(steps=tuple(steps))
+
+    def __call__(self, step, logs=None):
+        self.evaluate_fn(step)
+
+
+# The run's weight averaging ----------------------------------------------------------------
+
+
+class WeightAveraging:
+    """Snapshot ensembles, SWA and EMA of one run (each on only when its flag is given).
+
+    Args:
+        config: The run's `trainer.config.Config`.
+        plan: Its `trainer.steps.Plan`.
+        schedule: The base learning-rate schedule (SGDR restarts and cycles come from it).
+        strategy: The run's strategy.
+
+    Raises:
+        UserError: A setting that does not fit the run (`check_plan`).
+    """
+
+    def __init__(self, config, plan, schedule, strategy):
+        self.config, self.plan, self.schedule, self.strategy = config, plan, schedule, strategy
+        has_length = config.epochs is not None or config.train_steps is not None
+        if has_length:  # not for --list_layers or an LR range test alone
+            check_plan(config, plan, schedule, strategy)
+        self.swa = config.swa_start_epoch is not None and has_length
+        self.ema = config.ema_decay is not None
+        self.ensemble = config.ensemble_snapshots is not None and has_length
+        self.snapshot_steps = []  # cycle ends: --snapshot_at_restarts, implied by the ensemble
+        sgdr = config.schedule == "sgdr" and config.recipe == "none"
+        if (config.snapshot_at_restarts or self.ensemble) and sgdr:
+            self.snapshot_steps = cycle_ends(schedule, plan.total_steps)
+        self.swa_steps = swa_steps(config, plan, schedule) if self.swa else []
+        self.average = None
+        self.optimizer = None
+        self._models = {}  # name -> (model, its metrics record)
+
+    @property
+    def names(self) -> list[str]:
+        """The averaged models this run exports: "swa", "ema"."""
+        return [name for name, on in ((SWA, self.swa), (EMA, self.ema)) if on]
+
+    # Build ---------------------------------------------------------------------------------
+
+    def learning_rate(self, schedule):
+        """`schedule`, switched to the constant --swa_lr at the SWA start when that is set."""
+        if not self.swa or self.config.swa_lr is None:
+            return schedule
+        from schedules.swa import SWALR
+
+        return SWALR(schedule, swa_start_step(self.config, self.plan), self.config.swa_lr)
+
+    def optimizer_args(self) -> dict:
+        """Keras optimizer arguments: the EMA of --ema_decay."""
+        if not self.ema:
+            return {}
+        return {"use_ema": True, "ema_momentum": float(self.config.ema_decay)}
+
+    def build(self, model, optimizer) -> None:
+        """Creates the SWA average and starts the EMA at the weights; under the scope."""
+        self.optimizer = optimizer
+        if self.swa:
+            self.average = WeightAverage(averaged_weights(model))
+        if self.ema:
+            for variable, copy in zip(
+                keras_private.built_variables(optimizer), keras_private.ema_copies(optimizer)
+            ):
+                if copy is not None:
+                    copy.assign(variable)
+
+    def checkpoint_objects(self) -> dict:
+        """What the checkpoint holds besides model and optimizer (EMA copies are in it)."""
+        return {"weight_average": self.average} if self.swa else {}
+
+    def actions(self, experiment, writer) -> list[Action]:
+        """The controller actions (after Snapshot, before Evaluate and Checkpoint)."""
+        out = []
+        if self.swa:
+            out.append(AverageWeights(self.average, self.swa_steps))
+        if self.ensemble:
+            m, total = self.config.ensemble_snapshots, self.plan.total_steps
+            # The evaluation at the end is finish()'s, also for a run resumed complete.
+            due = [s for s in self.snapshot_steps[m - 1 :] if s < total]
+            out.append(
+                EvaluateEnsemble(lambda step: self.evaluate_ensemble(experiment, writer, step), due)
+            )
+        return out
+
+    # Evaluations -----------------------------------------------------------------------------
+
+    def _report(self, writer, name: str, step: int, results: dict) -> None:
+        summaries.log_eval(step, step / self.plan.steps_per_epoch, results, label=name)
+        scalars = {
+            f"{name}/{k}": v for k, v in results.items() if k in ("loss", "accuracy", "top5")
+        }
+        writer.write("eval", step, scalars)
+
+    def evaluate_ensemble(self, experiment, writer, step: int) -> dict | None:
+        """The ensemble of the last M snapshots taken up to `step`; None when one is missing."""
+        m = self.config.ensemble_snapshots
+        cycles = [k for k, end in enumerate(self.snapshot_steps) if end <= step][-m:]
+        directory = os.path.join(self.config.model_dir, SNAPSHOT_DIR)
+        paths = [os.path.join(directory, f"cycle_{k}.weights.h5") for k in cycles]
+        missing = [p for p in paths if not tf.io.gfile.exists(p)]
+        if len(cycles) < m or missing:
+            logging.warning(
+                "Step %d: no snapshot ensemble of %d (missing: %s)", step, m, missing or cycles
+            )
+            return None
+        result = ensemble_evaluate(
+            self.strategy,
+            experiment.model,
+            paths,
+            experiment.eval_data,
+            self.config.num_classes,
+        )
+        members = result.pop("per_member")
+        result.update(
+            step=step,
+            cycles=cycles,
+            steps=[self.snapshot_steps[k] for k in cycles],
+            per_snapshot=[
+                {"cycle": k, "step": self.snapshot_steps[k], **_metrics_only(member)}
+                for k, member in zip(cycles, members)
+            ],
+        )
+        self._report(writer, "ensemble", step, result)
+        return result
+
+    def finish(self, experiment, writer) -> dict:
+        """After training: the ensemble at the end, the SWA and EMA models; metrics records."""
+        step, out = experiment.step, {}
+        if self.ensemble:
+            result = self.evaluate_ensemble(experiment, writer, step)
+            if result is not None:
+                out[ENSEMBLE] = result
+        for name in self.names:
+            model_record = self._averaged_model(experiment, name)
+            if model_record is not None:
+                self._report(writer, name, step, model_record[1])
+                out[name] = model_record[1]
+        return out
+
+    def export_models(self, experiment) -> list[tuple[str, object, dict]]:
+        """(name, model, labels.json additions) of each averaged model; made now if need be."""
+        out = []
+        for name in self.names:
+            model_record = self._averaged_model(experiment, name)
+            if model_record is not None:
+                model, record = model_record
+                labels = {k: record[k] for k in _LABELS if k in record}
+                out.append((name, model, {"weights": name, **labels}))
+        return out
+
+    # The averaged models ---------------------------------------------------------------------
+
+    def _averaged_model(self, experiment, name: str):
+        """(model, record) of the SWA or EMA weights with recomputed BN statistics, cached."""
+        step = experiment.step
+        if name in self._models and self._models[name][1]["step"] == step:
+            return self._models[name]
+        if name == SWA and self.average.num_averaged == 0:
+            logging.warning("No SWA model at step %d: nothing was averaged yet", step)
+            return None
+        source = experiment.model
+        with self.strategy.scope():
+            model = keras.models.clone_model(source)
+        targets = _matching_weights(source, model)
+        for target, value in zip(targets, source.get_weights()):
+            target.assign(value)
+        if name == SWA:
+            self.average.copy_to(averaged_weights(model))
+            record = {
+                "models_averaged": self.average.num_averaged,
+                "steps_averaged": self._swa_steps_held(step),
+                "start_step": swa_start_step(self.config, self.plan),
+            }
+        else:
+            index = {id(w): i for i, w in enumerate(source.weights)}
+            built = keras_private.built_variables(self.optimizer)
+            self.optimizer.finalize_variable_values([targets[index[id(v)]] for v in built])
+            record = {"decay": float(self.config.ema_decay)}
+        batches = update_bn(model, self._bn_dataset(experiment), self.strategy)
+        evaluator = Evaluator(self.strategy, model, experiment.eval_data, self.config.num_classes)
+        record = {
+            **evaluator.evaluate(),
+            **record,
+            "step": step,
+            "bn_batches": batches,
+            "bn_augment": bool(self.config.swa_bn_augment),
+        }
+        self._models[name] = (model, record)
+        return self._models[name]
+
+    def _swa_steps_held(self, step: int) -> list[int]:
+        steps = [s for s in self.swa_steps if s <= step]
+        if len(steps) != self.average.num_averaged:
+            logging.warning(
+                "The SWA average holds %d models; this configuration averages at steps %s",
+                self.average.num_averaged,
+                steps,
+            )
+        return steps
+
+    def _bn_dataset(self, experiment):
+        """One epoch of the training split in the run's epoch-0 order, whole global batches."""
+        config = self.config
+        dataset = experiment.data.train_dataset(
+            config.global_batch_size, augment=bool(config.swa_bn_augment)
+        )
+        return dataset.take(self.plan.steps_per_epoch)
+
+
+def _matching_weights(source, clone) -> list:
+    """The clone's weights in `source.weights` order, checked by shape and name."""
+    targets = clone.weights
+    pairs = list(zip(source.weights, targets))
+    if len(targets) != len(source.weights) or any(
+        tuple(a.shape) != tuple(b.shape) or a.name != b.name for a, b in pairs
+    ):
+        raise ValueError(f"weight averaging: the clone of {source.name} has other weights")
+    return targets
+
+
+def _metrics_only(member: dict) -> dict:
+    return {k: v for k, v in member.items() if k != "source"}
