@@ -14,6 +14,7 @@ from schedules import OneCycle
 from tests.test_optimizers import BATCH, MULTS, data, make_train, segment_of, tiny_model
 from trainer import optimizers
 from trainer.errors import UserError
+from trainer.strategy import make_strategy
 
 STEPS = 20
 WEIGHT_DECAY = 0.05
@@ -107,7 +108,7 @@ def test_cycling_changes_the_result(name):
 
 @pytest.fixture(scope="module")
 def mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
 
 
 @pytest.mark.parametrize("name", ["nesterov", "adamw"])

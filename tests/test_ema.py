@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.test_checkpoints import config, tiny_model
-from trainer import keras_private, weight_averaging
+from trainer import keras_private
 from trainer.averaging import averaged_weights, batch_norm_layers
 from trainer.experiment import Experiment
 from trainer.strategy import make_strategy
@@ -89,7 +89,7 @@ def test_ema_decay_maps_to_keras_use_ema(tmp_path):
     assert exp.averaging.names == ["ema"] and exp.averaging.checkpoint_objects() == {}
     # The EMA copies start at the weights (Keras starts them at zero).
     built = keras_private.built_variables(exp.optimizer)
-    copies = weight_averaging._ema(exp.optimizer)
+    copies = keras_private.ema_copies(exp.optimizer)
     assert len(built) == len(copies) == len(exp.model.trainable_variables)
     for variable, copy in zip(built, copies):
         np.testing.assert_array_equal(copy.numpy(), variable.numpy())

@@ -101,6 +101,17 @@ def check_learning_rate():
     assert keras_private.learning_rate_object(keras.optimizers.Adam(0.1)) is None
 
 
+def check_ema_copies():
+    w, b = _variables()
+    opt = keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5)
+    opt.build([w, b])
+    copies = keras_private.ema_copies(opt)
+    assert len(copies) == 2 and tuple(copies[0].shape) == tuple(w.shape)
+    opt.apply([keras.ops.ones_like(w), keras.ops.ones_like(b)], [w, b])
+    # Keras starts the average at the first step's weights: the copy follows the variable.
+    np.testing.assert_allclose(copies[0].numpy(), w.numpy(), rtol=1e-6)
+
+
 def check_exclude_from_weight_decay():
     w, b = _variables()
     source = keras.optimizers.AdamW(weight_decay=0.5)
@@ -182,6 +193,7 @@ CHECKS = {
     ("_accumulators", None): check_accumulators,
     ("_model_variables_moving_average, _accumulated_gradients", None): check_not_state_lists,
     ("_learning_rate", None): check_learning_rate,
+    ("_model_variables_moving_average", None): check_ema_copies,
     ("_exclude_from_weight_decay", None): check_exclude_from_weight_decay,
     ("_exclude_from_weight_decay_pattern", None): check_exclude_from_weight_decay_pattern,
     ("_use_weight_decay", None): check_use_weight_decay,

@@ -20,6 +20,7 @@ from schedules import SGDR
 from trainer import keras_private, lr_finder, optimizers
 from trainer.callbacks import LRFinder
 from trainer.lr_finder import ExponentialRange, LRFinderResult, RangeTest, suggestions
+from trainer.strategy import make_strategy
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 FEATURES, CLASSES, BATCH, BATCHES = 16, 3, 32, 8
@@ -415,7 +416,7 @@ def test_lr_find_keeps_the_segment_multipliers():
 def test_lr_find_under_mirrored_strategy_matches_one_device():
     ds = dataset()
     one = lr_finder.lr_find(dense_model(), ds, keras.optimizers.SGD(), start=1e-3, num_steps=12)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     with strategy.scope():
         model = dense_model()
     before = values(model.variables)

@@ -15,6 +15,7 @@ import tensorflow as tf
 from schedules import SGDR
 from trainer import keras_private, optimizers, segments
 from trainer.errors import UserError
+from trainer.strategy import make_strategy
 
 MULTS = (0.01, 0.1, 1.0)
 STEPS = 24
@@ -147,7 +148,7 @@ def assert_segments_equal(model, reference):
 
 @pytest.fixture(scope="module")
 def mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
 
 
 @pytest.mark.parametrize("name", optimizers.OPTIMIZERS)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
+from trainer.strategy import make_strategy
 
 
 class Reference:
@@ -224,7 +225,7 @@ def test_step_types_eager_python_variable_and_tf_function():
 
 
 def test_mirrored_strategy_two_replicas():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     cfg = CONFIGS["m1.5_warmup_decay"]
     schedule, ref = SGDR(**cfg), Reference(**cfg)
     with strategy.scope():
