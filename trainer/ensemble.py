@@ -25,14 +25,13 @@ import dataclasses
 import json
 import os
 import re
-import sys
 
 import numpy as np
 from absl import app, flags
 
+from trainer import cli, run_dir
 from trainer import config as config_lib
 from trainer import evaluate as evaluate_lib
-from trainer import run_dir
 from trainer.errors import UserError
 
 PROGRAM = "ensemble"
@@ -354,23 +353,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     )
 
 
-def _user_error(message) -> None:
-    sys.stderr.write(f"{PROGRAM}: error: {message}\n")
-    sys.exit(2)
-
-
-def _parse_flags(argv):
-    """absl parsing, but a bad flag is one line and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _user_error(str(e).replace("\n", " "))
-
-
 def main(argv):
     """flags -> run directory and snapshots -> TensorFlow -> model, data -> evaluate -> table."""
     if len(argv) > 1:
-        _user_error(f"unexpected positional arguments: {' '.join(argv[1:])}")
+        cli.user_error(PROGRAM, f"unexpected positional arguments: {' '.join(argv[1:])}")
     fv = flags.FLAGS
     from trainer import runtime
 
@@ -385,7 +371,7 @@ def main(argv):
     except (UserError, ValueError, TypeError) as e:
         # Library code raises ValueError for bad input; this is the one place that turns it
         # into one line and exit code 2.
-        _user_error(str(e).replace("\n", " "))
+        cli.user_error(PROGRAM, str(e))
     print(f"Snapshot ensemble of {fv.model_dir}", flush=True)
     print(summary(record), flush=True)
     return 0
@@ -393,4 +379,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags(flags.FLAGS)
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

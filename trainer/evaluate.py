@@ -24,12 +24,11 @@ import dataclasses
 import glob
 import json
 import os
-import sys
 
 from absl import app, flags
 
+from trainer import cli, run_dir
 from trainer import config as config_lib
-from trainer import run_dir
 from trainer.errors import UserError
 
 PROGRAM = "evaluate"
@@ -366,23 +365,10 @@ def summary(result: dict, run: Run, output_dir: str) -> str:
 # Command line ------------------------------------------------------------------------------
 
 
-def _user_error(message) -> None:
-    sys.stderr.write(f"{PROGRAM}: error: {message}\n")
-    sys.exit(2)
-
-
-def _parse_flags(argv):
-    """absl parsing, but a bad flag is one line and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _user_error(str(e).replace("\n", " "))
-
-
 def main(argv):
     """flags -> run directory -> TensorFlow -> data -> model -> analyze -> write -> summary."""
     if len(argv) > 1:
-        _user_error(f"unexpected positional arguments: {' '.join(argv[1:])}")
+        cli.user_error(PROGRAM, f"unexpected positional arguments: {' '.join(argv[1:])}")
     fv = flags.FLAGS
     from trainer import runtime
 
@@ -404,7 +390,7 @@ def main(argv):
     except (UserError, ValueError, TypeError) as e:
         # Library code raises ValueError for bad input; this is the one place that turns it
         # into one line and exit code 2.
-        _user_error(str(e).replace("\n", " "))
+        cli.user_error(PROGRAM, str(e))
     print(f"Evaluated {run.model_dir}", flush=True)
     print(summary(result, run, output_dir), flush=True)
     return 0
@@ -412,4 +398,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags(flags.FLAGS)
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(PROGRAM))

@@ -27,7 +27,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from trainer import run_dir, runtime
+from trainer import cli, run_dir, runtime
 from trainer.errors import UserError
 
 # trainer.data.sources.IMAGE_EXTENSIONS and trainer.experiment.EXPORT_DIR; not imported from
@@ -378,11 +378,6 @@ def define_flags(fv) -> None:
     )
 
 
-def _user_error(message: str) -> None:
-    sys.stderr.write(f"predict: error: {message}\n")
-    sys.exit(2)
-
-
 def _check_output(path: str) -> None:
     """Fails before any heavy work when the CSV cannot be written where asked."""
     if os.path.isdir(path):
@@ -426,24 +421,14 @@ def main(argv):
     except (UserError, ValueError, TypeError) as e:
         # Library code raises ValueError/TypeError for bad input; the one place that turns
         # them into one line and exit code 2.
-        _user_error(str(e).replace("\n", " "))
+        cli.user_error("predict", str(e))
     except KeyboardInterrupt:
         sys.stderr.write("predict: interrupted\n")
         sys.exit(130)
-
-
-def _parse_flags(argv):
-    """absl parsing, but a bad flag is one line and exit code 2 (absl's default is 1)."""
-    from absl import flags
-
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _user_error(str(e).replace("\n", " "))
 
 
 if __name__ == "__main__":
     from absl import app, flags
 
     define_flags(flags.FLAGS)
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser("predict"))
