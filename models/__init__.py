@@ -32,6 +32,7 @@ of the same architecture with any head: the backbone is loaded, the head stays f
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import keras
@@ -49,6 +50,8 @@ __all__ = [
     "names",
     "portable",
     "PRETRAINED",
+    "PRETRAINED_SHA256",
+    "file_sha256",
     "presets",
     "pretrained_path",
     "save_backbone_weights",
@@ -72,15 +75,27 @@ def _check_name(name: str) -> None:
 
 
 # Weights shipped in models/pretrained/ (see its README): name -> the architecture they fit.
-PRETRAINED = {"resnet20_fashion_mnist": "resnet20"}
+PRETRAINED = {
+    "resnet20_fashion_mnist": "resnet20",  # all 10 Fashion-MNIST classes
+    "resnet20_fashion_mnist_0to4": "resnet20",  # classes 0-4 only (the study's near domain)
+}
+# Their sha256, checked on every load: a damaged or replaced file (a Git LFS pointer, a
+# truncated copy) is one clear error instead of strange accuracy.
+PRETRAINED_SHA256 = {
+    "resnet20_fashion_mnist": "2cd86dd791776c5cbb40857314c15a610881a91bf60454b14fcf2b7aa173145b",
+    "resnet20_fashion_mnist_0to4": (
+        "6ca5c04b3308552a82bd0c3b29901be383b73948aefd3f42782b8987f259d56c"
+    ),
+}
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 
 
 def pretrained_path(spec: str, model_name: str | None = None) -> str:
-    """The file of `pretrained:NAME` weights, checked against the model's architecture.
+    """The file of `pretrained:NAME` weights, checked against the architecture and sha256.
 
     Raises:
-      ValueError: unknown NAME, weights of another architecture, or the file is missing.
+      ValueError: unknown NAME, weights of another architecture, the file is missing, or its
+        sha256 is not the one it was shipped with.
     """
     name = spec.partition(":")[2]
     if name not in PRETRAINED:
@@ -95,7 +110,22 @@ def pretrained_path(spec: str, model_name: str | None = None) -> str:
     path = os.path.join(PRETRAINED_DIR, f"{name}.weights.h5")
     if not os.path.isfile(path):
         raise ValueError(f"--weights={spec}: {path} is missing from this installation")
+    digest = file_sha256(path)
+    if digest != PRETRAINED_SHA256[name]:
+        raise ValueError(
+            f"--weights={spec}: {path} has sha256 {digest}, not the shipped "
+            f"{PRETRAINED_SHA256[name]} (damaged or replaced; reinstall lrtech)"
+        )
     return path
+
+
+def file_sha256(path: str) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_weights(name: str, weights: str) -> None:

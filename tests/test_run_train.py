@@ -219,28 +219,6 @@ def test_non_finite_loss_stops_with_exit_1(tmp_path):
     assert "step" in result.stderr and "non-finite" in result.stderr.lower()
 
 
-def test_quickstart_output_is_quiet_and_ends_with_a_summary(tmp_path):
-    # The README's main command with a short run: no Python warnings, no absl-prefixed lines.
-    result = _run(
-        "--flagfile=configs/quickstart.flags",
-        f"--model_dir={tmp_path}",
-        "--epochs=1",
-        "--synthetic_train_size=256",
-        "--synthetic_test_size=64",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = result.stdout + result.stderr
-    assert "Warning" not in text and "warnings.warn" not in text, text[-3000:]
-    absl_prefixed = [ln for ln in text.splitlines() if re.match(r"^[IWEF]\d{4} ", ln)]
-    assert absl_prefixed == [], absl_prefixed[:3]
-    assert "Saved checkpoint" in result.stderr  # the project's own lines still show
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("Epoch 1/1  2/2  total ")  # one plain line per epoch
-    summary = "\n".join(lines[lines.index(f"Done: {tmp_path}") :])
-    for label in ("eval accuracy", "wall time", "export", "tensorboard --logdir"):
-        assert label in summary, summary
-
-
 def _tiny_without(*names):
     return [a for a in TINY if not any(a.startswith(f"--{n}=") for n in names)]
 
