@@ -31,6 +31,8 @@ class Config:
     eval_split: str = "test"
     skip_corrupt: bool = False  # folder: skip (and count) unreadable images instead of failing
     augment: bool = True  # pad-and-random-crop + horizontal flip on the training split
+    cache: str = "auto"  # auto | memory | none: hold images in memory or read them on demand
+    eval_crop: float = 0.875  # full-resolution eval: centered square, fraction of shorter side
     synthetic_train_size: int = 2048  # examples
     synthetic_test_size: int = 512  # examples
     # Model.

@@ -168,8 +168,23 @@ class Experiment:
         return self
 
     def train_data(self, start_step: int):
-        dataset = self.data.train_dataset(self.config.global_batch_size, start_step=start_step)
-        return strategy_lib.distribute_dataset(self.strategy, dataset)
+        """The training stream from `start_step`, distributed: each worker reads its share.
+
+        A global batch that does not divide over the replicas falls back to every worker
+        reading the whole stream (`experimental_distribute_dataset`), as before.
+        """
+        global_batch = self.config.global_batch_size
+        if global_batch % self.strategy.num_replicas_in_sync:
+            dataset = self.data.train_dataset(global_batch, start_step=start_step)
+            return strategy_lib.distribute_dataset(self.strategy, dataset)
+
+        def per_worker(context):
+            per_replica = context.get_per_replica_batch_size(global_batch)
+            return self.data.train_dataset(
+                per_replica, start_step=start_step, input_context=context
+            )
+
+        return strategy_lib.distribute_dataset(self.strategy, per_worker)
 
     def eval_data(self):
         """The eval split once, in order, distributed."""

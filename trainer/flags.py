@@ -124,6 +124,27 @@ def _define_data(fv):
         "Pad-and-random-crop plus horizontal flip on training images.",
         flag_values=fv,
     )
+    flags.DEFINE_enum(
+        "cache",
+        "auto",
+        ["auto", "memory", "none"],
+        "Where images live: memory (a split is read into memory at start-up: decoded, or "
+        "encoded bytes when shapes vary), none (folder: only the sorted file list is kept and "
+        "each image is read when its step needs it; TFDS: read without materializing), or "
+        "auto (memory when a split's decoded pixels fit 1 GiB, else none). Arrays (npz:, "
+        "idx:, sklearn_digits) and synthetic data are always in memory. Results are the same "
+        "either way. See docs/DATA.md.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "eval_crop",
+        0.875,
+        "Full-resolution path only (encoded images at --image_size >= 128): evaluation "
+        "decodes the centered square of this fraction of the shorter side and resizes it to "
+        "--image_size (0.875: 224 of 256). In (0, 1]. Small fixed-size data is resized whole.",
+        flag_values=fv,
+    )
+    _register(fv, "eval_crop", lambda v: math.isfinite(v) and 0 < v <= 1, "in (0, 1]")
     flags.DEFINE_integer(
         "synthetic_train_size",
         2048,

@@ -87,7 +87,34 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def distribute_dataset(strategy, dataset):
-    """`experimental_distribute_dataset` with DATA sharding: global batches split over replicas."""
+    """A dataset distributed over `strategy`'s replicas, global batch order kept exact.
+
+    Args:
+        strategy: The run's strategy.
+        dataset: A `tf.data.Dataset` of global batches: `experimental_distribute_dataset`
+            with DATA sharding, every worker reading the whole stream and keeping its
+            replicas' slices of each global batch. Or a function `InputContext -> dataset`
+            (e.g. `trainer.data.Data.train_dataset` with input_context) for
+            `distribute_datasets_from_function`: each worker builds only its own pipeline,
+            which reads only its share of each global batch, as R consecutive per-replica
+            batches for its R local replicas (MirroredStrategy hands a worker's consecutive
+            elements to its local replicas in turn, replica 0 first).
+
+    Returns:
+        A distributed dataset; in both cases the union over replicas at each step is the
+        single-device global batch, split over replicas in the same order.
+    """
+    if callable(dataset) and not isinstance(dataset, tf.data.Dataset):
+        dataset_fn = dataset
+
+        def per_worker(context):
+            options = tf.data.Options()
+            # The function already shards by global batch; tf.data must not shard again.
+            policy = tf.data.experimental.AutoShardPolicy.OFF
+            options.experimental_distribute.auto_shard_policy = policy
+            return dataset_fn(context).with_options(options)
+
+        return strategy.distribute_datasets_from_function(per_worker)
     options = tf.data.Options()
     # DATA: every worker reads the same stream and keeps its replicas' slices of each global
     # batch, so N workers see exactly the batches one worker would.

@@ -15,9 +15,11 @@ Dataset specs (``--dataset``):
 ``--train_split`` / ``--eval_split`` name TFDS splits, folder subdirectories, npz keys
 (x_<split>, y_<split>) or IDX file prefixes (``test`` also reads ``t10k-*``).
 
-`load` reads both splits into memory once and returns a `Data` that the caller owns (there
-is no module-level cache: two loads are two independent copies). Its pipelines gather from
-the splits by index and are a pure function of (seed, step); see `trainer.data.pipeline`.
+`load` returns a `Data` that the caller owns (there is no module-level cache: two loads are
+two independent copies). ``--cache`` decides what it holds: every image in memory, or (folders,
+``--cache=none`` or ``auto`` above `sources.CACHE_BUDGET_BYTES`) only the sorted file list,
+each image read on demand. Either way its pipelines gather from the splits by index and are a
+pure function of (seed, step); see `trainer.data.pipeline` and docs/DATA.md.
 
 Example:
     source = data.load(config)
@@ -60,7 +62,9 @@ class Data:
     """Both splits of one dataset in memory, and the pipelines of one run over them.
 
     Made by `load`. The pipelines use the configuration given at load time: image_size (every
-    image is resized to it), augment and seed (the training order and augmentation).
+    image is resized to it), augment and seed (the training order and augmentation),
+    eval_crop (full-resolution evaluation) and skip_corrupt (files unreadable when read on
+    demand: an error naming them, or skipped and listed in `skipped_on_read`).
     """
 
     def __init__(self, config: Config, train: sources.Split, evaluation: sources.Split):
@@ -76,6 +80,8 @@ class Data:
         self._image_size = config.image_size
         self._augment = config.augment
         self._seed = config.seed
+        self._eval_crop = config.eval_crop
+        self._failures = pipeline.ReadFailures(f"--dataset={config.dataset}", config.skip_corrupt)
         same = train.image_shape == evaluation.image_shape
         shape = train.image_shape if same else (None, None, 3)
         self.info = DatasetInfo(
@@ -104,13 +110,15 @@ class Data:
         `train_dataset(b)`.
 
         Args:
-          batch_size: examples per batch this dataset yields: the global batch when the
-            trainer uses `experimental_distribute_dataset`, the per-pipeline batch with
-            `input_context`.
+          batch_size: examples per batch this dataset yields: the global batch without
+            `input_context`, the per-replica batch with it.
           start_step: global step of the first batch.
-          input_context: for `distribute_datasets_from_function`: pipeline i of W yields slice
-            [i*b, (i+1)*b) of each global batch of W*b examples, so the union over pipelines
-            at every step is exactly the single-pipeline global batch.
+          input_context: for `distribute_datasets_from_function`, with N replicas over W
+            pipelines (R = N / W local replicas each): pipeline i reads and yields only slice
+            [i*R*b, (i+1)*R*b) of each global batch of N*b examples, as R consecutive batches
+            of b (MirroredStrategy hands a pipeline's consecutive elements to its local
+            replicas in turn). The union over pipelines at every step is exactly the
+            single-pipeline global batch, in replica order.
           augment: None for the run's --augment; False gives the same order without
             augmentation (e.g. to recompute BatchNorm statistics after weight averaging).
 
@@ -129,11 +137,45 @@ class Data:
             seed=self._seed,
             start_step=start_step,
             input_context=input_context,
+            eval_crop=self._eval_crop,
+            failures=self._failures,
         )
+
+    def train_indices(
+        self,
+        batch_size: int,
+        *,
+        start_step: int = 0,
+        input_context: tf.distribute.InputContext | None = None,
+    ) -> tf.data.Dataset:
+        """(epoch, position, index) of each example `train_dataset` with these arguments reads."""
+        return pipeline.train_indices(
+            len(self._train.labels),
+            batch_size,
+            seed=self._seed,
+            start_step=start_step,
+            input_context=input_context,
+        )
+
+    @property
+    def skipped_on_read(self) -> list[str]:
+        """Files found unreadable while the pipelines ran (with skip_corrupt), sorted."""
+        return self._failures.paths
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes both splits hold in memory (pixels or encoded files, labels, file names)."""
+        return self._train.nbytes + self._eval.nbytes
 
     def eval_dataset(self, batch_size: int) -> tf.data.Dataset:
         """The evaluation split once, in order, unaugmented, keeping the last partial batch."""
-        return pipeline.eval_dataset(self._eval, batch_size, image_size=self._image_size)
+        return pipeline.eval_dataset(
+            self._eval,
+            batch_size,
+            image_size=self._image_size,
+            eval_crop=self._eval_crop,
+            failures=self._failures,
+        )
 
     def as_numpy(self, split: str = "train", limit: int | None = None):
         """In-memory (images float32 [N, S, S, 3] in [0, 255], labels int32 [N]), unaugmented.
@@ -146,7 +188,9 @@ class Data:
         if split not in ("train", "eval"):
             raise UserError(f"split={split!r} must be 'train' or 'eval'")
         source = self._train if split == "train" else self._eval
-        return pipeline.as_numpy(source, image_size=self._image_size, limit=limit)
+        return pipeline.as_numpy(
+            source, image_size=self._image_size, limit=limit, eval_crop=self._eval_crop
+        )
 
 
 def _load_split(config: Config, split: str, synthetic_size: int, class_names) -> sources.Split:
@@ -155,28 +199,36 @@ def _load_split(config: Config, split: str, synthetic_size: int, class_names) ->
         return sources.synthetic(dataset, split, synthetic_size)
     if dataset.startswith("folder:"):
         root = dataset[len("folder:") :]
-        return sources.folder_split(root, split, class_names, config.skip_corrupt)
+        return sources.folder_split(root, split, class_names, config.skip_corrupt, config.cache)
     return sources.tfds_split(dataset, config.data_dir, split)
 
 
 def load(config: Config) -> Data:
-    """Reads both splits of `config.dataset` into memory, once.
+    """Loads both splits of `config.dataset`: into memory, or their file lists (`--cache`).
 
     Prints nothing before it fails: warnings (empty class directories, skipped files) are
     logged only after both splits have loaded, and TFDS's INFO logging is silenced.
 
     Args:
-      config: the run's configuration (dataset, data_dir, train_split, eval_split,
-        skip_corrupt, synthetic_train_size, synthetic_test_size, image_size, augment, seed).
+      config: the run's configuration (dataset, data_dir, train_split, eval_split, cache,
+        skip_corrupt, synthetic_train_size, synthetic_test_size, image_size, augment, seed,
+        eval_crop).
 
     Returns:
       The `Data` of both splits; `Data.info` describes them.
 
     Raises:
-      UserError: unknown or unprepared dataset, missing folder or file, unreadable image,
+      UserError: bad --cache or --eval_crop, unknown or unprepared dataset, missing folder or
+        file, unreadable image (when read into memory),
         malformed array or IDX file, bad labels, bad split, scikit-learn missing for
         sklearn_digits; each as one line naming the flag and the bad value.
     """
+    if config.cache not in sources.CACHE_POLICIES:
+        raise UserError(
+            f"--cache={config.cache}: must be one of {', '.join(sources.CACHE_POLICIES)}"
+        )
+    if not 0 < config.eval_crop <= 1:
+        raise UserError(f"--eval_crop={config.eval_crop}: must be in (0, 1]")
     if arrays.is_spec(config.dataset):
         train, evaluation = arrays.load(config.dataset, config.train_split, config.eval_split)
         return Data(config, train, evaluation)

@@ -1,38 +1,101 @@
-"""tf.data pipelines over a split held in memory (`trainer.data.sources.Split`).
+"""tf.data pipelines over a split (`trainer.data.sources.Split`), in memory or read on demand.
 
 The training stream is a pure function of (seed, global step): epoch e visits a permutation
 seeded by (seed, e), truncated to steps_per_epoch whole batches, and each example's
 augmentation is seeded by (seed, e, position). So ``train_dataset(start_step=k)`` yields
 exactly batches k, k+1, ... of ``train_dataset(start_step=0)``, and the trainer resumes by
-step instead of checkpointing an iterator.
+step instead of checkpointing an iterator. This holds whether the images are in memory or
+files read on demand: only indices flow through the stream until the examples of one batch
+are read.
+
+Under distribution each input pipeline computes the same (cheap) index stream, keeps its
+slice of every global batch and reads only those examples (`train_dataset`'s input_context).
+
+tf.data options, set on every dataset here (`_options`):
+  * ``deterministic = True``: parallel map and interleave keep their input order. The order
+    is part of the result (exact resume, N workers equal to one).
+  * ``threading.private_threadpool_size = os.cpu_count()``: reading and decoding run on their
+    own threads, one per core, instead of the shared inter-op pool the training step uses,
+    so a long step does not starve the input and the other way round.
+  * ``threading.max_intra_op_parallelism = 1``: each decode/resize runs on one thread; the
+    parallelism is across examples (``num_parallel_calls=AUTOTUNE``), which scales better
+    for many small ops. Per-pixel results do not depend on it.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import tensorflow as tf
 
+from trainer.data import images as image_ops
 from trainer.data.sources import Split
 from trainer.errors import UserError
 
 _AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _loader(split: Split, image_size: int):
-    """index -> (float32 [S, S, 3] image in [0, 255], int32 label)."""
+def _options() -> tf.data.Options:
+    """The options above; made per dataset (nothing TensorFlow runs at import)."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = os.cpu_count() or 1
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+class ReadFailures:
+    """Files of an on-demand split found unreadable while training (with skip_corrupt).
+
+    Thread-safe: tf.data reports from its own threads. `paths` is the sorted list so far.
+    """
+
+    def __init__(self, what: str, skip: bool):
+        self.what = what  # e.g. "--dataset=folder:/data" for messages
+        self.skip = skip
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def paths(self) -> list[str]:
+        with self._lock:
+            return sorted(self._seen)
+
+    def record(self, missing) -> np.int32:
+        import logging
+
+        new = []
+        with self._lock:
+            for path in missing.numpy():
+                path = path.decode(errors="replace")
+                if path not in self._seen:
+                    self._seen.add(path)
+                    new.append(path)
+        for path in new:
+            logging.getLogger(__name__).warning(
+                "%s: skipped unreadable image %s (its place in the batch is taken by another "
+                "image of the same batch)",
+                self.what,
+                path,
+            )
+        return np.int32(len(new))
+
+
+def _in_memory_loader(split: Split, image_size: int):
+    """index -> (float32 [S, S, 3] image in [0, 255], int32 label), small-data path."""
     images = tf.constant(split.images)
     labels = tf.constant(split.labels)
     resize = split.encoded or tuple(split.image_shape[:2]) != (image_size, image_size)
 
     def load(index):
         if split.encoded:
-            image = tf.io.decode_image(images[index], channels=3, expand_animations=False)
-            image.set_shape([None, None, 3])
+            image = image_ops.decode(images[index])
         else:
             image = tf.gather(images, index)
         if resize:
-            image = tf.image.resize(image, [image_size, image_size], antialias=True)
-            image = tf.clip_by_value(image, 0.0, 255.0)
+            image = image_ops.resize(image, image_size)
         else:
             image = tf.cast(image, tf.float32)
         return image, tf.gather(labels, index)
@@ -40,14 +103,81 @@ def _loader(split: Split, image_size: int):
     return load
 
 
-def _augment(image, seed):
-    """Zero-pad by S/8, random crop back to S, random horizontal flip; stateless in `seed`."""
-    size = image.shape[0]
-    pad = max(size // 8, 1)
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
-    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+def _views(split: Split, image_size: int, augment: bool, eval_crop: float):
+    """(train_view(contents, seed), eval_view(contents)) of encoded bytes -> [S, S, 3]."""
+    if image_ops.full_resolution(split.encoded, image_size):
+
+        def train_view(contents, seed):
+            if augment:
+                return image_ops.random_resized_crop(contents, image_size, seed)
+            return image_ops.center_crop(contents, image_size, eval_crop)
+
+        return train_view, lambda contents: image_ops.center_crop(contents, image_size, eval_crop)
+
+    def eval_view(contents):
+        return image_ops.resize(image_ops.decode(contents), image_size)
+
+    def train_view(contents, seed):
+        image = eval_view(contents)
+        return image_ops.pad_crop_flip(image, seed) if augment else image
+
+    return train_view, eval_view
+
+
+def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *, fill: bool):
+    """(indices [b], seeds [b, 2]) -> (images [b', S, S, 3], labels [b']), read from files.
+
+    The examples of one batch are read in a nested dataset that drops the ones that fail, so
+    a bad file costs the others nothing and the check costs one small dataset per batch.
+    Without `failures.skip` a failure stops the run with an error naming the files. With it,
+    the file is recorded and its slot filled by a copy of a readable example of the same batch
+    (`fill`, training: the batch keeps its size and every other example its place), or
+    dropped (evaluation).
+    """
+    paths = tf.strings.join([split.root, tf.constant(split.files)])
+    labels = tf.constant(split.labels)
+    empty = (tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3], tf.float32))
+
+    def read_batch(indices, seeds):
+        n = tf.size(indices)
+        slots = tf.range(n)
+        inner = tf.data.Dataset.from_tensor_slices((slots, indices, seeds)).map(
+            lambda slot, i, seed: (slot, view(tf.io.read_file(paths[i]), seed)),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=True,
+        )
+        inner = inner.ignore_errors().batch(tf.cast(n, tf.int64))
+        inner = inner.concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
+        got, images = inner.get_single_element()
+        present = tf.scatter_nd(got[:, None], tf.ones_like(got), [n]) > 0
+        missing = tf.boolean_mask(tf.gather(paths, indices), ~present)
+        if not failures.skip:
+            check = tf.debugging.Assert(
+                tf.size(missing) == 0,
+                [
+                    f"{failures.what}: cannot read or decode image",
+                    tf.strings.reduce_join(missing, separator=", "),
+                    "(remove it or pass --skip_corrupt)",
+                ],
+            )
+            with tf.control_dependencies([check]):
+                return tf.identity(images), tf.gather(labels, indices)
+        recorded = tf.py_function(failures.record, [missing], tf.int32)
+        if not fill:
+            with tf.control_dependencies([recorded]):
+                return tf.identity(images), tf.gather(labels, tf.gather(indices, got))
+        k = tf.size(got)
+        check = tf.debugging.Assert(
+            k > 0, [f"{failures.what}: every image of a batch is unreadable, e.g.", missing[:1]]
+        )
+        with tf.control_dependencies([recorded, check]):
+            # Slot j keeps its image, or (unreadable) takes the (j mod k)-th readable one.
+            position = tf.scatter_nd(got[:, None], tf.range(k), [n])
+            source = tf.where(present, position, slots % tf.maximum(k, 1))
+            chosen = tf.gather(indices, tf.gather(got, source))
+            return tf.gather(images, source), tf.gather(labels, chosen)
+
+    return read_batch
 
 
 def _index_stream(n, global_batch, seed, start_step):
@@ -71,6 +201,38 @@ def _index_stream(n, global_batch, seed, start_step):
     return tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_examples)
 
 
+def _shares(batch_size: int, input_context: tf.distribute.InputContext | None):
+    """(global batch, first example of this pipeline's share, share size) of each step."""
+    if input_context is None:
+        return batch_size, 0, batch_size
+    pipelines = input_context.num_input_pipelines
+    replicas = input_context.num_replicas_in_sync
+    local = max(replicas // pipelines, 1)  # replicas fed by this pipeline
+    share = batch_size * local
+    return share * pipelines, input_context.input_pipeline_id * share, share
+
+
+def train_indices(
+    n: int,
+    batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """The (epoch, position, index) of every example `train_dataset` reads, in its order.
+
+    Of each global batch only this pipeline's share: the examples it reads and decodes.
+    """
+    global_batch, lo, share = _shares(batch_size, input_context)
+    ds = _index_stream(n, global_batch, seed, start_step)
+    if share != global_batch:
+        ds = ds.batch(global_batch, drop_remainder=True)
+        ds = ds.map(lambda e, p, i: (e[lo : lo + share], p[lo : lo + share], i[lo : lo + share]))
+        ds = ds.unbatch()
+    return ds
+
+
 def train_dataset(
     split: Split,
     batch_size: int,
@@ -80,54 +242,92 @@ def train_dataset(
     seed: int,
     start_step: int = 0,
     input_context: tf.distribute.InputContext | None = None,
+    eval_crop: float = 0.875,
+    failures: ReadFailures | None = None,
 ) -> tf.data.Dataset:
     """The endless training stream of `split` from global step `start_step` on.
 
     See `trainer.data.Data.train_dataset`, which calls this with the run's configuration.
+    With `input_context` of R = num_replicas_in_sync / num_input_pipelines local replicas,
+    `batch_size` is the per-replica batch and each step yields R consecutive batches: the
+    pipeline's share of the global batch, in the order its replicas take them.
     """
     if batch_size < 1 or start_step < 0:
         raise UserError(f"batch_size={batch_size} and start_step={start_step} must be >= 1, >= 0")
-    pipelines = input_context.num_input_pipelines if input_context else 1
-    global_batch = batch_size * pipelines
     n = len(split.labels)
-    ds = _index_stream(n, global_batch, seed, start_step)
-    if pipelines > 1:
-        lo = input_context.input_pipeline_id * batch_size
-        ds = ds.batch(global_batch, drop_remainder=True)
-        ds = ds.map(
-            lambda e, p, i: (
-                e[lo : lo + batch_size],
-                p[lo : lo + batch_size],
-                i[lo : lo + batch_size],
-            )
-        ).unbatch()
-    load = _loader(split, image_size)
+    ds = train_indices(n, batch_size, seed=seed, start_step=start_step, input_context=input_context)
 
-    def example(epoch, position, index):
-        image, label = load(index)
-        if augment:
-            example_seed = tf.stack([tf.constant(seed, tf.int64), epoch * n + position])
-            image = _augment(image, example_seed)
-        return image, label
+    def example_seed(epoch, position):
+        step = epoch * n + position
+        return tf.stack([tf.fill(tf.shape(step), tf.constant(seed, tf.int64)), step], axis=-1)
+
+    if split.on_demand:
+        failures = failures or ReadFailures("--dataset", skip=False)
+        view, _ = _views(split, image_size, augment, eval_crop)
+        read = _file_reader(split, image_size, view, failures, fill=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(
+            lambda e, p, i: read(i, example_seed(e, p)),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=True,
+        )
+        return ds.prefetch(_AUTOTUNE).with_options(_options())
+    if image_ops.full_resolution(split.encoded, image_size):
+        view, _ = _views(split, image_size, augment, eval_crop)
+        images, labels = tf.constant(split.images), tf.constant(split.labels)
+
+        def example(epoch, position, index):
+            return view(images[index], example_seed(epoch, position)), labels[index]
+
+    else:
+        load = _in_memory_loader(split, image_size)
+
+        def example(epoch, position, index):
+            image, label = load(index)
+            if augment:
+                image = image_ops.pad_crop_flip(image, example_seed(epoch, position))
+            return image, label
 
     ds = ds.map(example, num_parallel_calls=_AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(_AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(_AUTOTUNE).with_options(_options())
 
 
-def eval_dataset(split: Split, batch_size: int, *, image_size: int) -> tf.data.Dataset:
-    """`split` once, in order, unaugmented, keeping the last partial batch."""
-    load = _loader(split, image_size)
-    ds = tf.data.Dataset.range(len(split.labels))
-    ds = ds.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=False).prefetch(_AUTOTUNE)
-
-
-def as_numpy(split: Split, *, image_size: int, limit: int | None = None):
-    """The first `limit` (default all) examples of `split` as numpy, unaugmented, in order."""
+def eval_dataset(
+    split: Split,
+    batch_size: int,
+    *,
+    image_size: int,
+    eval_crop: float = 0.875,
+    failures: ReadFailures | None = None,
+    limit: int | None = None,
+) -> tf.data.Dataset:
+    """`split` once (its first `limit` examples), in order, unaugmented, with the last partial
+    batch. Unreadable files of an on-demand split are dropped when `failures.skip`."""
     n = len(split.labels) if limit is None else min(limit, len(split.labels))
-    ds = tf.data.Dataset.range(n).map(_loader(split, image_size), _AUTOTUNE)
+    ds = tf.data.Dataset.range(n)
+    _, view = _views(split, image_size, False, eval_crop)
+    if split.on_demand:
+        failures = failures or ReadFailures("--dataset", skip=False)
+        read = _file_reader(split, image_size, lambda c, _: view(c), failures, fill=False)
+        ds = ds.batch(batch_size).map(
+            lambda i: read(i, tf.zeros([tf.size(i), 2], tf.int64)),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=True,
+        )
+        return ds.prefetch(_AUTOTUNE).with_options(_options())
+    if image_ops.full_resolution(split.encoded, image_size):
+        images, labels = tf.constant(split.images), tf.constant(split.labels)
+        ds = ds.map(lambda i: (view(images[i]), labels[i]), _AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(_in_memory_loader(split, image_size), _AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=False).prefetch(_AUTOTUNE).with_options(_options())
+
+
+def as_numpy(split: Split, *, image_size: int, limit: int | None = None, eval_crop=0.875):
+    """The first `limit` (default all) examples of `split` as numpy, as evaluation sees them."""
+    ds = eval_dataset(split, 1024, image_size=image_size, eval_crop=eval_crop, limit=limit)
     images, labels = [], []
-    for x, y in ds.batch(1024).as_numpy_iterator():
+    for x, y in ds.as_numpy_iterator():
         images.append(x)
         labels.append(y)
     return np.concatenate(images), np.concatenate(labels)

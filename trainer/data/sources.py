@@ -1,9 +1,10 @@
-"""Loading a dataset split into memory: TFDS, an image folder, or the synthetic set.
+"""Loading a dataset split: TFDS, an image folder, or the synthetic set.
 
-A split is held as `Split`: either decoded uint8 images of one fixed shape, or the encoded
-image files (bytes) when shapes vary or the decoded split would not fit in memory; the
-pipelines in `trainer.data.pipeline` gather from it by index, which is what makes them a pure
-function of (seed, step).
+A split is held as `Split`: decoded uint8 images of one fixed shape, the encoded image files
+(bytes) when shapes vary or the decoded split would not fit the cache budget, or, with
+``--cache=none`` (or ``auto`` above the budget), only the sorted file list of a folder
+(`folder_listing`), read on demand. The pipelines in `trainer.data.pipeline` gather from it by
+index, which is what makes them a pure function of (seed, step) in every case.
 
 Loading prints nothing: run_train.py reports a failed load as one line on stderr, so warnings
 are returned in `Split.warnings` (the caller logs them once the whole dataset has loaded),
@@ -26,25 +27,53 @@ from trainer.data import synthetic as synthetic_lib
 from trainer.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# Decoded splits above this stay encoded in memory and are decoded on the fly.
+# Decoded TFDS splits above this stay encoded in memory and are decoded on the fly
+# (--cache=memory); --cache=auto holds a split in memory only below CACHE_BUDGET_BYTES.
 MAX_DECODED_BYTES = 2 * 1024**3
+# --cache=auto: a split whose decoded pixels (estimated) exceed this is read on demand.
+CACHE_BUDGET_BYTES = 1024**3
+CACHE_POLICIES = ("auto", "memory", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split in memory. `images` is uint8 [N, H, W, 3] or, when `encoded`, bytes [N].
+    """One split. `images` is uint8 [N, H, W, 3] or, when `encoded`, bytes [N] in memory.
+
+    When `files` is set, `images` is None: the split holds only the sorted file names (bytes
+    [N], relative to `root`) and labels; each image is read and decoded on demand by the
+    pipeline (`encoded` is then True: the images are encoded files).
 
     `warnings` are messages for the user (empty class directories, skipped files), to be
     logged only once every split has loaded.
     """
 
-    images: np.ndarray
+    images: np.ndarray | None
     labels: np.ndarray  # int32 [N]
     encoded: bool
     class_names: tuple[str, ...]
     image_shape: tuple[int | None, int | None, int]
     num_skipped: int = 0
     warnings: tuple[str, ...] = ()
+    files: np.ndarray | None = None  # bytes [N] paths relative to root, read on demand
+    root: str = ""  # directory the files are relative to (ends with a separator)
+
+    @property
+    def on_demand(self) -> bool:
+        """Whether images are read from files by the pipeline instead of held in memory."""
+        return self.files is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this split holds in memory: pixels or encoded files, labels, file names."""
+        total = self.labels.nbytes
+        if self.images is not None:
+            if self.images.dtype == object:
+                total += self.images.nbytes + sum(len(b) for b in self.images)
+            else:
+                total += self.images.nbytes
+        if self.files is not None:
+            total += self.files.nbytes
+        return total
 
 
 def synthetic(dataset: str, split: str, size: int) -> Split:
@@ -191,42 +220,90 @@ def _read_image(path: str) -> tuple[bytes, tuple[int, ...]] | None:
     return data, tuple(shape)
 
 
-def folder_split(root: str, split: str, class_names: tuple[str, ...], skip_corrupt: bool) -> Split:
-    """Reads every image of root/split/<class>/ (bytes kept encoded, each checked to decode).
+def folder_listing(root: str, split: str, class_names: tuple[str, ...]):
+    """The sorted image files of root/split/<class>/ and their labels; no file is opened.
+
+    Returns:
+      (names, labels, warnings): names are "<class>/<file>" relative to root/split, sorted by
+      class then file name; labels int32 [N] index `class_names`; a warning per empty class.
+
+    Raises:
+      UserError: a missing directory, a class not in the train split, or no image at all.
+    """
+    names, labels, warnings = [], [], []
+    for name in _class_dirs(root, split):
+        if name not in class_names:
+            raise UserError(f"--dataset=folder:{root}: class {name!r} of {split} not in train")
+        class_dir = os.path.join(root, split, name)
+        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            warnings.append(f"folder {root}: class directory {class_dir} has no images")
+        label = class_names.index(name)
+        names.extend(f"{name}/{f}" for f in files)
+        labels.extend([label] * len(files))
+    if not names:
+        raise UserError(f"--dataset=folder:{root}: no images in {split}")
+    return names, np.array(labels, np.int32), warnings
+
+
+def _estimated_pixel_bytes(directory: str, names: list[str]) -> int | None:
+    """N times the decoded size of the first readable of the first few files (None if none)."""
+    for name in names[:8]:
+        read = _read_image(os.path.join(directory, name))
+        if read is not None:
+            return len(names) * int(np.prod(read[1]))
+    return None
+
+
+def folder_split(
+    root: str,
+    split: str,
+    class_names: tuple[str, ...],
+    skip_corrupt: bool,
+    cache: str = "memory",
+) -> Split:
+    """The images of root/split/<class>/: the file list only, or read into memory.
+
+    With `cache` "none" the split keeps the sorted file names and labels (`Split.files`):
+    nothing is opened, and the pipeline reads each image when its step needs it. "memory"
+    reads every file now (bytes kept encoded, each checked to decode). "auto" reads into
+    memory when the first image's decoded size times the number of files fits
+    `CACHE_BUDGET_BYTES`, else keeps the file list.
 
     An empty class directory keeps its label index (labels follow the sorted train class
     directories) and adds a warning: a split may lack a class without shifting the others.
     Skipped files add one warning naming the first of them.
 
     Raises:
-      UserError: a missing directory, a class not in the train split, no image at all, or an
-        unreadable file when `skip_corrupt` is False (naming the file).
+      UserError: a missing directory, a class not in the train split, no image at all, or
+        (when read into memory) an unreadable file when `skip_corrupt` is False, naming it.
     """
-    files, labels, shapes, skipped, warnings = [], [], set(), [], []
-    for name in _class_dirs(root, split):
-        if name not in class_names:
-            raise UserError(f"--dataset=folder:{root}: class {name!r} of {split} not in train")
-        class_dir = os.path.join(root, split, name)
-        paths = sorted(
-            os.path.join(class_dir, f)
-            for f in os.listdir(class_dir)
-            if f.lower().endswith(IMAGE_EXTENSIONS)
+    names, labels, warnings = folder_listing(root, split, class_names)
+    directory = os.path.join(root, split, "")
+    if cache == "auto":
+        estimate = _estimated_pixel_bytes(directory, names)
+        cache = "memory" if estimate is None or estimate <= CACHE_BUDGET_BYTES else "none"
+    if cache == "none":
+        # Bytes, not str: numpy's str dtype takes 4 bytes per character.
+        files = np.array([n.encode() for n in names], dtype=bytes)
+        return Split(
+            None, labels, True, class_names, (None, None, 3), 0, tuple(warnings), files, directory
         )
-        if not paths:
-            warnings.append(f"folder {root}: class directory {class_dir} has no images")
-        for path in paths:
-            read = _read_image(path)
-            if read is None:
-                if not skip_corrupt:
-                    raise UserError(
-                        f"--dataset=folder:{root}: cannot decode image {path} "
-                        "(remove it or pass --skip_corrupt)"
-                    )
-                skipped.append(path)
-                continue
-            files.append(read[0])
-            shapes.add(read[1])
-            labels.append(class_names.index(name))
+    files, kept, shapes, skipped = [], [], set(), []
+    for name, label in zip(names, labels):
+        path = os.path.join(directory, name)
+        read = _read_image(path)
+        if read is None:
+            if not skip_corrupt:
+                raise UserError(
+                    f"--dataset=folder:{root}: cannot decode image {path} "
+                    "(remove it or pass --skip_corrupt)"
+                )
+            skipped.append(path)
+            continue
+        files.append(read[0])
+        shapes.add(read[1])
+        kept.append(label)
     if skipped:
         warnings.append(
             f"folder {root}/{split}: skipped {len(skipped)} unreadable images, e.g. {skipped[0]}"
@@ -236,7 +313,7 @@ def folder_split(root: str, split: str, class_names: tuple[str, ...], skip_corru
     image_shape = shapes.pop() if len(shapes) == 1 else (None, None, 3)
     return Split(
         np.array(files, dtype=object),
-        np.array(labels, np.int32),
+        np.array(kept, np.int32),
         True,
         class_names,
         image_shape,

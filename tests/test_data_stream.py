@@ -1,0 +1,235 @@
+"""Data of any size: folders read on demand, per-worker shares, cache policy, full resolution.
+
+Tiny generated images; every assertion is on real TensorFlow pipelines.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from trainer import data
+from trainer.config import Config
+from trainer.data import images as image_ops
+from trainer.errors import UserError
+from trainer.strategy import distribute_dataset, make_strategy
+
+CLASSES = ("ant", "bee", "cow")
+
+
+def _write_folder(root, per_class=4, size=(20, 24), start=0, splits=("train", "test")):
+    """JPEG and PNG files: class k is a flat color 80 * k with one random pixel, and a file
+    number stamped in pixel (1, 1) so every image is distinct."""
+    rng = np.random.default_rng(start)
+    for split in splits:
+        for label, name in enumerate(CLASSES):
+            directory = root / split / name
+            directory.mkdir(parents=True, exist_ok=True)
+            for i in range(start, start + per_class):
+                pixels = np.full((*size, 3), 80 * label, np.uint8)
+                pixels[0, 0] = rng.integers(0, 255, 3)
+                pixels[1, 1] = i * 7 % 256
+                suffix = "png" if i % 2 else "jpg"
+                Image.fromarray(pixels).save(directory / f"{i:03d}.{suffix}", quality=95)
+    return root
+
+
+def _config(root, **changes):
+    base = dict(model_dir="/tmp/unused", dataset=f"folder:{root}", image_size=16, seed=4)
+    return Config(**{**base, **changes})
+
+
+def _batches(source, batch_size, count, **kwargs):
+    return list(source.train_dataset(batch_size, **kwargs).take(count).as_numpy_iterator())
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    return all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+# Folder read on demand -------------------------------------------------------------------------
+
+
+def test_folder_on_demand_keeps_only_the_listing_and_ignores_later_files(tmp_path):
+    root = _write_folder(tmp_path)
+    # A corrupt file loads fine: nothing is opened at start-up.
+    (root / "train" / "bee" / "zzz.jpg").write_bytes(b"not an image")
+    source = data.load(_config(root, cache="none", skip_corrupt=True))
+    assert (source.info.num_train, source.info.num_eval) == (13, 12)
+    _write_folder(root, per_class=2, start=50)  # added after the listing: never read
+    images = np.concatenate([b[0] for b in _batches(source, 13, 3, augment=False)])
+    # 3 epochs of 13 listed files: the 12 readable ones (and copies in the corrupt one's place).
+    assert len(images) == 39 and len({x.tobytes() for x in images}) == 12
+    assert source.skipped_on_read == [str(root / "train" / "bee" / "zzz.jpg")]
+    eval_labels = np.concatenate([y for _, y in source.eval_dataset(5).as_numpy_iterator()])
+    np.testing.assert_array_equal(eval_labels, np.repeat([0, 1, 2], 4))
+
+
+def test_deleted_file_is_named_or_skipped_counted_and_others_keep_their_place(tmp_path):
+    root = _write_folder(tmp_path)
+    strict = data.load(_config(root, cache="none"))
+    lenient = data.load(_config(root, cache="none", skip_corrupt=True))
+    before = _batches(lenient, 4, 6)
+    victim = root / "train" / "cow" / "001.png"
+    victim.unlink()  # mid-run
+    with pytest.raises(tf.errors.InvalidArgumentError, match=str(victim)) as error:
+        _batches(strict, 4, 6)
+    assert "--skip_corrupt" in str(error.value)
+    after = _batches(lenient, 4, 6)
+    assert lenient.skipped_on_read == [str(victim)]
+    changed = 0
+    for (x0, y0), (x1, _) in zip(before, after):
+        assert x1.shape == x0.shape  # batches keep their size
+        for slot in range(len(y0)):
+            if not np.array_equal(x0[slot], x1[slot]):
+                changed += 1
+                # The slot holds a copy of another example of the same batch.
+                assert any(np.array_equal(x1[slot], x1[j]) for j in range(4) if j != slot)
+    assert changed == 2  # each of the two epochs (3 steps of 4) visits the file once
+
+
+def test_memory_does_not_grow_with_the_images(tmp_path):
+    small = data.load(_config(_write_folder(tmp_path / "s", per_class=4), cache="none"))
+    large = data.load(
+        _config(_write_folder(tmp_path / "l", per_class=40, size=(64, 96)), cache="none")
+    )
+    in_memory = data.load(_config(tmp_path / "l", cache="memory"))
+    per_small = small.nbytes / (small.info.num_train + small.info.num_eval)
+    per_large = large.nbytes / (large.info.num_train + large.info.num_eval)
+    # File name ("cow/001.png": 11 bytes) and label (4 bytes) per image, whatever its size.
+    assert per_small == per_large == 15
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "l").rglob("*.*"))
+    assert in_memory.nbytes > on_disk  # the encoded files themselves
+
+
+@pytest.mark.parametrize("image_size", [16, 160])  # small-data path, full-resolution path
+def test_cache_policies_give_identical_batches(tmp_path, image_size):
+    root = _write_folder(tmp_path)
+    loads = [data.load(_config(root, cache=c, image_size=image_size)) for c in ("memory", "none")]
+    assert loads[0].nbytes > 20 * loads[1].nbytes
+    train = [_batches(source, 4, 4, start_step=2) for source in loads]
+    assert _same(*train)
+    evals = [list(source.eval_dataset(5).as_numpy_iterator()) for source in loads]
+    assert [len(b[1]) for b in evals[0]] == [5, 5, 2] and _same(*evals)
+
+
+def test_auto_cache_holds_small_splits_and_lists_large_ones(tmp_path, monkeypatch):
+    root = _write_folder(tmp_path)
+    auto = data.load(_config(root))
+    assert auto.nbytes == data.load(_config(root, cache="memory")).nbytes
+    # 12 train images of 20x24x3 = 17,280 decoded bytes: over a 10,000-byte budget.
+    monkeypatch.setattr(data.sources, "CACHE_BUDGET_BYTES", 10_000)
+    assert data.load(_config(root)).nbytes == data.load(_config(root, cache="none")).nbytes
+
+
+@pytest.mark.parametrize("start_step", [1, 3, 7])
+def test_folder_resume_at_step_equals_tail(tmp_path, start_step):
+    source = data.load(_config(_write_folder(tmp_path), cache="none", image_size=160))
+    full = _batches(source, 4, 9)
+    tail = _batches(source, 4, 9 - start_step, start_step=start_step)
+    assert _same(full[start_step:], tail)
+
+
+# Per-worker shares -----------------------------------------------------------------------------
+
+
+def test_each_pipeline_reads_only_its_share(tmp_path):
+    root = _write_folder(tmp_path)
+    source = data.load(_config(root, cache="none", augment=False))
+    # 2 pipelines (workers) x 2 local replicas x 2 examples: global batch 8.
+    contexts = [tf.distribute.InputContext(2, i, 4) for i in range(2)]
+    full = _batches(source, 8, 3, start_step=1)
+    shares = [
+        list(source.train_indices(2, start_step=1, input_context=c).take(8)) for c in contexts
+    ]
+    everything = list(source.train_indices(8, start_step=1).take(16))
+    for step in range(2):
+        union = shares[0][4 * step : 4 * step + 4] + shares[1][4 * step : 4 * step + 4]
+        assert [tuple(t.numpy() for t in x) for x in union] == [
+            tuple(t.numpy() for t in x) for x in everything[8 * step : 8 * step + 8]
+        ]
+    for i, context in enumerate(contexts):
+        parts = _batches(source, 2, 6, start_step=1, input_context=context)
+        for step in range(3):
+            images = np.concatenate([parts[2 * step][0], parts[2 * step + 1][0]])
+            np.testing.assert_array_equal(images, full[step][0][4 * i : 4 * i + 4])
+    # Delete every file outside pipeline 0's share of the first step: it still reads that step,
+    # pipeline 1 fails naming one of them.
+    files = [str(root / "train" / f.decode()) for f in source._train.files]
+    mine = {files[int(x[2])] for x in shares[0][:4]}
+    for path in set(files) - mine:
+        tf.io.gfile.remove(path)
+    assert len(_batches(source, 2, 2, start_step=1, input_context=contexts[0])) == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match="cannot read or decode image"):
+        _batches(source, 2, 2, start_step=1, input_context=contexts[1])
+
+
+def test_mirrored_replicas_take_the_global_batch_in_order(tmp_path):
+    source = data.load(_config(_write_folder(tmp_path), cache="none"))
+    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+
+    def per_worker(context):
+        return source.train_dataset(context.get_per_replica_batch_size(8), input_context=context)
+
+    iterator = iter(distribute_dataset(strategy, per_worker))
+    for images, labels in _batches(source, 8, 3):
+        replicas = next(iterator)
+        for value, expected in zip(replicas, (images, labels)):
+            got = strategy.experimental_local_results(value)
+            assert [len(g) for g in got] == [4, 4]  # replica 0 takes the first half
+            np.testing.assert_array_equal(np.concatenate([g.numpy() for g in got]), expected)
+
+
+# Full-resolution ops -----------------------------------------------------------------------------
+
+
+def _jpeg(height=90, width=120):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    pixels[:10] = 0  # a dark top band
+    return tf.io.encode_jpeg(tf.constant(pixels), quality=95)
+
+
+def test_random_resized_crop_shapes_and_determinism():
+    contents = _jpeg()
+    seed = tf.constant([1, 2], tf.int64)
+    out = image_ops.random_resized_crop(contents, 64, seed)
+    assert out.shape == (64, 64, 3) and out.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 255.0
+    np.testing.assert_array_equal(out, image_ops.random_resized_crop(contents, 64, seed))
+    other = image_ops.random_resized_crop(contents, 64, tf.constant([1, 3], tf.int64))
+    assert not np.array_equal(out, other)
+    # Decoding the whole JPEG then cropping gives the same window (libjpeg may round the
+    # partial-block edges differently by a few levels).
+    whole = image_ops.random_resized_crop(contents, 64, seed, decode_whole=True)
+    assert float(tf.reduce_mean(tf.abs(whole - out))) < 2.0
+    png = tf.io.encode_png(tf.io.decode_jpeg(contents))
+    assert image_ops.random_resized_crop(png, 48, seed).shape == (48, 48, 3)
+
+
+def test_center_crop_takes_the_centered_fraction():
+    contents = _jpeg()  # 90 x 120 with a dark top band of 10 rows
+    full = image_ops.center_crop(contents, 32, 1.0)
+    cropped = image_ops.center_crop(contents, 32, 0.5)
+    assert full.shape == cropped.shape == (32, 32, 3)
+    assert float(tf.reduce_mean(full[:2])) < 40  # the band is in the whole square's top
+    assert float(tf.reduce_mean(cropped[:2])) > 80  # and out of the centered half
+    assert image_ops.full_resolution(True, 128) and not image_ops.full_resolution(True, 64)
+    assert not image_ops.full_resolution(False, 224)
+
+
+# Bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(cache="disk"), "--cache=disk: must be one of auto, memory, none"),
+        (dict(eval_crop=0.0), r"--eval_crop=0.0: must be in \(0, 1\]"),
+        (dict(eval_crop=1.5), r"--eval_crop=1.5: must be in \(0, 1\]"),
+    ],
+)
+def test_bad_cache_or_eval_crop_is_a_user_error(tmp_path, change, message):
+    with pytest.raises(UserError, match=message):
+        data.load(_config(tmp_path, **change))
