@@ -56,6 +56,7 @@ def experiment(cfg, devices=None):
         make_strategy("mirrored", devices=devices) if devices else make_strategy("one_device")
     )
     exp = Experiment(cfg, strategy, model_fn=tiny_model).build()
+    exp.interpret = lambda: {}  # plots cost seconds a run and are tested in test_experiment
     exp.restore()
     return exp
 
@@ -65,9 +66,7 @@ def state(exp):
     return values
 
 
-def test_interrupted_and_resumed_equals_straight_through(tmp_path):
-    straight = experiment(config(tmp_path / "straight"))
-    straight.train()
+def test_interrupted_and_resumed_equals_straight_through(tmp_path, bn_straight):
     # 5 steps (loops of 4 and 1, checkpoints at 3 and 5), then a new process-like resume.
     first = experiment(config(tmp_path / "resumed", train_steps=5))
     first.train()
@@ -75,7 +74,7 @@ def test_interrupted_and_resumed_equals_straight_through(tmp_path):
     assert resumed.step == 5
     assert int(resumed.optimizer.iterations.numpy()) == 5
     resumed.train()
-    a, b = state(straight), state(resumed)
+    a, b = bn_straight[0], state(resumed)
     assert len(a) == len(b)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
@@ -154,19 +153,19 @@ def test_sigterm_saves_at_the_loop_boundary_and_resume_continues(tmp_path):
     assert resumed.train()["step"] == 12
 
 
-def test_snapshots_at_restarts(tmp_path):
+def test_snapshots_at_restarts(tmp_path, bn_nine_steps):
     # Cycles of 3, 6 steps: restarts at 3 and 9 within 12 steps.
     exp = experiment(config(tmp_path, snapshot_at_restarts=True))
     exp.train()
     snapshots = sorted(os.listdir(tmp_path / "snapshots"))
     assert snapshots == ["cycle_0.weights.h5", "cycle_1.weights.h5"]
     # cycle_1 holds the weights at step 9: equal to a 9-step run's final weights.
-    other = experiment(config(tmp_path / "nine", train_steps=9))
-    other.train()
+    _, nine = bn_nine_steps
     model = tiny_model(10)
     model.load_weights(tmp_path / "snapshots" / "cycle_1.weights.h5")
-    for a, b in zip(model.weights, other.model.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    assert len(model.weights) == len(nine)
+    for a, b in zip(model.weights, nine):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-6)
 
 
 def test_compat_record_fields():
@@ -197,14 +196,12 @@ def absl_warnings():
     logger.removeHandler(handler)
 
 
-@pytest.fixture(scope="module")
-def damaged_source(tmp_path_factory):
-    """A run of 9 steps with checkpoints 3, 6, 9, and the 12-step run it should continue to."""
-    root = tmp_path_factory.mktemp("damage")
-    experiment(config(root / "run", train_steps=DAMAGE_STEPS, keep_checkpoints=3)).train()
-    straight = experiment(config(root / "straight"))
-    straight.train()
-    return root / "run", state(straight)
+@pytest.fixture
+def damaged_source(bn_nine_steps, bn_straight):
+    """A run of 9 steps with checkpoints 3, 6, 9, and the 12-step run's state it should
+    continue to (both shared, see conftest.py; tests damage a copy)."""
+    assert DAMAGE_STEPS == 9
+    return bn_nine_steps[0], bn_straight[0]
 
 
 def _copy(source, tmp_path):
@@ -310,9 +307,9 @@ def test_unreadable_or_missing_config_beside_checkpoints_is_a_user_error(
     assert len(list((model_dir / "ckpt").glob("ckpt-*.index"))) == 3
 
 
-def test_metrics_keep_the_whole_history_across_a_resume(tmp_path):
+def test_metrics_keep_the_whole_history_across_a_resume(tmp_path, bn_straight):
     # Epochs of 4 steps: evaluations at 4, 8, 12. The first process is stopped at step 6.
-    straight = experiment(config(tmp_path / "straight")).train()
+    straight = bn_straight[1]
     first = experiment(config(tmp_path / "resumed"))
     train = first.trainer.train
 

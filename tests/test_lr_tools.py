@@ -23,16 +23,14 @@ FIND = dict(lr_find=True, lr_find_steps=30, lr_find_start=1e-5, lr_find_end=10.0
 
 
 def assert_same_state(a, b):
-    x, y = state(a), state(b)
+    """Exactly equal states; `a` is an Experiment or a state list (conftest's bn_straight)."""
+    x, y = a if isinstance(a, list) else state(a), state(b)
     assert len(x) == len(y)
     for i, (u, v) in enumerate(zip(x, y)):
         np.testing.assert_array_equal(u, v, err_msg=f"state variable {i}")
 
 
-def test_lr_find_changes_nothing(tmp_path):
-    straight = experiment(config(tmp_path / "straight"))
-    straight.train()
-
+def test_lr_find_changes_nothing(tmp_path, bn_straight):
     exp = experiment(config(tmp_path / "found", **FIND))
     before = state(exp)
     result = exp.lr_find()
@@ -44,7 +42,7 @@ def test_lr_find_changes_nothing(tmp_path):
     assert record["suggestions"]["valley"] == pytest.approx(result.suggested_max_lr)
     assert (tmp_path / "found" / range_test.PLOT_FILE).stat().st_size > 1000
     exp.train()
-    assert_same_state(straight, exp)
+    assert_same_state(bn_straight[0], exp)
 
 
 def assert_equal_lists(a, b):
@@ -53,17 +51,15 @@ def assert_equal_lists(a, b):
         np.testing.assert_array_equal(u, v)
 
 
-def test_lr_find_mid_run_keeps_the_data_position(tmp_path):
+def test_lr_find_mid_run_keeps_the_data_position(tmp_path, bn_straight):
     """A range test after a resume reads from the restored step on; training continues."""
-    straight = experiment(config(tmp_path / "straight"))
-    straight.train()
     experiment(config(tmp_path / "resumed", train_steps=5)).train()
     resumed = experiment(config(tmp_path / "resumed", **FIND))
     assert resumed.step == 5
     resumed.lr_find()
     assert resumed.step == 5
     resumed.train()
-    assert_same_state(straight, resumed)
+    assert_same_state(bn_straight[0], resumed)
 
 
 def test_max_lr_auto_trains_at_the_valley_and_records_the_number(tmp_path):
