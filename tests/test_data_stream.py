@@ -8,10 +8,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests.tiny import tiny_model
 from trainer import data
 from trainer.config import Config
 from trainer.data import images as image_ops
 from trainer.errors import UserError
+from trainer.experiment import Experiment
 from trainer.strategy import distribute_dataset, make_strategy
 
 CLASSES = ("ant", "bee", "cow")
@@ -129,6 +131,35 @@ def test_folder_resume_at_step_equals_tail(tmp_path, start_step):
     full = _batches(source, 4, 9)
     tail = _batches(source, 4, 9 - start_step, start_step=start_step)
     assert _same(full[start_step:], tail)
+
+
+def _run(root, model_dir, train_steps):
+    config = _config(
+        root,
+        model_dir=str(model_dir),
+        cache="none",
+        image_size=8,
+        global_batch_size=4,
+        train_steps=train_steps,
+        first_cycle_steps=2,
+        steps_per_loop=2,
+        checkpoint_every_steps=3,
+        progress=False,
+    )
+    experiment = Experiment(config, make_strategy("one_device"), model_fn=tiny_model).build()
+    experiment.restore()
+    experiment.train()
+    return experiment
+
+
+def test_streaming_folder_run_interrupted_and_resumed_equals_straight_through(tmp_path):
+    root = _write_folder(tmp_path / "data")
+    straight = _run(root, tmp_path / "straight", 7)
+    _run(root, tmp_path / "resumed", 5)  # stops mid-epoch (3 steps an epoch), checkpoint at 5
+    resumed = _run(root, tmp_path / "resumed", 7)
+    assert int(resumed.optimizer.iterations.numpy()) == 7
+    for a, b in zip(straight.model.weights, resumed.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 # Per-worker shares -----------------------------------------------------------------------------
