@@ -140,19 +140,138 @@ def plot(records: list[dict], setting: str, regime: str, path: str) -> str | Non
     return path
 
 
+HEADLINE_ROWS = ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "fine_tune", "diff_lr_sgdr+swa")
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+HEAD_BEGIN, HEAD_END = "<!-- headline:begin -->", "<!-- headline:end -->"
+
+
+def _columns(summary):
+    order = {"near": 0, "cross": 1}
+    return sorted(summary, key=lambda k: (order.get(k[0], 9), k[1] != "10/class", k[1]))
+
+
+def headline(summary: dict) -> str:
+    """Rows x (setting, regime): mean +- std test accuracy; the best of each column in bold."""
+    columns = _columns(summary)
+    head = " | ".join(f"{s}, {r}" for s, r in columns)
+    lines = [f"| Recipe | {head} |", "|---" * (len(columns) + 1) + "|"]
+    for row in HEADLINE_ROWS:
+        cells = []
+        for key in columns:
+            v = summary[key].get(row)
+            if v is None:
+                cells.append("-")
+                continue
+            best = max(x["mean"] for r, x in summary[key].items() if r in HEADLINE_ROWS)
+            cell = f"{v['mean']:.3f} ± {v['std']:.3f}"
+            cells.append(f"**{cell}**" if v["mean"] == best else cell)
+        title = study.ROW_TITLES.get(row, row)
+        lines.append(f"| {title} | {' | '.join(cells)} |")
+    seeds = sorted({v["n"] for key in columns for v in summary[key].values()})
+    seed_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    lines.append("")
+    lines.append(
+        f"Test accuracy, mean ± std over {seed_text} seeds; the best of each column in bold. "
+        "Full tables, flags and wall times: [EXPERIMENTS.md](EXPERIMENTS.md)."
+    )
+    return "\n".join(lines)
+
+
+def headline_plot(summary: dict, path: str) -> str:
+    """One panel per (setting, regime): each row's mean test accuracy with its std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = _columns(summary)
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 4.2), sharey=True)
+    axes = axes if len(columns) > 1 else [axes]
+    rows = _order({r for key in columns for r in summary[key]})
+    labels = [study.ROW_TITLES.get(r, r).split(" (")[0] for r in rows]
+    for ax, key in zip(axes, columns):
+        means = [summary[key].get(r, {}).get("mean", float("nan")) for r in rows]
+        stds = [summary[key].get(r, {}).get("std", 0.0) for r in rows]
+        colors = ["tab:orange" if r.startswith("diff_lr") else "tab:blue" for r in rows]
+        ax.barh(range(len(rows)), means, xerr=stds, color=colors, alpha=0.8)
+        finite = [m for m in means if m == m]
+        ax.set_xlim(max(0.0, min(finite) - 0.05), 1.0)
+        ax.set_title(f"{key[0]}, {key[1]}", fontsize=9)
+        ax.set_xlabel("test accuracy")
+    axes[0].set_yticks(range(len(rows)), labels, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle("Transfer study: mean ± std over seeds (orange: differential learning rates)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
+    parts = []
+    for setting, regime in _columns(summary):
+        rows = summary[(setting, regime)]
+        any_row = next(iter(rows.values()))
+        title = study.SETTINGS[setting].title
+        parts.append(f"### {title}, {regime}\n")
+        parts.append(
+            f"{any_row['steps']} steps of {study.BATCH} for every row (the fine_tune recipe: "
+            f"1/7 head only, then all); CPU: {any_row['cpu']}.\n"
+        )
+        parts.append(format_table(rows))
+        name = f"{setting}_{regime.replace('/', '_per_')}.png"
+        if plot(records, setting, regime, os.path.join(figures, name)):
+            parts.append(
+                f"\n![{setting}, {regime}: training loss and learning rates]({figures}/{name})\n"
+            )
+        flags = "\n".join(
+            f"- `{row}`: `{' '.join(_shown(rows[row]['flags']))}`"
+            for row in _order(r for r in rows if "+" not in r)
+        )
+        parts.append(
+            f"<details><summary>Flags of each row (seed 0)</summary>\n\n{flags}\n\n</details>\n"
+        )
+    return "\n".join(parts)
+
+
+def _shown(flags: list[str]) -> list[str]:
+    return [a for a in flags if not a.startswith(("--model_dir", "--noprogress"))]
+
+
+def _replace_block(path: str, begin: str, end: str, text: str) -> None:
+    with open(path) as f:
+        content = f.read()
+    if begin not in content or end not in content:
+        raise SystemExit(f"report: {path} lacks the markers {begin} ... {end}")
+    head, rest = content.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path, "w") as f:
+        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", default="experiments/results")
     parser.add_argument("--out", default="EXPERIMENTS.md")
+    parser.add_argument("--readme", default="README.md", help="its headline block is updated")
     parser.add_argument("--figures", default=FIGURES)
     args = parser.parse_args(argv)
     records = load(args.results)
+    if not records:
+        raise SystemExit(f"report: no results in {args.results}/runs")
     summary = summarize(records)
-    for (setting, regime), rows in sorted(summary.items()):
-        print(f"\n## {setting}, {regime}\n")
-        print(format_table(rows))
-        name = f"{setting}_{regime.replace('/', '_per_')}.png"
-        plot(records, setting, regime, os.path.join(args.figures, name))
+    table = headline(summary)
+    figure = headline_plot(summary, os.path.join(args.figures, "headline.png"))
+    body = f"{table}\n\n![The study at a glance]({figure})\n\n" + results_markdown(
+        records, summary, args.figures
+    )
+    _replace_block(args.out, BEGIN, END, body)
+    if args.readme:
+        _replace_block(
+            args.readme, HEAD_BEGIN, HEAD_END, f"{table}\n\n![The study at a glance]({figure})"
+        )
+    print(table)
     return 0
 
 
