@@ -11,4 +11,5 @@ NAMES = (
     "replicas",
     "checkpoint",
     "runtime",
+    "data",
 )

@@ -1,6 +1,9 @@
 """One benchmark training run in a fresh process: start-up time and peak memory.
 
-    python3 bench/child.py trainer|fit MODEL BATCH STEPS LAUNCHED_AT
+    python3 bench/child.py trainer|fit MODEL BATCH STEPS LAUNCHED_AT [DATASET CACHE SIZE]
+
+DATASET, CACHE and SIZE (optional, e.g. folder:/tmp/f none 32) train on that dataset with
+that --cache and --image_size and --augment, instead of the synthetic set.
 
 Prints one JSON line: `first_step_sec` (from LAUNCHED_AT, the parent's time.time() just
 before it started this process, to the end of the first training step: interpreter start,
@@ -37,7 +40,11 @@ def main(argv) -> int:
     runtime.configure(quiet=True)
     from bench import workloads
 
-    config = workloads.make_config(model, batch, examples=steps * batch)
+    overrides = {}
+    if len(argv) > 6:
+        dataset, cache, size = argv[6:9]
+        overrides = dict(dataset=dataset, cache=cache, image_size=int(size), augment=True)
+    config = workloads.make_config(model, batch, examples=steps * batch, **overrides)
     if side == "trainer":
         runner = workloads.Trainer(config)
     elif side == "fit":
