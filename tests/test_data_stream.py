@@ -259,8 +259,10 @@ def test_center_crop_takes_the_centered_fraction():
         (dict(cache="disk"), "--cache=disk: must be one of auto, memory, none"),
         (dict(eval_crop=0.0), r"--eval_crop=0.0: must be in \(0, 1\]"),
         (dict(eval_crop=1.5), r"--eval_crop=1.5: must be in \(0, 1\]"),
+        (dict(cache="none", dataset="cifar10"), "--cache=none: not supported for TFDS"),
     ],
 )
 def test_bad_cache_or_eval_crop_is_a_user_error(tmp_path, change, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as error:
         data.load(_config(tmp_path, **change))
+    assert "\n" not in str(error.value)

@@ -130,10 +130,10 @@ def _define_data(fv):
         ["auto", "memory", "none"],
         "Where images live: memory (a split is read into memory at start-up: decoded, or "
         "encoded bytes when shapes vary), none (folder: only the sorted file list is kept and "
-        "each image is read when its step needs it; TFDS: read without materializing), or "
-        "auto (memory when a split's decoded pixels fit 1 GiB, else none). Arrays (npz:, "
-        "idx:, sklearn_digits) and synthetic data are always in memory. Results are the same "
-        "either way. See docs/DATA.md.",
+        "each image is read when its step needs it), or auto (folder: memory when a split's "
+        "decoded pixels fit 1 GiB, else none). TFDS datasets load into memory (auto or "
+        "memory); arrays (npz:, idx:, sklearn_digits) and synthetic data are always in "
+        "memory. Batches are the same either way. See docs/DATA.md.",
         flag_values=fv,
     )
     flags.DEFINE_float(

@@ -200,6 +200,11 @@ def _load_split(config: Config, split: str, synthetic_size: int, class_names) ->
     if dataset.startswith("folder:"):
         root = dataset[len("folder:") :]
         return sources.folder_split(root, split, class_names, config.skip_corrupt, config.cache)
+    if config.cache == "none":
+        raise UserError(
+            f"--cache=none: not supported for TFDS datasets yet (--dataset={dataset}); "
+            "use --cache=auto or memory, or export the images to a folder: dataset"
+        )
     return sources.tfds_split(dataset, config.data_dir, split)
 
 
