@@ -55,10 +55,29 @@ def _run(*args, timeout=240, env=None):
     )
 
 
+FIND = ["--lr_find_steps=30", "--lr_find_start=1e-5"]
+
+
+def _tiny_without(*names):
+    return [a for a in TINY if not any(a.startswith(f"--{n}=") for n in names)]
+
+
 def test_end_to_end_writes_everything(tmp_path):
+    # One run checks everything a training run writes, and --max_lr=auto (an LR range test
+    # before training): each run_train.py process pays TensorFlow's start-up again.
     model_dir = tmp_path / "run"
-    result = _run(f"--model_dir={model_dir}", "--train_steps=8", "--snapshot_at_restarts", *TINY)
+    command = [f"--model_dir={model_dir}", "--max_lr=auto", *FIND, *_tiny_without("max_lr")]
+    result = _run(*command, "--train_steps=8", "--snapshot_at_restarts")
     assert result.returncode == 0, result.stderr[-3000:]
+    # --max_lr=auto trained at the range test's valley and recorded the number.
+    chosen = re.search(r"^--max_lr=auto: training at --max_lr=(\S+)$", result.stdout, re.M)
+    assert chosen, result.stdout
+    flags_txt = (model_dir / "flags.txt").read_text()
+    value = float(re.search(r"^--max_lr=(\S+)$", flags_txt, re.M).group(1))
+    assert value == pytest.approx(float(chosen.group(1)), rel=1e-3)
+    assert value == pytest.approx(
+        json.loads((model_dir / "lr_find.json").read_text())["suggestions"]["valley"]
+    )
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["step"] == 8
     assert 0.0 <= metrics["final"]["accuracy"] <= 1.0
@@ -88,7 +107,7 @@ def test_end_to_end_writes_everything(tmp_path):
 
     # The same command again: the run is complete; nothing trains, nothing is rewritten.
     exported = (model_dir / "export" / "model.keras").stat().st_mtime_ns
-    same = _run(f"--model_dir={model_dir}", "--train_steps=8", *TINY)
+    same = _run(*command, "--train_steps=8")
     assert same.returncode == 0, same.stderr[-3000:]
     assert "complete at step 8" in same.stderr
     assert (model_dir / "export" / "model.keras").stat().st_mtime_ns == exported
@@ -96,7 +115,7 @@ def test_end_to_end_writes_everything(tmp_path):
 
     # Run again with more steps: it resumes from step 8 by itself.
     shutil.rmtree(model_dir / "export" / "saved_model")  # an incomplete export is rewritten
-    again = _run(f"--model_dir={model_dir}", "--train_steps=10", *TINY)
+    again = _run(*command, "--train_steps=10")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "step 8" in again.stderr.lower() or "step=8" in again.stderr.lower(), again.stderr
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -219,13 +238,9 @@ def test_non_finite_loss_stops_with_exit_1(tmp_path):
     assert "step" in result.stderr and "non-finite" in result.stderr.lower()
 
 
-def _tiny_without(*names):
-    return [a for a in TINY if not any(a.startswith(f"--{n}=") for n in names)]
-
-
-def test_lr_find_alone_and_max_lr_auto_end_to_end(tmp_path):
-    find = ["--lr_find_steps=30", "--lr_find_start=1e-5"]
-    alone = _run(f"--model_dir={tmp_path / 'find'}", "--lr_find", *find, *TINY)
+def test_lr_find_alone_end_to_end(tmp_path):
+    # --max_lr=auto end to end: test_end_to_end_writes_everything.
+    alone = _run(f"--model_dir={tmp_path / 'find'}", "--lr_find", *FIND, *TINY)
     assert alone.returncode == 0, alone.stderr
     line = re.search(r"^suggested --max_lr=(\S+) \(valley;", alone.stdout, re.M)
     assert line, alone.stdout
@@ -233,22 +248,3 @@ def test_lr_find_alone_and_max_lr_auto_end_to_end(tmp_path):
     assert record["suggestions"]["valley"] == pytest.approx(float(line.group(1)), rel=1e-2)
     assert (tmp_path / "find" / "lr_find.png").exists()
     assert not (tmp_path / "find" / "ckpt").exists()  # the test alone trains nothing
-
-    auto_dir = tmp_path / "auto"
-    auto = _run(
-        f"--model_dir={auto_dir}",
-        "--train_steps=4",
-        "--max_lr=auto",
-        *find,
-        *_tiny_without("max_lr"),
-    )
-    assert auto.returncode == 0, auto.stderr
-    chosen = re.search(r"^--max_lr=auto: training at --max_lr=(\S+)$", auto.stdout, re.M)
-    assert chosen, auto.stdout
-    flags_txt = (auto_dir / "flags.txt").read_text()
-    value = float(re.search(r"^--max_lr=(\S+)$", flags_txt, re.M).group(1))
-    assert value == pytest.approx(float(chosen.group(1)), rel=1e-3)
-    assert value == pytest.approx(
-        json.loads((auto_dir / "lr_find.json").read_text())["suggestions"]["valley"]
-    )
-    assert json.loads((auto_dir / "metrics.json").read_text())["step"] == 4
