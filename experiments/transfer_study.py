@@ -24,9 +24,11 @@ peak learning rate and seeds. See `ROWS` for the rows and why each has the flags
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -303,6 +305,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fashion_mnist", default=data_lib.FASHION_MNIST_DIR)
     parser.add_argument("--rows", default="", help="comma-separated subset of rows")
     parser.add_argument("--rerun", action="store_true", help="repeat runs that have results")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes working through the runs together (each claims a run before it "
+        "starts it); 2 keeps both cores busy while the other traces its model",
+    )
     args = parser.parse_args(argv)
     if not os.path.isdir(args.fashion_mnist):
         sys.stderr.write(
@@ -320,10 +329,22 @@ def main(argv=None) -> int:
     out = os.path.join(args.out, "runs")
     os.makedirs(out, exist_ok=True)
     data_dir = os.path.join(args.work, "data")
+    if args.rerun:
+        for run in runs:
+            for suffix in (".json", ".claim"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(out, run.name + suffix))
+    helpers = [
+        subprocess.Popen([sys.executable, "-m", "experiments.transfer_study", *_without_jobs(argv)])
+        for _ in range(args.jobs - 1)
+    ]
     started = time.time()
     for i, run in enumerate(runs):
         path = os.path.join(out, f"{run.name}.json")
-        if os.path.exists(path) and not args.rerun:
+        if os.path.exists(path) or not _claim(path):
+            continue
+        if os.path.exists(path):  # finished by another process just before the claim
+            os.remove(path[: -len(".json")] + ".claim")
             continue
         argv = flags_of(run, data_dir, args.work, args.fashion_mnist)
         record = execute(run, argv)
@@ -332,13 +353,47 @@ def main(argv=None) -> int:
         with open(tmp, "w") as f:
             json.dump(record, f)
         os.replace(tmp, path)
+        os.remove(path[: -len(".json")] + ".claim")
         elapsed = time.time() - started
         print(
             f"[{i + 1}/{len(runs)} {elapsed / 60:.1f} min] {run.name}: "
             f"accuracy {record['accuracy']:.4f}  {record['wall_time_sec']:.0f} s",
             flush=True,
         )
-    return 0
+    return max([0] + [h.wait() for h in helpers])
+
+
+def _without_jobs(argv) -> list[str]:
+    argv = sys.argv[1:] if argv is None else argv
+    return [a for a in argv if not a.startswith("--jobs") and a != "--rerun"]
+
+
+def _claim(result_path: str) -> bool:
+    """Takes the run for this process: True unless a live process has claimed it.
+
+    The claim file holds the claiming pid; a claim by a process that no longer runs (a killed
+    study) is taken over.
+    """
+    claim = result_path[: -len(".json")] + ".claim"
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(claim) as f:
+                    pid = int(f.read().strip() or 0)
+                os.kill(pid, 0)
+                return False  # a live process runs it
+            except (ProcessLookupError, ValueError):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(claim)  # stale: its process is gone
+                continue
+            except FileNotFoundError:
+                continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
 
 
 def _cpu_model() -> str:
