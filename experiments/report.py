@@ -116,22 +116,23 @@ def plot(records: list[dict], setting: str, regime: str, path: str) -> str | Non
     if not rows:
         return None
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 4))
-    for row in rows:
-        scalars = chosen[row]["scalars"]
+    for color, row in enumerate(rows):
+        scalars, total = chosen[row]["scalars"], chosen[row]["steps"]
         steps, losses = zip(*scalars.get("loss", [[0, float("nan")]]))
-        ax_loss.plot(steps, losses, label=study.ROW_TITLES[row].split(" (")[0])
-        segments = sorted(k for k in scalars if k.startswith("lr/segment_"))
-        line = None
+        ax_loss.plot(steps, losses, color=f"C{color}", label=SHORT_TITLES[row])
+        segments = sorted(
+            (k for k in scalars if k.startswith("lr/segment_")), key=lambda k: int(k.split("_")[-1])
+        )
         for i, key in enumerate((segments[0], segments[-1]) if segments else ()):
-            s, lr = zip(*scalars[key])
-            style = "-" if i else ":"
-            color = line.get_color() if line is not None else None
-            (line,) = ax_lr.plot(s, lr, style, color=color, label=None if i == 0 else row)
+            # The rate logged at step s is the next step's; the one at the end is never used.
+            s, lr = zip(*[(a, b) for a, b in scalars[key] if a < total])
+            label = SHORT_TITLES[row] if i else None
+            ax_lr.plot(s, lr, "-" if i else ":", color=f"C{color}", label=label)
     ax_loss.set(xlabel="step", ylabel="training loss (mean per logged interval)", yscale="log")
     ax_loss.set_title(f"{setting}, {regime}: training loss (seed 0)")
     ax_loss.legend(fontsize=7)
     ax_lr.set(xlabel="step", ylabel="learning rate", yscale="log")
-    ax_lr.set_title("learning rate: head (solid), first segment (dotted)")
+    ax_lr.set_title("learning rate: head (solid), first layers (dotted)")
     ax_lr.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -140,6 +141,18 @@ def plot(records: list[dict], setting: str, regime: str, path: str) -> str | Non
     return path
 
 
+SHORT_TITLES = {
+    "scratch": "from scratch",
+    "head_only": "head only",
+    "one_lr_constant": "one rate, constant",
+    "one_lr_sgdr": "one rate, SGDR",
+    "diff_lr_sgdr": "differential, SGDR",
+    "layer_decay_sgdr": "layer decay, SGDR",
+    "fine_tune": "fine_tune recipe",
+    "diff_lr_sgdr_auto": "differential, auto lr",
+    "diff_lr_sgdr+swa": "differential + SWA",
+    "diff_lr_sgdr+ensemble": "differential + ensemble",
+}
 HEADLINE_ROWS = ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "fine_tune", "diff_lr_sgdr+swa")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEAD_BEGIN, HEAD_END = "<!-- headline:begin -->", "<!-- headline:end -->"
@@ -188,7 +201,7 @@ def headline_plot(summary: dict, path: str) -> str:
     fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 4.2), sharey=True)
     axes = axes if len(columns) > 1 else [axes]
     rows = _order({r for key in columns for r in summary[key]})
-    labels = [study.ROW_TITLES.get(r, r).split(" (")[0] for r in rows]
+    labels = [SHORT_TITLES.get(r, r) for r in rows]
     for ax, key in zip(axes, columns):
         means = [summary[key].get(r, {}).get("mean", float("nan")) for r in rows]
         stds = [summary[key].get(r, {}).get("std", 0.0) for r in rows]
