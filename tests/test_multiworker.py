@@ -15,40 +15,77 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     """
-    import os, sys
+    import json, sys
     sys.path.insert(0, {root!r})
-    import keras, numpy as np
-    from trainer.config import Config
+    import numpy as np
+    from tests.test_multiworker import run_config, tiny_model
     from trainer.experiment import Experiment
     from trainer.strategy import make_strategy, is_chief
 
-    def tiny_model(num_classes):
-        return keras.Sequential([
-            keras.Input((8, 8, 3)),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(4, 3, name="conv"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(num_classes, name="head"),
-        ])
-
-    config = Config(
-        model_dir=sys.argv[1], image_size=8, synthetic_train_size=64, synthetic_test_size=20,
-        global_batch_size=16, train_steps=6, optimizer="adam", max_lr=0.01,
-        first_cycle_steps=2, split_at=("head",), lr_mults=(0.1, 1.0), steps_per_loop=4,
-        checkpoint_every_steps=3, progress=False, strategy=sys.argv[2],
-    )
+    config = run_config(sys.argv[1], sys.argv[2])
     strategy = make_strategy(config.strategy)
     experiment = Experiment(config, strategy, model_fn=tiny_model).build()
+    experiment.interpret = lambda: {{}}  # plots are tested in test_experiment
     experiment.restore()
     metrics = experiment.train()
     out = sys.argv[3]
     np.savez(out, *[v.numpy() for v in experiment.model.weights])
     with open(out + ".json", "w") as f:
-        import json
         json.dump({{"metrics": metrics, "chief": is_chief(strategy),
                    "replicas": strategy.num_replicas_in_sync}}, f)
     """
 )
+
+
+def tiny_model(num_classes):
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(num_classes, name="head"),
+        ]
+    )
+
+
+def run_config(model_dir, strategy):
+    """The run of the workers and of the one-device reference (module: no TensorFlow import)."""
+    from trainer.config import Config
+
+    return Config(
+        model_dir=model_dir,
+        image_size=8,
+        synthetic_train_size=64,
+        synthetic_test_size=20,
+        global_batch_size=16,
+        train_steps=6,
+        optimizer="adam",
+        max_lr=0.01,
+        first_cycle_steps=2,
+        split_at=("head",),
+        lr_mults=(0.1, 1.0),
+        steps_per_loop=4,
+        checkpoint_every_steps=3,
+        progress=False,
+        strategy=strategy,
+    )
+
+
+def _one_device(model_dir):
+    """The reference: the same run on one device, in this process (its device is /cpu:0)."""
+    from trainer.experiment import Experiment
+    from trainer.strategy import make_strategy
+
+    experiment = Experiment(
+        run_config(str(model_dir), "one_device"), make_strategy("one_device"), model_fn=tiny_model
+    ).build()
+    experiment.interpret = lambda: {}
+    experiment.restore()
+    metrics = experiment.train()
+    return [v.numpy() for v in experiment.model.weights], {"metrics": metrics}
 
 
 def _free_ports(n):
@@ -75,7 +112,8 @@ def _load(path):
     return weights, json.loads(Path(str(path) + ".json").read_text())
 
 
-# Generous subprocess timeouts (240 s each) bound it; it takes ~15 s on 2 cores.
+# Generous subprocess timeouts (240 s each) bound it; it takes ~15 s on 2 cores. The two
+# workers are processes (one cluster of two tasks); the one-device reference runs in-process.
 def test_two_workers_match_one_process(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(SCRIPT.format(root=str(ROOT)))
@@ -99,24 +137,12 @@ def test_two_workers_match_one_process(tmp_path):
                 text=True,
             )
         )
-    single = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(tmp_path / "one"),
-            "one_device",
-            str(tmp_path / "one.npz"),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    ref, r_ref = _one_device(tmp_path / "one")  # while the workers start
     for proc in procs:
         out, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0, out[-3000:]
-    (w0, r0), (w1, r1), (ref, r_ref) = (_load(tmp_path / f"{n}.npz") for n in ("w0", "w1", "one"))
+    (w0, r0), (w1, r1) = (_load(tmp_path / f"{n}.npz") for n in ("w0", "w1"))
+    assert len(w0) == len(w1) == len(ref)
     assert r0["replicas"] == 2 and r0["chief"] and not r1["chief"]
     for a, b, c in zip(w0, w1, ref):
         np.testing.assert_array_equal(a, b)  # workers agree exactly
