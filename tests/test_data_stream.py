@@ -1,4 +1,5 @@
-"""Data of any size: folders read on demand, per-worker shares, cache policy, full resolution.
+"""Data of any size: folders and TFDS read on demand, per-worker shares, cache policy, full
+resolution.
 
 Tiny generated images; every assertion is on real TensorFlow pipelines.
 """
@@ -6,6 +7,7 @@ Tiny generated images; every assertion is on real TensorFlow pipelines.
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from tests.tiny import tiny_model
@@ -162,6 +164,105 @@ def test_streaming_folder_run_interrupted_and_resumed_equals_straight_through(tm
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+# TFDS read on demand --------------------------------------------------------------------------
+
+
+class LrtechTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A real TFDS dataset of 13 train and 5 test random 8x10 images, prepared in a tmp dir."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None  # no checksums or metadata files beside this test module
+
+    def _info(self):
+        features = {
+            "image": tfds.features.Image(shape=(8, 10, 3)),
+            "label": tfds.features.ClassLabel(names=CLASSES),
+        }
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(13, 0), "test": self._generate_examples(5, 1)}
+
+    def _generate_examples(self, n, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            image = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+            yield i, {"image": image, "label": (i * 7 + seed) % 3}
+
+
+@pytest.fixture(scope="module")
+def tfds_dirs(tmp_path_factory):
+    """{file format: data_dir} of the tiny dataset prepared as ArrayRecord and as TFRecord."""
+    dirs = {}
+    for file_format in ("array_record", "tfrecord"):
+        data_dir = str(tmp_path_factory.mktemp(file_format))
+        builder = LrtechTinyImages(data_dir=data_dir, file_format=file_format)
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+        dirs[file_format] = data_dir
+    return dirs
+
+
+def _tfds_config(data_dir, **changes):
+    return _config("", dataset="lrtech_tiny_images", data_dir=data_dir, image_size=8, **changes)
+
+
+def test_tfds_random_access_keeps_labels_only_and_equals_memory(tfds_dirs):
+    loads = [
+        data.load(_tfds_config(tfds_dirs["array_record"], cache=c)) for c in ("memory", "none")
+    ]
+    memory, none = loads
+    assert memory._train.images.shape == (13, 8, 10, 3) and memory._train.source is None
+    assert none._train.images is None and none._train.source is not None
+    assert none.nbytes == (13 + 5) * 4  # the int32 labels: no image in memory
+    np.testing.assert_array_equal(none._train.labels, memory._train.labels)
+    # TFDS shuffles the examples when preparing; the class counts are the generator's.
+    np.testing.assert_array_equal(np.bincount(none._train.labels), [5, 4, 4])
+    train = [_batches(source, 4, 7, start_step=2) for source in loads]
+    assert _same(*train)
+    evals = [list(source.eval_dataset(2).as_numpy_iterator()) for source in loads]
+    assert [len(b[1]) for b in evals[1]] == [2, 2, 1] and _same(*evals)
+    # The order is the index stream's: batch 0 is the training split at the first indices.
+    first = next(iter(none.train_indices(4)))
+    assert int(first[2]) in range(13)
+
+
+@pytest.mark.parametrize("start_step", [1, 4])
+def test_tfds_random_access_resume_at_step_equals_tail(tfds_dirs, start_step):
+    source = data.load(_tfds_config(tfds_dirs["array_record"], cache="none"))
+    full = _batches(source, 4, 7)
+    assert not np.array_equal(full[0][0], full[3][0])  # augmented, epochs differ
+    tail = _batches(source, 4, 7 - start_step, start_step=start_step)
+    assert _same(full[start_step:], tail)
+
+
+def test_tfds_auto_reads_on_demand_above_the_budget(tfds_dirs, monkeypatch):
+    config = _tfds_config(tfds_dirs["array_record"])
+    assert data.load(config)._train.images is not None  # 13 * 240 bytes: in memory
+    monkeypatch.setattr(data.sources, "CACHE_BUDGET_BYTES", 1000)
+    assert data.load(config).nbytes == (13 + 5) * 4
+
+
+@pytest.mark.parametrize(
+    "cache,why", [("none", ""), ("auto", "does not fit the cache budget and ")]
+)
+def test_tfds_without_random_access_is_one_line_above_memory(tfds_dirs, monkeypatch, cache, why):
+    config = _tfds_config(tfds_dirs["tfrecord"], cache=cache)
+    monkeypatch.setattr(data.sources, "CACHE_BUDGET_BYTES", 1000)
+    with pytest.raises(UserError) as error:
+        data.load(config)
+    assert str(error.value) == (
+        f"--cache={cache}: --dataset=lrtech_tiny_images {why}is prepared as tfrecord, without "
+        "random access; for data larger than memory prepare it as ArrayRecord "
+        "(`tfds build lrtech_tiny_images --file_format=array_record`) or pass --cache=memory"
+    )
+    held = data.load(_tfds_config(tfds_dirs["tfrecord"], cache="memory"))
+    assert held._train.images.shape == (13, 8, 10, 3)
+
+
 # Per-worker shares -----------------------------------------------------------------------------
 
 
@@ -259,10 +360,10 @@ def test_center_crop_takes_the_centered_fraction():
         (dict(cache="disk"), "--cache=disk: must be one of auto, memory, none"),
         (dict(eval_crop=0.0), r"--eval_crop=0.0: must be in \(0, 1\]"),
         (dict(eval_crop=1.5), r"--eval_crop=1.5: must be in \(0, 1\]"),
-        (dict(cache="none", dataset="cifar10"), "--cache=none: not supported for TFDS"),
+        (dict(cache="none", dataset="cifar10"), "--dataset=cifar10: not prepared in"),
     ],
 )
 def test_bad_cache_or_eval_crop_is_a_user_error(tmp_path, change, message):
     with pytest.raises(UserError, match=message) as error:
-        data.load(_config(tmp_path, **change))
+        data.load(_config(tmp_path, data_dir=str(tmp_path), **change))
     assert "\n" not in str(error.value)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import experiment, predict, runtime
-from trainer.data import pipeline, sources
+from trainer import checkpoints, experiment, predict, runtime
+from trainer.config import Config
+from trainer.data import arrays, pipeline, sources
 from trainer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +128,38 @@ def _expected_probs(model_path, files):
 def test_constants_match_the_modules_they_copy():
     assert predict.IMAGE_EXTENSIONS == sources.IMAGE_EXTENSIONS
     assert predict.EXPORT_DIR == experiment.EXPORT_DIR
+    assert predict.CONFIG_FILE == checkpoints.CONFIG_FILE
+    assert predict.DEFAULT_EVAL_CROP == Config(model_dir="x").eval_crop
+    for dataset in ("npz:a", "idx:b", "sklearn_digits", "synthetic", "synthetic:4", "cifar10"):
+        held_decoded = dataset.startswith("synthetic") or arrays.is_spec(dataset)
+        assert predict.evaluates_encoded(dataset) is not held_decoded
+
+
+def test_full_resolution_predict_equals_the_model_on_the_eval_pipeline(tmp_path):
+    """At --image_size >= 128 predict center-crops --eval_crop from config.json, as eval does."""
+    size, crop = 128, 0.5
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    head = keras.layers.Dense(3)
+    model = keras.Model(inputs, head(x))
+    head.set_weights([10 * np.eye(3, dtype=np.float32), np.zeros(3, np.float32)])
+    _write_export(tmp_path / "run", model, {"class_names": CLASSES, "image_size": size})
+    full = {"dataset": "folder:/data", "eval_crop": crop, "image_size": size}
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"full": full}))
+    pixels = _pixels(150, 200, 2, 7)
+    pixels[:, :50] = [255, 0, 0]  # a red left band: outside the centered half
+    jpeg = tf.io.encode_jpeg(pixels, quality=90).numpy()
+    (tmp_path / "photo.jpg").write_bytes(jpeg)
+    results = predict.predict(tmp_path / "run", [tmp_path / "photo.jpg"], top_k=3)
+    split = sources.Split(
+        np.array([jpeg], dtype=object), np.zeros(1, np.int32), True, (), (None,) * 2 + (3,)
+    )
+    views = [pipeline.as_numpy(split, image_size=size, eval_crop=c)[0] for c in (crop, 1.0)]
+    expected, uncropped = (tf.nn.softmax(model(v)).numpy()[0] for v in views)
+    got = dict(results[0][1])
+    np.testing.assert_allclose([got[c] for c in CLASSES], expected, rtol=1e-5, atol=1e-7)
+    assert results[0][1][0][0] == "c"  # blue-dominant crop
+    assert abs(got["a"] - uncropped[0]) > 0.01  # the crop left out the red band
 
 
 def test_find_images_recursive_sorted_and_checked(setup, tmp_path):

@@ -6,10 +6,13 @@
 DIR is a `run_train.py --model_dir`; its export/ holds model.keras (built-in Keras layers,
 float32 RGB pixels in [0, 255] in, logits out) and labels.json (class names, image size).
 Folders are searched recursively for .jpg .jpeg .png .bmp .gif files (any case), in sorted
-order. Each image is fed exactly as training's evaluation fed encoded images
-(`trainer.data.pipeline`): decoded to RGB, resized to image_size x image_size with
-antialiasing, clipped to [0, 255]. One line per image: the path, then the top-k class names
-with their probabilities (softmax of the logits). `--output` also writes them as CSV.
+order. Each image is fed exactly as training's evaluation feeds encoded images, by the same
+function (`trainer.data.images.eval_view`): at image_size >= 128 the centered square of side
+eval_crop x the shorter side (eval_crop from DIR/config.json, 0.875 without it), resized
+bilinearly; below 128, or for a run trained on arrays or synthetic data (held decoded), the
+whole image resized with antialiasing; clipped to [0, 255]. One line per image: the path, then
+the top-k class names with their probabilities (softmax of the logits). `--output` also writes
+them as CSV.
 
 Exit codes: 0 done; 2 bad input (one line on stderr naming the flag, file or value: a missing
 path or export, an unreadable image without --skip_corrupt).
@@ -35,6 +38,12 @@ from trainer.errors import UserError
 # before the slow TensorFlow import (tests/test_predict.py keeps the copies equal).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 EXPORT_DIR = "export"
+# trainer.checkpoints.CONFIG_FILE and the dataset specs held as decoded arrays
+# (trainer.data.arrays.is_spec, synthetic), copied for the same reason.
+CONFIG_FILE = "config.json"
+DECODED_PREFIXES = ("npz:", "idx:", "synthetic:")
+DECODED_NAMES = ("sklearn_digits", "synthetic")
+DEFAULT_EVAL_CROP = 0.875
 MAX_BATCH_SIZE = 65536
 
 
@@ -45,6 +54,8 @@ class Export:
     model: object
     class_names: tuple[str, ...]
     image_size: int
+    eval_crop: float = DEFAULT_EVAL_CROP  # the run's --eval_crop
+    encoded: bool = True  # False: the run evaluated decoded arrays (never center-cropped)
 
 
 def find_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -127,6 +138,34 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
+def read_eval_view(model_dir: str) -> tuple[float, bool]:
+    """(eval_crop, encoded) of the run's evaluation view, from model_dir/config.json.
+
+    Without config.json (an export copied alone): the defaults, (0.875, True).
+
+    Raises:
+        UserError: config.json unreadable, or its eval_crop not in (0, 1].
+    """
+    path = os.path.join(os.fspath(model_dir), CONFIG_FILE)
+    if not os.path.isfile(path):
+        return DEFAULT_EVAL_CROP, True
+    try:
+        with open(path, encoding="utf-8") as f:
+            full = json.load(f).get("full", {})
+        crop = full.get("eval_crop", DEFAULT_EVAL_CROP)
+        dataset = str(full.get("dataset", ""))
+        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+            raise ValueError(f"eval_crop={crop!r} is not in (0, 1]")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: unreadable ({_one_line(e)})") from None
+    return float(crop), evaluates_encoded(dataset)
+
+
+def evaluates_encoded(dataset: str) -> bool:
+    """Whether a run on `dataset` (--dataset) evaluated encoded images, not decoded arrays."""
+    return not (dataset.startswith(DECODED_PREFIXES) or dataset in DECODED_NAMES)
+
+
 def load_export(model_dir: str) -> Export:
     """Loads export/model.keras with plain Keras and export/labels.json, and checks they fit.
 
@@ -135,6 +174,7 @@ def load_export(model_dir: str) -> Export:
             size or number of outputs disagrees with labels.json.
     """
     labels = read_labels(model_dir)
+    eval_crop, encoded = read_eval_view(model_dir)
     model_path = os.path.join(os.fspath(model_dir), EXPORT_DIR, "model.keras")
     runtime.import_tensorflow()
     import keras
@@ -156,23 +196,22 @@ def load_export(model_dir: str) -> Export:
             f"{model_path}: outputs {output_shape[-1]} classes but labels.json names "
             f"{len(names)}; {_REWRITE}"
         )
-    return Export(model, names, size)
+    return Export(model, names, size, eval_crop, encoded)
 
 
-def preprocess(encoded, image_size: int):
+def preprocess(contents, image_size: int, eval_crop=DEFAULT_EVAL_CROP, encoded: bool = True):
     """Encoded image bytes -> float32 [S, S, 3] RGB in [0, 255], as training evaluates.
 
-    The same ops as `trainer.data.pipeline`'s loader for encoded images (the first frame of
-    an animated GIF; any input size, resized with antialiasing, also when already S x S).
+    `trainer.data.images.eval_view`, the function of the evaluation pipeline (the first frame
+    of an animated GIF; any input size): `encoded` False for a run trained on decoded arrays.
     """
-    tf = runtime.import_tensorflow()
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    image = tf.image.resize(image, [image_size, image_size], antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    runtime.import_tensorflow()
+    from trainer.data import images
+
+    return images.eval_view(contents, image_size, eval_crop, encoded)
 
 
-def _dataset(files: list[str], image_size: int, batch_size: int):
+def _dataset(files: list[str], export: Export, batch_size: int):
     """(index, image) batches in file order; files that fail to read or decode are dropped."""
     tf = runtime.import_tensorflow()
     index = tf.range(len(files), dtype=tf.int64)
@@ -180,7 +219,8 @@ def _dataset(files: list[str], image_size: int, batch_size: int):
     names = tf.constant([os.fsencode(f) for f in files], tf.string)
 
     def load(i, name):
-        return i, preprocess(tf.io.read_file(name), image_size)
+        contents = tf.io.read_file(name)
+        return i, preprocess(contents, export.image_size, export.eval_crop, export.encoded)
 
     ds = tf.data.Dataset.from_tensor_slices((index, names))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -268,7 +308,7 @@ def _run(export: Export, files: list[str], k: int, batch_size: int, skip_corrupt
     names = export.class_names
     results, skipped = [], []
     expected = 0  # the index of the next file; a larger index means files were dropped
-    iterator = iter(_dataset(files, export.image_size, batch_size))
+    iterator = iter(_dataset(files, export, batch_size))
     try:
         for index, images in iterator:
             index = index.numpy().tolist()

@@ -16,8 +16,9 @@ Dataset specs (``--dataset``):
 (x_<split>, y_<split>) or IDX file prefixes (``test`` also reads ``t10k-*``).
 
 `load` returns a `Data` that the caller owns (there is no module-level cache: two loads are
-two independent copies). ``--cache`` decides what it holds: every image in memory, or (folders,
-``--cache=none`` or ``auto`` above `sources.CACHE_BUDGET_BYTES`) only the sorted file list,
+two independent copies). ``--cache`` decides what it holds: every image in memory, or
+(``--cache=none`` or ``auto`` above `sources.CACHE_BUDGET_BYTES`) only the sorted file list of
+a folder or the labels and a random-access data source of an ArrayRecord-prepared TFDS split,
 each image read on demand. Either way its pipelines gather from the splits by index and are a
 pure function of (seed, step); see `trainer.data.pipeline` and docs/DATA.md.
 
@@ -35,7 +36,7 @@ import logging
 import tensorflow as tf
 
 from trainer.config import Config
-from trainer.data import arrays, pipeline, sources
+from trainer.data import arrays, pipeline, sources, tfds_source
 from trainer.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -200,12 +201,7 @@ def _load_split(config: Config, split: str, synthetic_size: int, class_names) ->
     if dataset.startswith("folder:"):
         root = dataset[len("folder:") :]
         return sources.folder_split(root, split, class_names, config.skip_corrupt, config.cache)
-    if config.cache == "none":
-        raise UserError(
-            f"--cache=none: not supported for TFDS datasets yet (--dataset={dataset}); "
-            "use --cache=auto or memory, or export the images to a folder: dataset"
-        )
-    return sources.tfds_split(dataset, config.data_dir, split)
+    return tfds_source.tfds_split(dataset, config.data_dir, split, config.cache)
 
 
 def load(config: Config) -> Data:

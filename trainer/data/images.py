@@ -133,3 +133,18 @@ def center_crop(contents, image_size: int, crop: float) -> tf.Tensor:
     side = tf.maximum(side, 1)
     window = tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
     return _bilinear(_decode_window(contents, window, False), image_size)
+
+
+def eval_view(contents, image_size: int, crop: float, encoded: bool = True) -> tf.Tensor:
+    """Evaluation view of one encoded image, as `trainer.data.pipeline.eval_dataset` makes it.
+
+    `center_crop` on the full-resolution path (`full_resolution(encoded, image_size)`), else
+    the whole image decoded and resized. `encoded` is the split's: False for a TFDS split held
+    decoded, whose images are small and fixed-size (see `trainer.data.sources.Split`).
+
+    Returns:
+      float32 [S, S, 3] in [0, 255].
+    """
+    if full_resolution(encoded, image_size):
+        return center_crop(contents, image_size, crop)
+    return resize(decode(contents), image_size)

@@ -1,4 +1,5 @@
-"""tf.data pipelines over a split (`trainer.data.sources.Split`), in memory or read on demand.
+"""tf.data pipelines over a split (`trainer.data.sources.Split`), in memory or read on demand
+(folder files, or a TFDS random-access data source).
 
 The training stream is a pure function of (seed, global step): epoch e visits a permutation
 seeded by (seed, e), truncated to steps_per_epoch whole batches, and each example's
@@ -105,17 +106,18 @@ def _in_memory_loader(split: Split, image_size: int):
 
 def _views(split: Split, image_size: int, augment: bool, eval_crop: float):
     """(train_view(contents, seed), eval_view(contents)) of encoded bytes -> [S, S, 3]."""
+
+    def eval_view(contents):
+        return image_ops.eval_view(contents, image_size, eval_crop, split.encoded)
+
     if image_ops.full_resolution(split.encoded, image_size):
 
         def train_view(contents, seed):
             if augment:
                 return image_ops.random_resized_crop(contents, image_size, seed)
-            return image_ops.center_crop(contents, image_size, eval_crop)
+            return eval_view(contents)
 
-        return train_view, lambda contents: image_ops.center_crop(contents, image_size, eval_crop)
-
-    def eval_view(contents):
-        return image_ops.resize(image_ops.decode(contents), image_size)
+        return train_view, eval_view
 
     def train_view(contents, seed):
         image = eval_view(contents)
@@ -124,33 +126,72 @@ def _views(split: Split, image_size: int, augment: bool, eval_crop: float):
     return train_view, eval_view
 
 
-def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *, fill: bool):
-    """(indices [b], seeds [b, 2]) -> (images [b', S, S, 3], labels [b']), read from files.
+def _tfds_fetch(split: Split):
+    """indices int64 [b] -> the encoded images string [b] of a data-source split, in order."""
+    source, key = split.source, split.image_key
 
-    The examples of one batch are read in a nested dataset that drops the ones that fail, so
-    a bad file costs the others nothing and the check costs one small dataset per batch.
+    def fetch(indices):
+        examples = source.__getitems__(indices.tolist())
+        return np.array([example[key] for example in examples], dtype=object)
+
+    def contents(indices):
+        # The data source is fixed for the run: the same indices give the same bytes.
+        out = tf.numpy_function(fetch, [indices], tf.string, stateful=False)
+        out.set_shape(indices.shape)
+        return out
+
+    return contents
+
+
+def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *, fill: bool):
+    """(indices [b], seeds [b, 2]) -> (images [b', S, S, 3], labels [b']), read on demand.
+
+    Files are read one by one; a TFDS data source is asked for the batch's encoded images in
+    one call (`_tfds_fetch`). The examples of one batch are decoded in a nested dataset that
+    drops the ones that fail, so a bad file costs the others nothing and the check costs one
+    small dataset per batch.
     Without `failures.skip` a failure stops the run with an error naming the files. With it,
     the file is recorded and its slot filled by a copy of a readable example of the same batch
     (`fill`, training: the batch keeps its size and every other example its place), or
     dropped (evaluation).
     """
-    paths = tf.strings.join([split.root, tf.constant(split.files)])
     labels = tf.constant(split.labels)
     empty = (tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3], tf.float32))
+    if split.source is not None:
+        fetch = _tfds_fetch(split)
+
+        def examples(slots, indices, seeds):
+            items = tf.data.Dataset.from_tensor_slices((slots, fetch(indices), seeds))
+            return items.map(
+                lambda slot, contents, seed: (slot, view(contents, seed)),
+                num_parallel_calls=_AUTOTUNE,
+                deterministic=True,
+            )
+
+        def names(indices):
+            return tf.strings.join([split.root, tf.strings.as_string(indices)])
+
+    else:
+        paths = tf.strings.join([split.root, tf.constant(split.files)])
+
+        def examples(slots, indices, seeds):
+            return tf.data.Dataset.from_tensor_slices((slots, indices, seeds)).map(
+                lambda slot, i, seed: (slot, view(tf.io.read_file(paths[i]), seed)),
+                num_parallel_calls=_AUTOTUNE,
+                deterministic=True,
+            )
+
+        def names(indices):
+            return tf.gather(paths, indices)
 
     def read_batch(indices, seeds):
         n = tf.size(indices)
         slots = tf.range(n)
-        inner = tf.data.Dataset.from_tensor_slices((slots, indices, seeds)).map(
-            lambda slot, i, seed: (slot, view(tf.io.read_file(paths[i]), seed)),
-            num_parallel_calls=_AUTOTUNE,
-            deterministic=True,
-        )
-        inner = inner.ignore_errors().batch(tf.cast(n, tf.int64))
+        inner = examples(slots, indices, seeds).ignore_errors().batch(tf.cast(n, tf.int64))
         inner = inner.concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
         got, images = inner.get_single_element()
         present = tf.scatter_nd(got[:, None], tf.ones_like(got), [n]) > 0
-        missing = tf.boolean_mask(tf.gather(paths, indices), ~present)
+        missing = tf.boolean_mask(names(indices), ~present)
         if not failures.skip:
             check = tf.debugging.Assert(
                 tf.size(missing) == 0,

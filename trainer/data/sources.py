@@ -1,10 +1,13 @@
-"""Loading a dataset split: TFDS, an image folder, or the synthetic set.
+"""The `Split` a dataset split loads into; an image folder or the synthetic set (TFDS splits:
+`trainer.data.tfds_source`).
 
 A split is held as `Split`: decoded uint8 images of one fixed shape, the encoded image files
 (bytes) when shapes vary or the decoded split would not fit the cache budget, or, with
 ``--cache=none`` (or ``auto`` above the budget), only the sorted file list of a folder
-(`folder_listing`), read on demand. The pipelines in `trainer.data.pipeline` gather from it by
-index, which is what makes them a pure function of (seed, step) in every case.
+(`folder_listing`) or the labels and a random-access data source of an ArrayRecord-prepared
+TFDS split (`trainer.data.tfds_source`), each image read on demand. The pipelines in
+`trainer.data.pipeline` gather from it by index, which is what makes them a pure function of
+(seed, step) in every case.
 
 Loading prints nothing: run_train.py reports a failed load as one line on stderr, so warnings
 are returned in `Split.warnings` (the caller logs them once the whole dataset has loaded),
@@ -13,10 +16,7 @@ TFDS's INFO logging is silenced and the image decoders' stderr output is capture
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
-import logging
 import os
 
 import numpy as np
@@ -43,6 +43,12 @@ class Split:
     [N], relative to `root`) and labels; each image is read and decoded on demand by the
     pipeline (`encoded` is then True: the images are encoded files).
 
+    When `source` is set (a TFDS random-access data source whose `image_key` feature is left
+    encoded), `images` is None too: the pipeline fetches example i's encoded image by index
+    and decodes it. `encoded` then names the preprocessing regime the in-memory load of the
+    same split would take (False: fixed-shape images small enough to hold decoded), so every
+    `--cache` policy gives the same batches; `root` prefixes the index in error messages.
+
     `warnings` are messages for the user (empty class directories, skipped files), to be
     logged only once every split has loaded.
     """
@@ -56,15 +62,20 @@ class Split:
     warnings: tuple[str, ...] = ()
     files: np.ndarray | None = None  # bytes [N] paths relative to root, read on demand
     root: str = ""  # directory the files are relative to (ends with a separator)
+    source: object | None = None  # TFDS data source: source[i][image_key] is encoded bytes
+    image_key: str = ""
 
     @property
     def on_demand(self) -> bool:
-        """Whether images are read from files by the pipeline instead of held in memory."""
-        return self.files is not None
+        """Whether images are read (files or data source) by the pipeline, not held in memory."""
+        return self.files is not None or self.source is not None
 
     @property
     def nbytes(self) -> int:
-        """Bytes this split holds in memory: pixels or encoded files, labels, file names."""
+        """Bytes this split holds in memory: pixels or encoded files, labels, file names.
+
+        A data source's own buffers (file handles, reader state) are not counted.
+        """
         total = self.labels.nbytes
         if self.images is not None:
             if self.images.dtype == object:
@@ -84,101 +95,6 @@ def synthetic(dataset: str, split: str, size: int) -> Split:
     images, labels = synthetic_lib.generate(split, size, num_classes)
     names = synthetic_lib.CLASS_NAMES[:num_classes]
     return Split(images, labels, False, names, images.shape[1:])
-
-
-# TFDS ----------------------------------------------------------------------------------------
-
-
-def _tfds_builder(name: str, data_dir: str | None):
-    import tensorflow_datasets as tfds
-
-    try:
-        return tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        known = tfds.list_builders(with_community_datasets=False)
-        close = difflib.get_close_matches(name.split(":")[0].split("/")[0], known, n=5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(
-            f"--dataset={name}: no such TFDS dataset (nor folder:PATH / synthetic){hint}"
-        ) from None
-
-
-def _not_prepared(name: str, data_dir: str | None) -> UserError:
-    where = data_dir or "~/tensorflow_datasets"
-    return UserError(
-        f"--dataset={name}: not prepared in {where}; on a machine with internet run "
-        f"`tfds build {name} --data_dir=DIR`, copy DIR here and pass --data_dir=DIR"
-    )
-
-
-@contextlib.contextmanager
-def _tfds_info_silenced():
-    """Raises the `absl` logger, which TFDS logs through, to WARNING inside the block.
-
-    TFDS logs INFO lines ("Constructing tf.data.Dataset ...", "Failed to load dataset ...")
-    that run_train.py's absl set-up prints; before a failed load they would precede its
-    one-line error. The level is restored afterwards, also when the block raises.
-    """
-    logger = logging.getLogger("absl")
-    saved = logger.level
-    if logger.getEffectiveLevel() < logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(saved)
-
-
-def tfds_split(name: str, data_dir: str | None, split: str) -> Split:
-    """Loads a prepared TFDS image-classification split (never downloads), logging no INFO.
-
-    Raises:
-      UserError: unknown dataset, not prepared in data_dir, bad split, or not (image, label).
-    """
-    with _tfds_info_silenced():
-        return _read_tfds(name, data_dir, split)
-
-
-def _read_tfds(name: str, data_dir: str | None, split: str) -> Split:
-    import tensorflow_datasets as tfds
-
-    builder = _tfds_builder(name, data_dir)
-    info = builder.info
-    keys = info.supervised_keys
-    if not keys or len(keys) != 2:
-        raise UserError(f"--dataset={name}: not a supervised (image, label) dataset")
-    image_key, label_key = keys
-    image_shape = tuple(info.features[image_key].shape)
-    names = getattr(info.features[label_key], "names", None)
-    if not names:
-        raise UserError(f"--dataset={name}: label {label_key!r} is not a class label")
-    class_names = tuple(names)
-    if len(image_shape) != 3 or image_shape[-1] not in (1, 3):
-        raise UserError(f"--dataset={name}: images of shape {image_shape} are not HxWx1/3")
-    try:
-        num = info.splits[split].num_examples
-    except (KeyError, ValueError):
-        num = 0  # Unknown until loaded (e.g. under tfds.testing.mock_data).
-    fixed = None not in image_shape
-    encoded = not fixed or num * int(np.prod(image_shape)) > MAX_DECODED_BYTES
-    decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
-    try:
-        ds = builder.as_dataset(split=split, as_supervised=True, decoders=decoders)
-    except AssertionError:
-        raise _not_prepared(name, data_dir) from None
-    except ValueError as e:
-        raise UserError(f"--dataset={name}: bad split {split!r} ({e})") from None
-    images, labels = [], []
-    for x, y in tfds.as_numpy(ds.batch(1024)):
-        images.append(x)
-        labels.append(y)
-    if not labels:
-        raise UserError(f"--dataset={name}: split {split!r} is empty")
-    images = np.concatenate(images)
-    if not encoded and images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    labels = np.concatenate(labels).astype(np.int32)
-    return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
 
 
 # Image folder --------------------------------------------------------------------------------

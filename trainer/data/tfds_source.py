@@ -1,0 +1,210 @@
+"""Loading a prepared TFDS image-classification split: into memory, or on demand.
+
+`tfds_split` returns a `trainer.data.sources.Split`: the images in memory, or (``--cache=none``,
+or ``auto`` above `sources.CACHE_BUDGET_BYTES`) only the labels and a random-access data source
+of an ArrayRecord-prepared split, from which the pipeline fetches each image by index. TFRecord
+data has no random access: it loads into memory, or the load fails with one line saying how to
+prepare it as ArrayRecord. Never downloads; TFDS's INFO logging is silenced while loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import sources
+from trainer.data.sources import Split
+from trainer.errors import UserError
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        known = tfds.list_builders(with_community_datasets=False)
+        close = difflib.get_close_matches(name.split(":")[0].split("/")[0], known, n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(
+            f"--dataset={name}: no such TFDS dataset (nor folder:PATH / synthetic){hint}"
+        ) from None
+
+
+def _not_prepared(name: str, data_dir: str | None) -> UserError:
+    where = data_dir or "~/tensorflow_datasets"
+    return UserError(
+        f"--dataset={name}: not prepared in {where}; on a machine with internet run "
+        f"`tfds build {name} --data_dir=DIR`, copy DIR here and pass --data_dir=DIR"
+    )
+
+
+@contextlib.contextmanager
+def _tfds_info_silenced():
+    """Raises the `absl` logger, which TFDS logs through, to WARNING inside the block.
+
+    TFDS logs INFO lines ("Constructing tf.data.Dataset ...", "Failed to load dataset ...")
+    that run_train.py's absl set-up prints; before a failed load they would precede its
+    one-line error. The level is restored afterwards, also when the block raises.
+    """
+    logger = logging.getLogger("absl")
+    saved = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+def tfds_split(name: str, data_dir: str | None, split: str, cache: str = "memory") -> Split:
+    """Loads a prepared TFDS image-classification split (never downloads), logging no INFO.
+
+    `cache` "memory" reads the split into memory (decoded when its images have one shape and
+    fit `sources.MAX_DECODED_BYTES`, else encoded). "none" keeps the labels and a random-access data
+    source (`builder.as_data_source`, ArrayRecord-prepared data only): images are fetched by
+    index in the pipeline. "auto" holds the split in memory when what memory would hold
+    (decoded pixels, or the encoded bytes when shapes vary) fits `sources.CACHE_BUDGET_BYTES`.
+
+    Raises:
+      UserError: unknown dataset, not prepared in data_dir, bad split, not (image, label), or
+        ("none", "auto" above the budget) prepared without random access (e.g. TFRecord).
+    """
+    with _tfds_info_silenced():
+        return _read_tfds(name, data_dir, split, cache)
+
+
+def _split_size(info, split: str) -> tuple[int, int]:
+    """(examples, encoded bytes) of a split from the dataset info; (0, 0) when unknown."""
+    try:
+        return info.splits[split].num_examples, int(info.splits[split].num_bytes)
+    except (KeyError, ValueError, TypeError):
+        return 0, 0  # Unknown until loaded (e.g. under tfds.testing.mock_data).
+
+
+def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split:
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name, data_dir)
+    info = builder.info
+    keys = info.supervised_keys
+    if not keys or len(keys) != 2:
+        raise UserError(f"--dataset={name}: not a supervised (image, label) dataset")
+    image_key, label_key = keys
+    image_shape = tuple(info.features[image_key].shape)
+    names = getattr(info.features[label_key], "names", None)
+    if not names:
+        raise UserError(f"--dataset={name}: label {label_key!r} is not a class label")
+    class_names = tuple(names)
+    if len(image_shape) != 3 or image_shape[-1] not in (1, 3):
+        raise UserError(f"--dataset={name}: images of shape {image_shape} are not HxWx1/3")
+    num, num_bytes = _split_size(info, split)
+    fixed = None not in image_shape
+    decoded_bytes = num * int(np.prod(image_shape[:2])) * 3 if fixed else 0
+    encoded = not fixed or decoded_bytes > sources.MAX_DECODED_BYTES
+    held = num_bytes if encoded else decoded_bytes
+    if cache == "none" or (cache == "auto" and held > sources.CACHE_BUDGET_BYTES):
+        if not builder.is_prepared():
+            raise _not_prepared(name, data_dir)
+        source, labels = _data_source(builder, split, image_key, label_key, cache)
+        return Split(
+            None,
+            labels,
+            encoded,
+            class_names,
+            (*image_shape[:2], 3),
+            root=f"{name} {split} #",
+            source=source,
+            image_key=image_key,
+        )
+    if _is_array_record(builder.info):
+        # ArrayRecord files have no tf.data reader (`as_dataset` raises): read the data source.
+        source, labels = _data_source(builder, split, image_key, label_key, cache)
+        images = _fetch_all(source, image_key, len(labels), decode=not encoded)
+        return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
+    decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
+    try:
+        ds = builder.as_dataset(split=split, as_supervised=True, decoders=decoders)
+    except AssertionError:
+        raise _not_prepared(name, data_dir) from None
+    except ValueError as e:
+        raise UserError(f"--dataset={name}: bad split {split!r} ({e})") from None
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(1024)):
+        images.append(x)
+        labels.append(y)
+    if not labels:
+        raise UserError(f"--dataset={name}: split {split!r} is empty")
+    images = np.concatenate(images)
+    if not encoded and images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    labels = np.concatenate(labels).astype(np.int32)
+    return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
+
+
+def _is_array_record(info) -> bool:
+    file_format = getattr(info, "file_format", None)
+    return getattr(file_format, "value", file_format) == "array_record"
+
+
+def _fetch_all(source, image_key: str, n: int, decode: bool) -> np.ndarray:
+    """Every image of a data source: encoded bytes [N], or (`decode`) uint8 [N, H, W, 3]
+    decoded by the pipeline's own decoder, so on-demand reads give the same pixels."""
+    encoded = []
+    for start in range(0, n, _LABEL_CHUNK):
+        examples = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
+        encoded.extend(example[image_key] for example in examples)
+    encoded = np.array(encoded, dtype=object)
+    if not decode:
+        return encoded
+    ds = tf.data.Dataset.from_tensor_slices(encoded).map(
+        lambda contents: tf.io.decode_image(contents, channels=3, expand_animations=False),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return np.stack(list(ds.as_numpy_iterator()))
+
+
+_LABEL_CHUNK = 4096  # records parsed per call when reading the labels of a data source
+
+
+def _data_source(builder, split: str, image_key: str, label_key: str, cache: str):
+    """(data source with `image_key` left encoded, int32 labels [N]) of a prepared split.
+
+    The labels are read once: every record of the split is read as raw bytes (one
+    sequential pass over the files, no image decoded) and only the label feature is parsed,
+    in chunks, by `tf.io.parse_example`.
+    """
+    import tensorflow_datasets as tfds
+
+    name = builder.name
+    try:
+        source = builder.as_data_source(
+            split=split, decoders={image_key: tfds.decode.SkipDecoding()}
+        )
+        raw = builder.as_data_source(
+            split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+        )
+    except NotImplementedError:
+        file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
+        why = "does not fit the cache budget and " if cache == "auto" else ""
+        raise UserError(
+            f"--cache={cache}: --dataset={name} {why}is prepared as {file_format}, without "
+            f"random access; for data larger than memory prepare it as ArrayRecord "
+            f"(`tfds build {name} --file_format=array_record`) or pass --cache=memory"
+        ) from None
+    except ValueError as e:
+        raise UserError(f"--dataset={name}: bad split {split!r} ({e})") from None
+    n = len(raw)
+    if not n:
+        raise UserError(f"--dataset={name}: split {split!r} is empty")
+    spec = {label_key: tf.io.FixedLenFeature([], tf.int64)}
+    labels = []
+    for start in range(0, n, _LABEL_CHUNK):
+        records = raw.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
+        labels.append(tf.io.parse_example(tf.constant(records), spec)[label_key].numpy())
+    return source, np.concatenate(labels).astype(np.int32)
