@@ -4,6 +4,8 @@ resolution.
 Tiny generated images; every assertion is on real TensorFlow pipelines.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -194,6 +196,28 @@ class LrtechTinyImages(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": image, "label": (i * 7 + seed) % 3}
 
 
+class LrtechTinyPhotos(LrtechTinyImages):
+    """JPEG images of varying sizes: held encoded, full-resolution path at image_size >= 128."""
+
+    def _info(self):
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names=CLASSES),
+        }
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+        )
+
+    def _generate_examples(self, n, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            shape = (int(rng.integers(12, 20)), int(rng.integers(12, 20)), 3)
+            image = rng.integers(0, 256, shape, dtype=np.uint8)
+            yield i, {"image": image, "label": (i * 7 + seed) % 3}
+
+
 @pytest.fixture(scope="module")
 def tfds_dirs(tmp_path_factory):
     """{file format: data_dir} of the tiny dataset prepared as ArrayRecord and as TFRecord."""
@@ -203,11 +227,15 @@ def tfds_dirs(tmp_path_factory):
         builder = LrtechTinyImages(data_dir=data_dir, file_format=file_format)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
         dirs[file_format] = data_dir
+    data_dir = str(tmp_path_factory.mktemp("photos"))
+    LrtechTinyPhotos(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    dirs["photos"] = data_dir
     return dirs
 
 
 def _tfds_config(data_dir, **changes):
-    return _config("", dataset="lrtech_tiny_images", data_dir=data_dir, image_size=8, **changes)
+    base = dict(dataset="lrtech_tiny_images", data_dir=data_dir, image_size=8)
+    return _config("", **{**base, **changes})
 
 
 def test_tfds_random_access_keeps_labels_only_and_equals_memory(tfds_dirs):
@@ -228,6 +256,17 @@ def test_tfds_random_access_keeps_labels_only_and_equals_memory(tfds_dirs):
     # The order is the index stream's: batch 0 is the training split at the first indices.
     first = next(iter(none.train_indices(4)))
     assert int(first[2]) in range(13)
+
+
+def test_tfds_random_access_full_resolution_equals_memory(tfds_dirs):
+    config = _tfds_config(tfds_dirs["photos"], dataset="lrtech_tiny_photos", image_size=128)
+    memory, none = (data.load(dataclasses.replace(config, cache=c)) for c in ("memory", "none"))
+    assert memory._train.encoded and memory._train.images.dtype == object  # JPEG bytes
+    assert none._train.images is None and none.info.image_shape == (None, None, 3)
+    train = [_batches(source, 4, 3, start_step=1) for source in (memory, none)]
+    assert train[0][0][0].shape == (4, 128, 128, 3) and _same(*train)
+    evals = [list(source.eval_dataset(4).as_numpy_iterator()) for source in (memory, none)]
+    assert _same(*evals)
 
 
 @pytest.mark.parametrize("start_step", [1, 4])

@@ -10,8 +10,8 @@ TFDS split (`trainer.data.tfds_source`), each image read on demand. The pipeline
 (seed, step) in every case.
 
 Loading prints nothing: run_train.py reports a failed load as one line on stderr, so warnings
-are returned in `Split.warnings` (the caller logs them once the whole dataset has loaded),
-TFDS's INFO logging is silenced and the image decoders' stderr output is captured.
+are returned in `Split.warnings` (the caller logs them once the whole dataset has loaded) and
+the image decoders' stderr output is captured.
 """
 
 from __future__ import annotations

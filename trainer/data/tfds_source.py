@@ -110,7 +110,7 @@ def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split
     if cache == "none" or (cache == "auto" and held > sources.CACHE_BUDGET_BYTES):
         if not builder.is_prepared():
             raise _not_prepared(name, data_dir)
-        source, labels = _data_source(builder, split, image_key, label_key, cache)
+        source, labels = _data_source(builder, name, split, (image_key, label_key), cache)
         return Split(
             None,
             labels,
@@ -123,7 +123,7 @@ def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split
         )
     if _is_array_record(builder.info):
         # ArrayRecord files have no tf.data reader (`as_dataset` raises): read the data source.
-        source, labels = _data_source(builder, split, image_key, label_key, cache)
+        source, labels = _data_source(builder, name, split, (image_key, label_key), cache)
         images = _fetch_all(source, image_key, len(labels), decode=not encoded)
         return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
     decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
@@ -155,8 +155,8 @@ def _fetch_all(source, image_key: str, n: int, decode: bool) -> np.ndarray:
     """Every image of a data source: encoded bytes [N], or (`decode`) uint8 [N, H, W, 3]
     decoded by the pipeline's own decoder, so on-demand reads give the same pixels."""
     encoded = []
-    for start in range(0, n, _LABEL_CHUNK):
-        examples = source.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
+    for start in range(0, n, _CHUNK):
+        examples = source.__getitems__(list(range(start, min(start + _CHUNK, n))))
         encoded.extend(example[image_key] for example in examples)
     encoded = np.array(encoded, dtype=object)
     if not decode:
@@ -169,11 +169,13 @@ def _fetch_all(source, image_key: str, n: int, decode: bool) -> np.ndarray:
     return np.stack(list(ds.as_numpy_iterator()))
 
 
-_LABEL_CHUNK = 4096  # records parsed per call when reading the labels of a data source
+_CHUNK = 4096  # records read from a data source per call at start-up
 
 
-def _data_source(builder, split: str, image_key: str, label_key: str, cache: str):
-    """(data source with `image_key` left encoded, int32 labels [N]) of a prepared split.
+def _data_source(builder, name: str, split: str, keys: tuple[str, str], cache: str):
+    """(data source with the image left encoded, int32 labels [N]) of a prepared split.
+
+    `name` is the --dataset value for messages; `keys` are the (image, label) feature names.
 
     The labels are read once: every record of the split is read as raw bytes (one
     sequential pass over the files, no image decoded) and only the label feature is parsed,
@@ -181,7 +183,7 @@ def _data_source(builder, split: str, image_key: str, label_key: str, cache: str
     """
     import tensorflow_datasets as tfds
 
-    name = builder.name
+    image_key, label_key = keys
     try:
         source = builder.as_data_source(
             split=split, decoders={image_key: tfds.decode.SkipDecoding()}
@@ -204,7 +206,7 @@ def _data_source(builder, split: str, image_key: str, label_key: str, cache: str
         raise UserError(f"--dataset={name}: split {split!r} is empty")
     spec = {label_key: tf.io.FixedLenFeature([], tf.int64)}
     labels = []
-    for start in range(0, n, _LABEL_CHUNK):
-        records = raw.__getitems__(list(range(start, min(start + _LABEL_CHUNK, n))))
+    for start in range(0, n, _CHUNK):
+        records = raw.__getitems__(list(range(start, min(start + _CHUNK, n))))
         labels.append(tf.io.parse_example(tf.constant(records), spec)[label_key].numpy())
     return source, np.concatenate(labels).astype(np.int32)
