@@ -153,7 +153,7 @@ SHORT_TITLES = {
     "diff_lr_sgdr+swa": "differential + SWA",
     "diff_lr_sgdr+ensemble": "differential + ensemble",
 }
-HEADLINE_ROWS = ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "fine_tune", "diff_lr_sgdr+swa")
+HEADLINE_ROWS = ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "layer_decay_sgdr", "fine_tune")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEAD_BEGIN, HEAD_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 

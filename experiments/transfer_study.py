@@ -156,7 +156,12 @@ ROW_TITLES = {
 
 MODES = {
     # name: (settings, regimes per setting (indices), seeds, rows (None: all))
-    "quick": (("cross",), (0,), (0, 1), None),
+    "quick": (
+        ("cross",),
+        (0,),
+        (0, 1),
+        ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "layer_decay_sgdr"),
+    ),
     "full": (("near", "cross"), (0, 1), (0, 1, 2, 3, 4), None),
 }
 
@@ -308,7 +313,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=1,
+        default=2,
         help="processes working through the runs together (each claims a run before it "
         "starts it); 2 keeps both cores busy while the other traces its model",
     )

@@ -100,6 +100,8 @@ def test_summary_is_mean_and_sample_std_and_splits_averaged_models():
     assert one["n"] == 3 and one["wall"] == pytest.approx(11.0)
     assert summary["diff_lr_sgdr+swa"]["mean"] == pytest.approx(0.71)
     assert summary["diff_lr_sgdr+ensemble"]["n"] == 2
+    records += [_record("near", "10/class", "layer_decay_sgdr", s, a) for s, a in [(0, 0.8)]]
     table = report.headline(report.summarize(records))
-    assert "| **0.710 ± 0.141** |" in table  # the best of the column in bold
-    assert "0.700 ± 0.200" in table and "2-3 seeds" in table
+    assert "| 0.700 ± 0.200 |" in table and "| 0.700 ± 0.141 |" in table
+    assert "| **0.800 ± nan** |" in table  # the best of the column in bold
+    assert "1-3 seeds" in table and "SWA" not in table  # averaged rows: EXPERIMENTS.md only
