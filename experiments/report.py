@@ -141,6 +141,7 @@ def plot(records: list[dict], setting: str, regime: str, path: str) -> str | Non
     return path
 
 
+REPRODUCE = "python3 -m experiments.transfer_study --mode=full && python3 -m experiments.report"
 SHORT_TITLES = {
     "scratch": "from scratch",
     "head_only": "head only",
@@ -185,7 +186,8 @@ def headline(summary: dict) -> str:
     lines.append("")
     lines.append(
         f"Test accuracy, mean ± std over {seed_text} seeds; the best of each column in bold. "
-        "Full tables, flags and wall times: [EXPERIMENTS.md](EXPERIMENTS.md)."
+        f"Reproduce: `{REPRODUCE}`. Tables per setting, flags and wall times: "
+        "[EXPERIMENTS.md](EXPERIMENTS.md)."
     )
     return "\n".join(lines)
 
@@ -233,6 +235,10 @@ def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
             f"1/7 head only, then all); CPU: {any_row['cpu']}.\n"
         )
         parts.append(format_table(rows))
+        parts.append(
+            f"\nReproduce: `{REPRODUCE}`; one run: `python3 run_train.py` with the row's flags "
+            "below and `--model_dir=DIR`.\n"
+        )
         name = f"{setting}_{regime.replace('/', '_per_')}.png"
         if plot(records, setting, regime, os.path.join(figures, name)):
             parts.append(
