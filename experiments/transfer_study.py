@@ -339,10 +339,7 @@ def main(argv=None) -> int:
             for suffix in (".json", ".claim"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(out, run.name + suffix))
-    helpers = [
-        subprocess.Popen([sys.executable, "-m", "experiments.transfer_study", *_without_jobs(argv)])
-        for _ in range(args.jobs - 1)
-    ]
+    helpers = [subprocess.Popen(helper_command(argv)) for _ in range(args.jobs - 1)]
     started = time.time()
     for i, run in enumerate(runs):
         path = os.path.join(out, f"{run.name}.json")
@@ -368,9 +365,12 @@ def main(argv=None) -> int:
     return max([0] + [h.wait() for h in helpers])
 
 
-def _without_jobs(argv) -> list[str]:
+def helper_command(argv) -> list[str]:
+    """The command of one more process of a --jobs study: one process (it starts no more of
+    its own), the same runs, and no --rerun (the first process already removed the results)."""
     argv = sys.argv[1:] if argv is None else argv
-    return [a for a in argv if not a.startswith("--jobs") and a != "--rerun"]
+    kept = [a for a in argv if not a.startswith("--jobs") and a != "--rerun"]
+    return [sys.executable, "-m", "experiments.transfer_study", *kept, "--jobs=1"]
 
 
 def _claim(result_path: str) -> bool:

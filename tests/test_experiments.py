@@ -105,3 +105,10 @@ def test_summary_is_mean_and_sample_std_and_splits_averaged_models():
     assert "| 0.700 ± 0.200 |" in table and "| 0.700 ± 0.141 |" in table
     assert "| **0.800 ± nan** |" in table  # the best of the column in bold
     assert "1-3 seeds" in table and "SWA" not in table  # averaged rows: EXPERIMENTS.md only
+
+
+def test_helper_processes_start_no_helpers_of_their_own():
+    command = study.helper_command(["--mode=quick", "--jobs=3", "--rerun", "--out=/x"])
+    assert command[1:3] == ["-m", "experiments.transfer_study"]
+    assert command[3:] == ["--mode=quick", "--out=/x", "--jobs=1"]
+    assert study.helper_command(["--mode=full"])[-1] == "--jobs=1"  # default --jobs is 2
