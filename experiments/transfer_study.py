@@ -234,18 +234,6 @@ def _merged(argv: list[str]) -> list[str]:
     return list(out.values())
 
 
-def _config(argv: list[str]):
-    from absl import flags
-
-    from trainer import flags as flags_lib
-
-    fv = flags.FlagValues()
-    flags_lib.define_flags(fv)
-    fv(["transfer_study", *argv])
-    flags_lib.cross_check(fv)
-    return flags_lib.to_config(fv)
-
-
 def _train_scalars(model_dir: str) -> dict[str, list]:
     """TensorBoard's train scalars (loss, lr/segment_K) as {tag: [[step, value], ...]}."""
     import glob
@@ -268,9 +256,10 @@ def execute(run: Run, argv: list[str]) -> dict:
     import shutil
 
     from trainer import experiment as experiment_lib
+    from trainer import flags as flags_lib
     from trainer import strategy as strategy_lib
 
-    config = _config(argv)
+    config = flags_lib.parse_config(argv, "transfer_study")
     shutil.rmtree(config.model_dir, ignore_errors=True)
     started = time.time()
     experiment = experiment_lib.Experiment(config, strategy_lib.make_strategy("auto"))

@@ -3,21 +3,11 @@
 import statistics
 
 import pytest
-from absl import flags
 
 from experiments import report
 from experiments import transfer_study as study
 from trainer import flags as flags_lib
 from trainer import steps
-
-
-def _config(argv):
-    fv = flags.FlagValues()
-    flags_lib.define_flags(fv)
-    fv(["transfer_study", *argv])
-    flags_lib.cross_check(fv)
-    return flags_lib.to_config(fv)
-
 
 BASE = [
     "--model_dir=/nonexistent/run",
@@ -34,7 +24,7 @@ def test_every_row_parses_and_trains_the_same_number_of_steps(budget, steps_per_
     for with_averaging in (True, False):
         for row, extra in study.rows(budget, steps_per_epoch, with_averaging).items():
             argv = study._merged([*BASE, f"--train_steps={budget}", *extra])
-            config = _config(argv)
+            config = flags_lib.parse_config(argv, "transfer_study")
             if row == "fine_tune":  # phase 1 (head only) + phase 2 = the budget
                 freeze = steps.epochs_to_steps(config.freeze_epochs, steps_per_epoch)
                 assert freeze + config.train_steps == budget, row

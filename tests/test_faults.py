@@ -54,18 +54,13 @@ def _run(model_dir, kill_at=None):
 
 def _straight_weights(model_dir):
     """The uninterrupted run of ARGS, in-process: its weights as the export writes them."""
-    from absl import flags
 
     import models
     from trainer import flags as flags_lib
     from trainer.experiment import Experiment
     from trainer.strategy import make_strategy
 
-    fv = flags.FlagValues()
-    flags_lib.define_flags(fv)
-    fv(["run_train.py", f"--model_dir={model_dir}", *ARGS])
-    flags_lib.cross_check(fv)
-    config = flags_lib.to_config(fv)
+    config = flags_lib.parse_config([f"--model_dir={model_dir}", *ARGS])
     experiment = Experiment(config, make_strategy(config.strategy)).build()
     experiment.interpret = lambda: {}  # plots are tested in test_experiment
     experiment.restore()

@@ -5,24 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from absl import flags
-
 from trainer import flags as flags_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.flags"
 
 
-def _config(*extra):
-    fv = flags.FlagValues()
-    flags_lib.define_flags(fv)
-    fv(["run_train.py", f"--flagfile={QUICKSTART}", *extra])
-    flags_lib.cross_check(fv)
-    return flags_lib.to_config(fv)
-
-
 def test_quickstart_is_transfer_learning_with_differential_rates_and_sgdr():
-    config = _config()
+    config = flags_lib.parse_config([f"--flagfile={QUICKSTART}"])
     assert config.dataset == "sklearn_digits"  # real data inside the scikit-learn wheel
     assert config.weights == "pretrained:resnet20_fashion_mnist"  # the shipped model
     assert config.model == "resnet20"

@@ -707,6 +707,20 @@ def _averaging_checks(v, fail):
         )
 
 
+def parse_config(argv: list[str], program: str = "run_train.py") -> config_lib.Config:
+    """The Config of run_train.py's command line `argv` (without the program name), parsed into
+    fresh FlagValues and cross-checked; for scripts and tests that run in-process.
+
+    Raises:
+      absl.flags.Error: a bad flag or a failed cross check.
+    """
+    fv = flags.FlagValues()
+    define_flags(fv)
+    fv([program, *argv])
+    cross_check(fv)
+    return to_config(fv)
+
+
 def to_config(fv: flags.FlagValues) -> config_lib.Config:
     """The frozen Config from parsed flags; the only place flag values are read."""
     values = {}
