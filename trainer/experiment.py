@@ -187,9 +187,37 @@ class Experiment:
         return strategy_lib.distribute_dataset(self.strategy, per_worker)
 
     def eval_data(self):
-        """The eval split once, in order, distributed."""
-        dataset = self.data.eval_dataset(self.config.global_batch_size)
-        return strategy_lib.distribute_dataset(self.strategy, dataset)
+        """The eval split once, in order, distributed: each worker reads only its share.
+
+        Each input pipeline reads and decodes only its replicas' slices of every global batch
+        (`trainer.data.pipeline.eval_dataset` with input_context), the last partial batch
+        included; `trainer.loop.EvalLoop` sums over replicas, so the result is the
+        one-device evaluation's. Falls back to every worker reading the whole split
+        (`experimental_distribute_dataset`, as before) when the global batch does not divide
+        by the number of replicas, or the eval split is not one `pipeline` can shard.
+        """
+        global_batch = self.config.global_batch_size
+        split = getattr(self.data, "_eval", None)
+        if global_batch % self.strategy.num_replicas_in_sync or not isinstance(
+            split, data.sources.Split
+        ):
+            dataset = self.data.eval_dataset(global_batch)
+            return strategy_lib.distribute_dataset(self.strategy, dataset)
+        config = self.config
+
+        def per_worker(context):
+            # Data.eval_dataset has no input_context (trainer/data/__init__.py): the share
+            # comes from the pipeline over Data's eval split, with Data's settings.
+            return data.pipeline.eval_dataset(
+                split,
+                context.get_per_replica_batch_size(global_batch),
+                image_size=config.image_size,
+                eval_crop=config.eval_crop,
+                failures=getattr(self.data, "_failures", None),
+                input_context=context,
+            )
+
+        return strategy_lib.distribute_dataset(self.strategy, per_worker)
 
     def _make_schedule(self):
         config, plan = self.config, self.plan

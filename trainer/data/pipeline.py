@@ -25,6 +25,7 @@ tf.data options, set on every dataset here (`_options`):
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -65,8 +66,6 @@ class ReadFailures:
             return sorted(self._seen)
 
     def record(self, missing) -> np.int32:
-        import logging
-
         new = []
         with self._lock:
             for path in missing.numpy():
@@ -127,12 +126,44 @@ def _views(split: Split, image_size: int, augment: bool, eval_crop: float):
 
 
 def _tfds_fetch(split: Split):
-    """indices int64 [b] -> the encoded images string [b] of a data-source split, in order."""
+    """indices int64 [b] -> the encoded images string [b] of a data-source split, in order.
+
+    An example the data source fails to read (a damaged record, an I/O error) comes back as
+    empty bytes, which the reader treats like an unreadable file: named as
+    ``split.root + index`` (e.g. "cifar10 train #123"), or skipped with skip_corrupt. The
+    data source's own error is logged once per example.
+    """
     source, key = split.source, split.image_key
+    logged: set[int] = set()
+    lock = threading.Lock()
+
+    def one(index: int) -> bytes:
+        try:
+            return source.__getitems__([index])[0][key]
+        except Exception as e:  # whatever the data source raises for a bad record
+            with lock:
+                new = index not in logged
+                logged.add(index)
+            if new:
+                logging.getLogger(__name__).warning(
+                    "cannot read %s%d from the data source: %s: %s",
+                    split.root,
+                    index,
+                    type(e).__name__,
+                    str(e).strip().splitlines()[0] if str(e).strip() else "",
+                )
+            return b""
 
     def fetch(indices):
-        examples = source.__getitems__(indices.tolist())
-        return np.array([example[key] for example in examples], dtype=object)
+        indices = indices.tolist()
+        if not indices:
+            return np.array([], dtype=object)
+        try:
+            examples = [example[key] for example in source.__getitems__(indices)]
+        except Exception:
+            # One bad record fails the whole call: read the batch one by one to find it.
+            examples = [one(i) for i in indices]
+        return np.array(examples, dtype=object)
 
     def contents(indices):
         # The data source is fixed for the run: the same indices give the same bytes.
@@ -160,10 +191,16 @@ def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *,
     if split.source is not None:
         fetch = _tfds_fetch(split)
 
+        def fetched_view(contents, seed):
+            # Empty bytes: the data source failed on this example (`_tfds_fetch`).
+            check = tf.debugging.Assert(tf.strings.length(contents) > 0, ["unreadable"])
+            with tf.control_dependencies([check]):
+                return view(tf.identity(contents), seed)
+
         def examples(slots, indices, seeds):
             items = tf.data.Dataset.from_tensor_slices((slots, fetch(indices), seeds))
             return items.map(
-                lambda slot, contents, seed: (slot, view(contents, seed)),
+                lambda slot, contents, seed: (slot, fetched_view(contents, seed)),
                 num_parallel_calls=_AUTOTUNE,
                 deterministic=True,
             )
@@ -187,7 +224,9 @@ def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *,
     def read_batch(indices, seeds):
         n = tf.size(indices)
         slots = tf.range(n)
-        inner = examples(slots, indices, seeds).ignore_errors().batch(tf.cast(n, tf.int64))
+        # An empty share (the last eval batch split over replicas) reads nothing.
+        size = tf.cast(tf.maximum(n, 1), tf.int64)
+        inner = examples(slots, indices, seeds).ignore_errors().batch(size)
         inner = inner.concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
         got, images = inner.get_single_element()
         present = tf.scatter_nd(got[:, None], tf.ones_like(got), [n]) > 0
@@ -333,6 +372,49 @@ def train_dataset(
     return ds.batch(batch_size, drop_remainder=True).prefetch(_AUTOTUNE).with_options(_options())
 
 
+def eval_indices(
+    n: int, batch_size: int, input_context: tf.distribute.InputContext | None = None
+) -> tf.data.Dataset:
+    """int64 index vectors: the examples of each batch `eval_dataset` yields, in order.
+
+    Without `input_context`: ceil(n / b) batches [k*b, min((k+1)*b, n)), the last partial.
+    With it (N replicas over W pipelines, R = N / W local replicas, global batch B = N*b):
+    for each of the ceil(n / B) global batches of the single-pipeline pass, pipeline i
+    yields R vectors, replica j's slice [g*B + (i*R + j)*b, ... + b) clipped to n. Every
+    pipeline yields the same number of vectors (R per global batch), so the replicas step
+    together; near the end a slice may be short or empty. The union over all pipelines and
+    replicas is range(n), each index exactly once.
+    """
+    global_batch, lo, share = _shares(batch_size, input_context)
+    local = share // batch_size
+    batches = -(-n // global_batch)  # ceil
+
+    def indices(k):
+        start = (k // local) * global_batch + lo + (k % local) * batch_size
+        return tf.range(tf.minimum(start, n), tf.minimum(start + batch_size, n))
+
+    return tf.data.Dataset.range(batches * local).map(indices)
+
+
+def _batch_reader(example, image_size: int, label_dtype):
+    """indices [k] -> (images [k, S, S, 3], labels [k]) by the per-example `example(index)`.
+
+    The same per-example function as the unsharded pipeline (so the pixels are identical),
+    run in parallel inside the batch; k may be 0.
+    """
+    empty = (tf.zeros([0, image_size, image_size, 3], tf.float32), tf.zeros([0], label_dtype))
+
+    def read(indices):
+        size = tf.cast(tf.maximum(tf.size(indices), 1), tf.int64)
+        inner = tf.data.Dataset.from_tensor_slices(indices).map(
+            example, num_parallel_calls=_AUTOTUNE, deterministic=True
+        )
+        inner = inner.batch(size).concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
+        return inner.get_single_element()
+
+    return read
+
+
 def eval_dataset(
     split: Split,
     batch_size: int,
@@ -341,16 +423,27 @@ def eval_dataset(
     eval_crop: float = 0.875,
     failures: ReadFailures | None = None,
     limit: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """`split` once (its first `limit` examples), in order, unaugmented, with the last partial
-    batch. Unreadable files of an on-demand split are dropped when `failures.skip`."""
+    batch. Unreadable files of an on-demand split are dropped when `failures.skip`.
+
+    With `input_context` (for `distribute_datasets_from_function`), `batch_size` is the
+    per-replica batch and this pipeline reads and decodes only its replicas' slices of each
+    global batch (`eval_indices`): R batches per global batch, some short or empty at the
+    end. An evaluation that sums over replicas (`trainer.loop.EvalLoop`) then counts every
+    example exactly once, as one device does.
+    """
     n = len(split.labels) if limit is None else min(limit, len(split.labels))
-    ds = tf.data.Dataset.range(n)
     _, view = _views(split, image_size, False, eval_crop)
     if split.on_demand:
         failures = failures or ReadFailures("--dataset", skip=False)
         read = _file_reader(split, image_size, lambda c, _: view(c), failures, fill=False)
-        ds = ds.batch(batch_size).map(
+        if input_context is None:
+            ds = tf.data.Dataset.range(n).batch(batch_size)
+        else:
+            ds = eval_indices(n, batch_size, input_context)
+        ds = ds.map(
             lambda i: read(i, tf.zeros([tf.size(i), 2], tf.int64)),
             num_parallel_calls=_AUTOTUNE,
             deterministic=True,
@@ -358,10 +451,29 @@ def eval_dataset(
         return ds.prefetch(_AUTOTUNE).with_options(_options())
     if image_ops.full_resolution(split.encoded, image_size):
         images, labels = tf.constant(split.images), tf.constant(split.labels)
-        ds = ds.map(lambda i: (view(images[i]), labels[i]), _AUTOTUNE, deterministic=True)
+
+        def example(i):
+            return view(images[i]), labels[i]
+
     else:
-        ds = ds.map(_in_memory_loader(split, image_size), _AUTOTUNE, deterministic=True)
+        example = _in_memory_loader(split, image_size)
+    if input_context is not None:
+        read = _batch_reader(example, image_size, tf.as_dtype(split.labels.dtype))
+        ds = eval_indices(n, batch_size, input_context)
+        ds = ds.map(read, num_parallel_calls=_AUTOTUNE, deterministic=True)
+        return ds.prefetch(_AUTOTUNE).with_options(_options())
+    ds = tf.data.Dataset.range(n).map(example, _AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=False).prefetch(_AUTOTUNE).with_options(_options())
+
+
+def eval_preprocessing(split: Split, image_size: int) -> str:
+    """How `eval_dataset` turns one image of `split` into the model's input.
+
+    "center_crop": the centered square of side eval_crop x the shorter side, resized
+    (bilinear) to S (`images.center_crop`, the full-resolution regime). "resize": the whole
+    image resized (antialiased) to S. `trainer.predict` follows this (export/labels.json).
+    """
+    return "center_crop" if image_ops.full_resolution(split.encoded, image_size) else "resize"
 
 
 def as_numpy(split: Split, *, image_size: int, limit: int | None = None, eval_crop=0.875):
