@@ -225,7 +225,11 @@ def tfds_dirs(tmp_path_factory):
     for file_format in ("array_record", "tfrecord"):
         data_dir = str(tmp_path_factory.mktemp(file_format))
         builder = LrtechTinyImages(data_dir=data_dir, file_format=file_format)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+        # Three TFRecord files (4, 5 and 4 train records): the stream interleaves files.
+        shards = 3 if file_format == "tfrecord" else None
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(num_shards=shards)
+        )
         dirs[file_format] = data_dir
     data_dir = str(tmp_path_factory.mktemp("photos"))
     LrtechTinyPhotos(data_dir=data_dir, file_format="array_record").download_and_prepare()
@@ -285,21 +289,179 @@ def test_tfds_auto_reads_on_demand_above_the_budget(tfds_dirs, monkeypatch):
     assert data.load(config).nbytes == (13 + 5) * 4
 
 
-@pytest.mark.parametrize(
-    "cache,why", [("none", ""), ("auto", "does not fit the cache budget and ")]
-)
-def test_tfds_without_random_access_is_one_line_above_memory(tfds_dirs, monkeypatch, cache, why):
-    config = _tfds_config(tfds_dirs["tfrecord"], cache=cache)
-    monkeypatch.setattr(data.sources, "CACHE_BUDGET_BYTES", 1000)
-    with pytest.raises(UserError) as error:
-        data.load(config)
-    assert str(error.value) == (
-        f"--cache={cache}: --dataset=lrtech_tiny_images {why}is prepared as tfrecord, without "
-        "random access; for data larger than memory prepare it as ArrayRecord "
-        "(`tfds build lrtech_tiny_images --file_format=array_record`) or pass --cache=memory"
-    )
+# TFDS TFRecord read as a stream -----------------------------------------------------------------
+
+
+def _stream(tfds_dirs, **changes):
+    return data.load(_tfds_config(tfds_dirs["tfrecord"], cache="none", **changes))
+
+
+@pytest.mark.parametrize("cache", ["none", "auto"])
+def test_tfds_tfrecord_above_memory_is_streamed_from_its_files(tfds_dirs, monkeypatch, cache):
+    monkeypatch.setattr(data.sources, "CACHE_BUDGET_BYTES", 1000)  # 13 * 240 bytes: too many
     held = data.load(_tfds_config(tfds_dirs["tfrecord"], cache="memory"))
+    stream = data.load(_tfds_config(tfds_dirs["tfrecord"], cache=cache))
     assert held._train.images.shape == (13, 8, 10, 3)
+    records = stream._train.records
+    assert stream.nbytes == 0 and stream._train.images is None  # only the file list
+    assert records.take == (4, 5, 4) and len(set(records.files)) == 3
+    assert (stream.info.num_train, stream.info.num_eval) == (13, 5)
+    assert stream.info.class_names == CLASSES
+    # Evaluation reads the files in order: the memory load's order.
+    evals = [list(source.eval_dataset(2).as_numpy_iterator()) for source in (held, stream)]
+    assert [len(b[1]) for b in evals[1]] == [2, 2, 1] and _same(*evals)
+    x, y = stream.as_numpy("train")
+    np.testing.assert_array_equal(x, held.as_numpy("train")[0])
+    with pytest.raises(UserError, match="has no indices"):
+        stream.train_indices(4)
+
+
+def _identities(images):
+    """Each example's image as bytes: the tiny dataset's images are all distinct."""
+    return [image.tobytes() for image in images]
+
+
+def test_stream_epochs_visit_every_record_once_in_new_orders(tfds_dirs):
+    source = _stream(tfds_dirs, augment=False)
+    everything = sorted(_identities(source.as_numpy("train")[0]))
+    assert len(set(everything)) == 13
+    batches = _batches(source, 13, 3)  # one batch of 13 = one epoch of the one pipeline
+    epochs = [_identities(images) for images, _ in batches]
+    for epoch in epochs:
+        assert sorted(epoch) == everything
+    assert epochs[0] != epochs[1] != epochs[2]  # files and buffer reshuffled per epoch
+    assert _same(batches, _batches(_stream(tfds_dirs, augment=False), 13, 3))  # deterministic
+    other_seed = _batches(_stream(tfds_dirs, augment=False, seed=5), 13, 1)
+    assert _identities(other_seed[0][0]) != epochs[0]
+
+
+@pytest.mark.parametrize("start_step", [1, 4, 7])
+def test_stream_resume_at_step_equals_tail(tfds_dirs, start_step):
+    source = _stream(tfds_dirs)
+    full = _batches(source, 4, 10)
+    assert not np.array_equal(full[0][0], full[4][0])
+    # 13 records, 4 a step: step 4 starts 3 records into the second epoch, step 7 2 into the third.
+    tail = _batches(source, 4, 10 - start_step, start_step=start_step)
+    assert _same(full[start_step:], tail)
+
+
+@pytest.mark.parametrize("pipelines,files", [(2, [[0, 2], [1]]), (5, None)])
+def test_stream_pipelines_read_disjoint_shares_of_the_files(tfds_dirs, pipelines, files):
+    source = _stream(tfds_dirs, augment=False)
+    records = source._train.records
+    everything = sorted(_identities(source.as_numpy("train")[0]))
+    seen = []
+    for i in range(pipelines):
+        context = tf.distribute.InputContext(pipelines, i, pipelines)
+        mine, every, first = records.share(i, pipelines)
+        n = records.pipeline_examples(i, pipelines)
+        if files is not None:  # file i goes to pipeline i mod W
+            assert mine.files == tuple(records.files[f] for f in files[i]) and every == 1
+        else:  # fewer files than pipelines: each keeps every W-th record
+            assert mine == records and (every, first) == (5, i)
+        one_epoch = _batches(source, n, 1, input_context=context)[0][0]
+        seen += _identities(one_epoch)
+    assert sorted(seen) == everything  # together the pipelines read each record once
+
+
+def test_stream_replicas_of_one_pipeline_take_the_global_batch_in_order(tfds_dirs):
+    source = _stream(tfds_dirs)
+    context = tf.distribute.InputContext(1, 0, 2)  # one worker, 2 replicas of 2 examples
+    halves = _batches(source, 2, 8, start_step=3, input_context=context)
+    for step, (images, labels) in enumerate(_batches(source, 4, 4, start_step=3)):
+        np.testing.assert_array_equal(
+            np.concatenate([h[0] for h in halves[2 * step : 2 * step + 2]]), images
+        )
+        np.testing.assert_array_equal(
+            np.concatenate([h[1] for h in halves[2 * step : 2 * step + 2]]), labels
+        )
+
+
+def test_streamed_tfds_run_interrupted_and_resumed_equals_straight_through(tfds_dirs, tmp_path):
+    def run(model_dir, train_steps):
+        config = _tfds_config(
+            tfds_dirs["tfrecord"],
+            model_dir=str(model_dir),
+            cache="none",
+            global_batch_size=4,
+            train_steps=train_steps,
+            first_cycle_steps=2,
+            steps_per_loop=2,
+            checkpoint_every_steps=3,
+            progress=False,
+        )
+        experiment = Experiment(config, make_strategy("one_device"), model_fn=tiny_model).build()
+        assert experiment.data._train.records is not None
+        experiment.interpret = lambda: {}
+        experiment.restore()
+        experiment.train()
+        return experiment
+
+    straight = run(tmp_path / "straight", 7)
+    run(tmp_path / "resumed", 5)  # checkpoint at step 5: 20 records in, 7 into the 2nd epoch
+    resumed = run(tmp_path / "resumed", 7)
+    assert int(resumed.optimizer.iterations.numpy()) == 7
+    for a, b in zip(straight.model.weights, resumed.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# A registered TFDS dataset under tfds.testing.mock_data ------------------------------------------
+
+
+@pytest.fixture
+def mocked_tfds(monkeypatch):
+    """`tfds.testing.mock_data` of 20 generated examples per split.
+
+    TFDS 4.9's mock gives its random-access source a `__getitems__` that is not bound to the
+    mock (it fails for any batch read); bound here, it returns what `__getitem__` returns.
+    """
+    from tensorflow_datasets.testing import mocking
+
+    unbound = mocking._getitems
+    monkeypatch.setattr(
+        mocking,
+        "_getitems",
+        lambda record_keys, generator, serialized=False: unbound(
+            None, record_keys, generator, serialized
+        ),
+    )
+    with tfds.testing.mock_data(num_examples=20):
+        yield
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_registered_tfds_dataset_loads_and_trains_under_mock_data(mocked_tfds, tmp_path, cache):
+    config = _config(
+        "",
+        dataset="mnist",
+        data_dir=str(tmp_path / "never_prepared"),
+        cache=cache,
+        image_size=8,
+        model_dir=str(tmp_path / "run"),
+        global_batch_size=4,
+        train_steps=4,
+        first_cycle_steps=2,
+        steps_per_loop=2,
+        progress=False,
+    )
+    source = data.load(config)
+    assert source.info.class_names == tuple(str(i) for i in range(10))
+    assert (source.info.num_train, source.info.num_eval) == (20, 20)
+    assert source.info.image_shape == (28, 28, 3)  # grayscale MNIST as RGB
+    if cache == "memory":
+        assert source._train.images.shape == (20, 28, 28, 3)
+    else:  # the random-access path: labels only
+        assert source._train.images is None and source.nbytes == 2 * 20 * 4
+    full = _batches(source, 4, 6)
+    assert full[0][0].shape == (4, 8, 8, 3) and full[0][1].dtype == np.int32
+    assert all(0 <= int(y) < 10 for _, labels in full for y in labels)
+    assert _same(full[2:], _batches(data.load(config), 4, 4, start_step=2))
+    experiment = Experiment(config, make_strategy("one_device"), model_fn=tiny_model).build()
+    experiment.interpret = lambda: {}  # plots are not what this test is about
+    experiment.restore()
+    experiment.train()
+    assert int(experiment.optimizer.iterations.numpy()) == 4
+    assert experiment.evaluator.evaluate()["examples"] == 20
 
 
 # Per-worker shares -----------------------------------------------------------------------------

@@ -33,10 +33,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import tensorflow as tf
 
 from trainer.config import Config
-from trainer.data import arrays, pipeline, sources, tfds_source
+from trainer.data import arrays, pipeline, sources, streaming, tfds_source
 from trainer.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ class Data:
         self.info = DatasetInfo(
             name=config.dataset,
             num_classes=len(train.class_names),
-            num_train=len(train.labels),
-            num_eval=len(evaluation.labels),
+            num_train=train.num_examples,
+            num_eval=evaluation.num_examples,
             image_shape=tuple(shape),
             class_names=train.class_names,
             num_skipped=train.num_skipped + evaluation.num_skipped,
@@ -130,11 +131,23 @@ class Data:
         Raises:
           UserError: batch_size < 1 or start_step < 0.
         """
+        augment = self._augment if augment is None else augment
+        if self._train.records is not None:
+            train_view, _ = pipeline._views(self._train, self._image_size, augment, self._eval_crop)
+            return streaming.train_dataset(
+                self._train.records,
+                batch_size,
+                train_view=train_view,
+                seed=self._seed,
+                start_step=start_step,
+                input_context=input_context,
+                options=pipeline._options(),
+            )
         return pipeline.train_dataset(
             self._train,
             batch_size,
             image_size=self._image_size,
-            augment=self._augment if augment is None else augment,
+            augment=augment,
             seed=self._seed,
             start_step=start_step,
             input_context=input_context,
@@ -150,6 +163,10 @@ class Data:
         input_context: tf.distribute.InputContext | None = None,
     ) -> tf.data.Dataset:
         """(epoch, position, index) of each example `train_dataset` with these arguments reads."""
+        if self._train.records is not None:
+            raise UserError(
+                f"--dataset={self.info.name}: a TFRecord split read as a stream has no indices"
+            )
         return pipeline.train_indices(
             len(self._train.labels),
             batch_size,
@@ -168,14 +185,35 @@ class Data:
         """Bytes both splits hold in memory (pixels or encoded files, labels, file names)."""
         return self._train.nbytes + self._eval.nbytes
 
-    def eval_dataset(self, batch_size: int) -> tf.data.Dataset:
-        """The evaluation split once, in order, unaugmented, keeping the last partial batch."""
+    @property
+    def eval_shardable(self) -> bool:
+        """Whether `eval_dataset` takes an input_context (not for a split read as a stream:
+        every worker then reads the whole eval split)."""
+        return self._eval.records is None
+
+    def eval_dataset(
+        self, batch_size: int, *, input_context: tf.distribute.InputContext | None = None
+    ) -> tf.data.Dataset:
+        """The evaluation split once, in order, unaugmented, keeping the last partial batch.
+
+        With `input_context` (only when `eval_shardable`), `batch_size` is the per-replica
+        batch and this pipeline reads only its replicas' slices of each global batch; see
+        `trainer.data.pipeline.eval_dataset`.
+        """
+        if self._eval.records is not None:
+            if input_context is not None:
+                raise UserError("a TFRecord eval split read as a stream is not sharded")
+            _, eval_view = pipeline._views(self._eval, self._image_size, False, self._eval_crop)
+            return streaming.eval_dataset(
+                self._eval.records, batch_size, eval_view=eval_view, options=pipeline._options()
+            )
         return pipeline.eval_dataset(
             self._eval,
             batch_size,
             image_size=self._image_size,
             eval_crop=self._eval_crop,
             failures=self._failures,
+            input_context=input_context,
         )
 
     def as_numpy(self, split: str = "train", limit: int | None = None):
@@ -189,6 +227,12 @@ class Data:
         if split not in ("train", "eval"):
             raise UserError(f"split={split!r} must be 'train' or 'eval'")
         source = self._train if split == "train" else self._eval
+        if source.records is not None:
+            _, eval_view = pipeline._views(source, self._image_size, False, self._eval_crop)
+            ds = streaming.eval_dataset(source.records, 1024, eval_view=eval_view, limit=limit)
+            batches = list(ds.as_numpy_iterator())
+            images, labels = zip(*batches)
+            return np.concatenate(images), np.concatenate(labels)
         return pipeline.as_numpy(
             source, image_size=self._image_size, limit=limit, eval_crop=self._eval_crop
         )

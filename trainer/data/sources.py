@@ -49,6 +49,11 @@ class Split:
     same split would take (False: fixed-shape images small enough to hold decoded), so every
     `--cache` policy gives the same batches; `root` prefixes the index in error messages.
 
+    When `records` is set (`trainer.data.streaming.Records`: a TFRecord-prepared TFDS split
+    too large for memory), `images` is None and `labels` empty: the split is read as a
+    stream (`trainer.data.streaming`), with `encoded` naming the preprocessing regime as for
+    a data source.
+
     `warnings` are messages for the user (empty class directories, skipped files), to be
     logged only once every split has loaded.
     """
@@ -64,6 +69,12 @@ class Split:
     root: str = ""  # directory the files are relative to (ends with a separator)
     source: object | None = None  # TFDS data source: source[i][image_key] is encoded bytes
     image_key: str = ""
+    records: object | None = None  # `streaming.Records`: TFRecord files read as a stream
+
+    @property
+    def num_examples(self) -> int:
+        """Examples in the split (a stream's from the TFDS metadata: labels are not read)."""
+        return self.records.num_examples if self.records is not None else len(self.labels)
 
     @property
     def on_demand(self) -> bool:

@@ -1,10 +1,11 @@
 """Loading a prepared TFDS image-classification split: into memory, or on demand.
 
 `tfds_split` returns a `trainer.data.sources.Split`: the images in memory, or (``--cache=none``,
-or ``auto`` above `sources.CACHE_BUDGET_BYTES`) only the labels and a random-access data source
-of an ArrayRecord-prepared split, from which the pipeline fetches each image by index. TFRecord
-data has no random access: it loads into memory, or the load fails with one line saying how to
-prepare it as ArrayRecord. Never downloads; TFDS's INFO logging is silenced while loading.
+or ``auto`` above `sources.CACHE_BUDGET_BYTES`) what reads them on demand: the labels and a
+random-access data source of an ArrayRecord-prepared split, from which the pipeline fetches
+each image by index; or, for TFRecord-prepared data (no random access), the split's files,
+read by the streaming pipeline of `trainer.data.streaming`. Never downloads; TFDS's INFO
+logging is silenced while loading.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from trainer.data import sources
+from trainer.data import sources, streaming
 from trainer.data.sources import Split
 from trainer.errors import UserError
 
@@ -65,14 +66,16 @@ def tfds_split(name: str, data_dir: str | None, split: str, cache: str = "memory
     """Loads a prepared TFDS image-classification split (never downloads), logging no INFO.
 
     `cache` "memory" reads the split into memory (decoded when its images have one shape and
-    fit `sources.MAX_DECODED_BYTES`, else encoded). "none" keeps the labels and a random-access data
-    source (`builder.as_data_source`, ArrayRecord-prepared data only): images are fetched by
-    index in the pipeline. "auto" holds the split in memory when what memory would hold
+    fit `sources.MAX_DECODED_BYTES`, else encoded). "none" reads it on demand: an
+    ArrayRecord-prepared split keeps its labels and a random-access data source
+    (`builder.as_data_source`; images are fetched by index in the pipeline), a
+    TFRecord-prepared one keeps only its file list and is read as a stream
+    (`trainer.data.streaming`). "auto" holds the split in memory when what memory would hold
     (decoded pixels, or the encoded bytes when shapes vary) fits `sources.CACHE_BUDGET_BYTES`.
 
     Raises:
-      UserError: unknown dataset, not prepared in data_dir, bad split, not (image, label), or
-        ("none", "auto" above the budget) prepared without random access (e.g. TFRecord).
+      UserError: unknown dataset, not prepared in data_dir, bad split, not (image, label),
+        files of a streamed split missing.
     """
     with _tfds_info_silenced():
         return _read_tfds(name, data_dir, split, cache)
@@ -108,9 +111,20 @@ def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split
     encoded = not fixed or decoded_bytes > sources.MAX_DECODED_BYTES
     held = num_bytes if encoded else decoded_bytes
     if cache == "none" or (cache == "auto" and held > sources.CACHE_BUDGET_BYTES):
-        if not builder.is_prepared():
-            raise _not_prepared(name, data_dir)
-        source, labels = _data_source(builder, name, split, (image_key, label_key), cache)
+        try:
+            source, labels = _data_source(builder, name, split, (image_key, label_key))
+        except NotImplementedError:  # no random access (TFRecord), or not prepared at all
+            if not builder.is_prepared():
+                raise _not_prepared(name, data_dir) from None
+            return Split(
+                None,
+                np.zeros([0], np.int32),
+                encoded,
+                class_names,
+                (*image_shape[:2], 3),
+                root=f"{name} {split}",
+                records=_records(builder, name, split, (image_key, label_key)),
+            )
         return Split(
             None,
             labels,
@@ -123,7 +137,7 @@ def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split
         )
     if _is_array_record(builder.info):
         # ArrayRecord files have no tf.data reader (`as_dataset` raises): read the data source.
-        source, labels = _data_source(builder, name, split, (image_key, label_key), cache)
+        source, labels = _data_source(builder, name, split, (image_key, label_key))
         images = _fetch_all(source, image_key, len(labels), decode=not encoded)
         return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
     decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
@@ -144,6 +158,30 @@ def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split
         images = np.repeat(images, 3, axis=-1)
     labels = np.concatenate(labels).astype(np.int32)
     return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
+
+
+def _records(builder, name: str, split: str, keys: tuple[str, str]) -> streaming.Records:
+    """The TFRecord files (and slice of each) of a prepared split, for streaming."""
+    try:
+        instructions = builder.info.splits[split].file_instructions
+    except (KeyError, ValueError) as e:
+        raise UserError(f"--dataset={name}: bad split {split!r} ({e})") from None
+    instructions = [i for i in instructions if i.take]
+    if not instructions:
+        raise UserError(f"--dataset={name}: split {split!r} is empty")
+    missing = [i.filename for i in instructions if not tf.io.gfile.exists(i.filename)]
+    if missing:
+        raise UserError(
+            f"--dataset={name}: {len(missing)} file(s) of split {split!r} are missing, "
+            f"e.g. {missing[0]}; prepare it again (`tfds build {name}`)"
+        )
+    return streaming.Records(
+        files=tuple(str(i.filename) for i in instructions),
+        skip=tuple(int(i.skip) for i in instructions),
+        take=tuple(int(i.take) for i in instructions),
+        image_key=keys[0],
+        label_key=keys[1],
+    )
 
 
 def _is_array_record(info) -> bool:
@@ -172,7 +210,7 @@ def _fetch_all(source, image_key: str, n: int, decode: bool) -> np.ndarray:
 _CHUNK = 4096  # records read from a data source per call at start-up
 
 
-def _data_source(builder, name: str, split: str, keys: tuple[str, str], cache: str):
+def _data_source(builder, name: str, split: str, keys: tuple[str, str]):
     """(data source with the image left encoded, int32 labels [N]) of a prepared split.
 
     `name` is the --dataset value for messages; `keys` are the (image, label) feature names.
@@ -191,14 +229,6 @@ def _data_source(builder, name: str, split: str, keys: tuple[str, str], cache: s
         raw = builder.as_data_source(
             split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
         )
-    except NotImplementedError:
-        file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
-        why = "does not fit the cache budget and " if cache == "auto" else ""
-        raise UserError(
-            f"--cache={cache}: --dataset={name} {why}is prepared as {file_format}, without "
-            f"random access; for data larger than memory prepare it as ArrayRecord "
-            f"(`tfds build {name} --file_format=array_record`) or pass --cache=memory"
-        ) from None
     except ValueError as e:
         raise UserError(f"--dataset={name}: bad split {split!r} ({e})") from None
     n = len(raw)
