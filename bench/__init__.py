@@ -12,4 +12,5 @@ NAMES = (
     "checkpoint",
     "runtime",
     "data",
+    "stream",
 )

@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from bench import common, data_scale, workloads
+from bench import common, data_scale, tfds_stream, workloads
 from bench.common import Section, Stats, alternate, fmt, rate, spread, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -778,4 +778,5 @@ RUNNERS = {
     "checkpoint": checkpoint,
     "runtime": runtime,
     "data": data_scale.data_scale,
+    "stream": tfds_stream.tfds_stream,
 }
