@@ -1,6 +1,7 @@
 """trainer.predict on a tiny hand-weighted export and generated JPEG/PNG/BMP/GIF files."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -12,11 +13,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from trainer import checkpoints, experiment, predict, runtime
 from trainer.config import Config
-from trainer.data import arrays, pipeline, sources
+from trainer.data import arrays, images, pipeline, sources
 from trainer.errors import UserError
+from trainer.strategy import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -130,6 +133,7 @@ def test_constants_match_the_modules_they_copy():
     assert predict.EXPORT_DIR == experiment.EXPORT_DIR
     assert predict.CONFIG_FILE == checkpoints.CONFIG_FILE
     assert predict.DEFAULT_EVAL_CROP == Config(model_dir="x").eval_crop
+    assert predict.PREPROCESSING == images.PREPROCESSING
     for dataset in ("npz:a", "idx:b", "sklearn_digits", "synthetic", "synthetic:4", "cifar10"):
         held_decoded = dataset.startswith("synthetic") or arrays.is_spec(dataset)
         assert predict.evaluates_encoded(dataset) is not held_decoded
@@ -160,6 +164,95 @@ def test_full_resolution_predict_equals_the_model_on_the_eval_pipeline(tmp_path)
     np.testing.assert_allclose([got[c] for c in CLASSES], expected, rtol=1e-5, atol=1e-7)
     assert results[0][1][0][0] == "c"  # blue-dominant crop
     assert abs(got["a"] - uncropped[0]) > 0.01  # the crop left out the red band
+
+
+class LrtechPredictDecoded(tfds.core.GeneratorBasedBuilder):
+    """A real TFDS dataset of fixed-size 12x16 PNG images (8 train, 4 test), like cifar10:
+    held decoded in memory, so evaluation resizes the whole image even at image_size 128."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None  # no checksums or metadata files beside this test module
+
+    def _info(self):
+        features = {
+            "image": tfds.features.Image(shape=(12, 16, 3)),
+            "label": tfds.features.ClassLabel(names=CLASSES),
+        }
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(8, 0), "test": self._generate_examples(4, 1)}
+
+    def _generate_examples(self, n, seed):
+        for i in range(n):
+            image = _pixels(12, 16, i % 3, 10 * seed + i)
+            image[:, :3] = 255 - image[:, :3]  # a left band a center crop leaves out
+            yield i, {"image": image, "label": i % 3}
+
+
+def _spatial_model(num_classes, size=128):
+    """Flatten keeps where things are: a crop changes the logits."""
+    return keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(3, 8, strides=8, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(num_classes, name="head"),
+        ]
+    )
+
+
+def test_decoded_tfds_run_at_full_size_predicts_as_it_evaluated(tmp_path):
+    """A TFDS run whose fixed-size images were held decoded evaluated whole resized images at
+    --image_size 128; labels.json records it and predict resizes too (no center crop)."""
+    data_dir = str(tmp_path / "tfds")
+    LrtechPredictDecoded(data_dir=data_dir).download_and_prepare()
+    config = Config(
+        model_dir=str(tmp_path / "run"),
+        dataset="lrtech_predict_decoded",
+        data_dir=data_dir,
+        image_size=128,
+        global_batch_size=4,
+        progress=False,
+    )
+    run = experiment.Experiment(config, make_strategy("one_device"), model_fn=_spatial_model)
+    run.build().restore()  # writes config.json; the export needs no training
+    labels_path = Path(run.export()) / "labels.json"
+    labels = json.loads(labels_path.read_text())
+    assert (labels["preprocessing"], labels["eval_crop"]) == ("resize", 0.875)
+    assert "the whole image resized" in labels["input"]
+    split = run.data._eval
+    assert not split.encoded and split.images.shape == (4, 12, 16, 3)  # held decoded
+    files = []
+    for i, pixels in enumerate(split.images):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(tf.io.encode_png(pixels).numpy())
+    ((views, _),) = list(run.data.eval_dataset(4).as_numpy_iterator())
+    model = keras.saving.load_model(tmp_path / "run" / "export" / "model.keras")
+    expected = tf.nn.softmax(model(views)).numpy()
+
+    def probabilities():
+        results = predict.predict(tmp_path / "run", files, top_k=3)
+        return np.array([[dict(top)[c] for c in CLASSES] for _, top in results])
+
+    np.testing.assert_allclose(probabilities(), expected, rtol=1e-5, atol=1e-6)
+    # An export from before labels.json recorded the regime: predict center-crops (0.875
+    # from config.json), which is not what evaluation did.
+    labels_path.write_text(json.dumps({k: labels[k] for k in ("class_names", "image_size")}))
+    old = probabilities()
+    assert np.abs(old - expected).max() > 1e-3
+    # A labels.json that says center_crop (and its crop) is followed, config.json aside.
+    regime = dict(labels, preprocessing="center_crop", eval_crop=0.875)
+    labels_path.write_text(json.dumps(regime))
+    np.testing.assert_allclose(probabilities(), old, rtol=1e-6, atol=1e-7)
+    assert pipeline.eval_preprocessing(dataclasses.replace(split, encoded=True), 128) == (
+        "center_crop"
+    )
 
 
 def test_find_images_recursive_sorted_and_checked(setup, tmp_path):
@@ -233,6 +326,12 @@ def test_bad_exports_and_arguments_name_the_file(setup, tmp_path):
     (export / "labels.json").write_text('{"class_names": ["a"]}')
     with pytest.raises(UserError, match="labels.json: unreadable .*image_size"):
         predict.read_labels(tmp_path)
+    for bad, message in [({"preprocessing": "crop"}, "preprocessing='crop' is not one of"),
+                         ({"eval_crop": 0}, r"eval_crop=0 is not in \(0, 1\]")]:  # fmt: skip
+        labels = {"class_names": CLASSES, "image_size": SIZE, **bad}
+        (export / "labels.json").write_text(json.dumps(labels))
+        with pytest.raises(UserError, match=f"labels.json: unreadable .*{message}"):
+            predict.read_labels(tmp_path)
     (export / "labels.json").write_text(json.dumps({"class_names": CLASSES, "image_size": SIZE}))
     with pytest.raises(UserError, match="model.keras: cannot load"):
         predict.load_export(tmp_path)

@@ -190,32 +190,21 @@ class Experiment:
         """The eval split once, in order, distributed: each worker reads only its share.
 
         Each input pipeline reads and decodes only its replicas' slices of every global batch
-        (`trainer.data.pipeline.eval_dataset` with input_context), the last partial batch
+        (`trainer.data.Data.eval_dataset` with input_context), the last partial batch
         included; `trainer.loop.EvalLoop` sums over replicas, so the result is the
         one-device evaluation's. Falls back to every worker reading the whole split
         (`experimental_distribute_dataset`, as before) when the global batch does not divide
-        by the number of replicas, or the eval split is not one `pipeline` can shard.
+        by the number of replicas, or the eval split cannot be sharded by index (a TFRecord
+        split read as a stream: `Data.eval_shardable`).
         """
         global_batch = self.config.global_batch_size
-        split = getattr(self.data, "_eval", None)
-        if global_batch % self.strategy.num_replicas_in_sync or not isinstance(
-            split, data.sources.Split
-        ):
+        if global_batch % self.strategy.num_replicas_in_sync or not self.data.eval_shardable:
             dataset = self.data.eval_dataset(global_batch)
             return strategy_lib.distribute_dataset(self.strategy, dataset)
-        config = self.config
 
         def per_worker(context):
-            # Data.eval_dataset has no input_context (trainer/data/__init__.py): the share
-            # comes from the pipeline over Data's eval split, with Data's settings.
-            return data.pipeline.eval_dataset(
-                split,
-                context.get_per_replica_batch_size(global_batch),
-                image_size=config.image_size,
-                eval_crop=config.eval_crop,
-                failures=getattr(self.data, "_failures", None),
-                input_context=context,
-            )
+            per_replica = context.get_per_replica_batch_size(global_batch)
+            return self.data.eval_dataset(per_replica, input_context=context)
 
         return strategy_lib.distribute_dataset(self.strategy, per_worker)
 
@@ -525,18 +514,37 @@ class Experiment:
 
     def _write_labels(self, path: str, extra: dict) -> None:
         # What a user of the export needs beside the weights: the class of each output and
-        # how evaluation fed images to the model (`trainer.data`: resize with antialiasing to
-        # image_size x image_size, float32 RGB pixels in [0, 255]).
+        # how evaluation fed images to the model (`trainer.data`), which `trainer.predict`
+        # follows: "preprocessing" is "resize" (the whole image resized with antialiasing to
+        # image_size x image_size) or "center_crop" (the centered square of side eval_crop x
+        # the shorter side, resized bilinearly); float32 RGB pixels in [0, 255] either way.
+        size, crop = self.config.image_size, self.config.eval_crop
+        preprocessing = self._eval_preprocessing()
+        if preprocessing == "center_crop":
+            view = (
+                f"the centered square of side {crop:g} x the shorter side, resized (bilinear) "
+                "to image_size x image_size"
+            )
+        else:
+            view = "the whole image resized (bilinear, antialiased) to image_size x image_size"
         record = {
             "class_names": list(self.info.class_names),
-            "image_size": self.config.image_size,
-            "input": "float32 RGB pixels in [0, 255], resized (bilinear, antialiased) to "
-            "image_size x image_size",
+            "image_size": size,
+            "input": f"float32 RGB pixels in [0, 255]: {view}",
             "dataset": self.config.dataset,
             "step": self.step,
             **extra,
         }
+        if preprocessing is not None:
+            record.update(preprocessing=preprocessing, eval_crop=crop)
         run_dir.write_text(path, json.dumps(record, indent=2))
+
+    def _eval_preprocessing(self) -> str | None:
+        """How evaluation views an image, "resize" or "center_crop"; None when unknown."""
+        split = getattr(self.data, "_eval", None)  # Data has no public accessor (yet)
+        if not isinstance(split, data.sources.Split):
+            return None
+        return data.pipeline.eval_preprocessing(split, self.config.image_size)
 
     def export(self) -> str:
         """Writes export/: model.keras, model.weights.h5, saved_model/ and labels.json.

@@ -6,13 +6,15 @@
 DIR is a `run_train.py --model_dir`; its export/ holds model.keras (built-in Keras layers,
 float32 RGB pixels in [0, 255] in, logits out) and labels.json (class names, image size).
 Folders are searched recursively for .jpg .jpeg .png .bmp .gif files (any case), in sorted
-order. Each image is fed exactly as training's evaluation feeds encoded images, by the same
-function (`trainer.data.images.eval_view`): at image_size >= 128 the centered square of side
-eval_crop x the shorter side (eval_crop from DIR/config.json, 0.875 without it), resized
-bilinearly; below 128, or for a run trained on arrays or synthetic data (held decoded), the
-whole image resized with antialiasing; clipped to [0, 255]. One line per image: the path, then
-the top-k class names with their probabilities (softmax of the logits). `--output` also writes
-them as CSV.
+order. Each image is fed exactly as the run's evaluation fed its images, by the same function
+(`trainer.data.images.eval_view`), in the regime labels.json records ("preprocessing"):
+"center_crop", the centered square of side eval_crop x the shorter side resized bilinearly,
+or "resize", the whole image resized with antialiasing (e.g. a TFDS run whose fixed-size
+images were held decoded, even at image_size >= 128); clipped to [0, 255]. An export written
+before labels.json recorded it: center_crop at image_size >= 128 (eval_crop from
+DIR/config.json, 0.875 without it), resize below 128 or for a run trained on arrays or
+synthetic data. One line per image: the path, then the top-k class names with their
+probabilities (softmax of the logits). `--output` also writes them as CSV.
 
 Exit codes: 0 done; 2 bad input (one line on stderr naming the flag, file or value: a missing
 path or export, an unreadable image without --skip_corrupt).
@@ -45,6 +47,8 @@ DECODED_PREFIXES = ("npz:", "idx:", "synthetic:")
 DECODED_NAMES = ("sklearn_digits", "synthetic")
 DEFAULT_EVAL_CROP = 0.875
 MAX_BATCH_SIZE = 65536
+# trainer.data.images.PREPROCESSING: the evaluation regimes export/labels.json names.
+PREPROCESSING = ("resize", "center_crop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,9 @@ class Export:
     image_size: int
     eval_crop: float = DEFAULT_EVAL_CROP  # the run's --eval_crop
     encoded: bool = True  # False: the run evaluated decoded arrays (never center-cropped)
+    # labels.json's "resize" or "center_crop"; None (an older export): decided by `encoded`
+    # and image_size, as evaluation decides for encoded files.
+    preprocessing: str | None = None
 
 
 def find_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -125,6 +132,11 @@ def read_labels(model_dir: str) -> dict:
             raise ValueError(f"class_names={names!r} is not a non-empty list of strings")
         if not (isinstance(size, int) and size >= 1):
             raise ValueError(f"image_size={size!r} is not an integer >= 1")
+        regime = labels.get("preprocessing")
+        if regime is not None and regime not in PREPROCESSING:
+            raise ValueError(f"preprocessing={regime!r} is not one of {', '.join(PREPROCESSING)}")
+        if "eval_crop" in labels:
+            _check_crop(labels["eval_crop"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{labels_path}: unreadable ({_one_line(e)}); {_REWRITE}") from None
     return labels
@@ -154,11 +166,15 @@ def read_eval_view(model_dir: str) -> tuple[float, bool]:
             full = json.load(f).get("full", {})
         crop = full.get("eval_crop", DEFAULT_EVAL_CROP)
         dataset = str(full.get("dataset", ""))
-        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
-            raise ValueError(f"eval_crop={crop!r} is not in (0, 1]")
+        _check_crop(crop)
     except (OSError, ValueError, AttributeError) as e:
         raise UserError(f"{path}: unreadable ({_one_line(e)})") from None
     return float(crop), evaluates_encoded(dataset)
+
+
+def _check_crop(crop) -> None:
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+        raise ValueError(f"eval_crop={crop!r} is not in (0, 1]")
 
 
 def evaluates_encoded(dataset: str) -> bool:
@@ -175,6 +191,9 @@ def load_export(model_dir: str) -> Export:
     """
     labels = read_labels(model_dir)
     eval_crop, encoded = read_eval_view(model_dir)
+    # labels.json records how evaluation viewed images (exports since it does): it decides.
+    preprocessing = labels.get("preprocessing")
+    eval_crop = float(labels.get("eval_crop", eval_crop))
     model_path = os.path.join(os.fspath(model_dir), EXPORT_DIR, "model.keras")
     runtime.import_tensorflow()
     import keras
@@ -196,19 +215,27 @@ def load_export(model_dir: str) -> Export:
             f"{model_path}: outputs {output_shape[-1]} classes but labels.json names "
             f"{len(names)}; {_REWRITE}"
         )
-    return Export(model, names, size, eval_crop, encoded)
+    return Export(model, names, size, eval_crop, encoded, preprocessing)
 
 
-def preprocess(contents, image_size: int, eval_crop=DEFAULT_EVAL_CROP, encoded: bool = True):
+def preprocess(
+    contents,
+    image_size: int,
+    eval_crop=DEFAULT_EVAL_CROP,
+    encoded: bool = True,
+    preprocessing: str | None = None,
+):
     """Encoded image bytes -> float32 [S, S, 3] RGB in [0, 255], as training evaluates.
 
     `trainer.data.images.eval_view`, the function of the evaluation pipeline (the first frame
-    of an animated GIF; any input size): `encoded` False for a run trained on decoded arrays.
+    of an animated GIF; any input size): `preprocessing` ("resize" or "center_crop") as
+    labels.json records it; without it `encoded` (False for a run trained on decoded arrays)
+    and image_size decide, as for encoded files.
     """
     runtime.import_tensorflow()
     from trainer.data import images
 
-    return images.eval_view(contents, image_size, eval_crop, encoded)
+    return images.eval_view(contents, image_size, eval_crop, encoded, preprocessing)
 
 
 def _dataset(files: list[str], export: Export, batch_size: int):
@@ -220,7 +247,10 @@ def _dataset(files: list[str], export: Export, batch_size: int):
 
     def load(i, name):
         contents = tf.io.read_file(name)
-        return i, preprocess(contents, export.image_size, export.eval_crop, export.encoded)
+        view = preprocess(
+            contents, export.image_size, export.eval_crop, export.encoded, export.preprocessing
+        )
+        return i, view
 
     ds = tf.data.Dataset.from_tensor_slices((index, names))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

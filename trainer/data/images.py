@@ -135,16 +135,34 @@ def center_crop(contents, image_size: int, crop: float) -> tf.Tensor:
     return _bilinear(_decode_window(contents, window, False), image_size)
 
 
-def eval_view(contents, image_size: int, crop: float, encoded: bool = True) -> tf.Tensor:
+def eval_preprocessing(encoded: bool, image_size: int) -> str:
+    """The evaluation regime of a split: "center_crop" (`center_crop`, the full-resolution
+    path) or "resize" (the whole image decoded and resized). Recorded in an export's
+    labels.json so that `trainer.predict` feeds images the way evaluation did."""
+    return "center_crop" if full_resolution(encoded, image_size) else "resize"
+
+
+PREPROCESSING = ("resize", "center_crop")  # the values of `eval_preprocessing`
+
+
+def eval_view(
+    contents, image_size: int, crop: float, encoded: bool = True, preprocessing: str | None = None
+) -> tf.Tensor:
     """Evaluation view of one encoded image, as `trainer.data.pipeline.eval_dataset` makes it.
 
     `center_crop` on the full-resolution path (`full_resolution(encoded, image_size)`), else
     the whole image decoded and resized. `encoded` is the split's: False for a TFDS split held
     decoded, whose images are small and fixed-size (see `trainer.data.sources.Split`).
+    `preprocessing` ("resize" or "center_crop", see `eval_preprocessing`), when given,
+    decides instead of `encoded`.
 
     Returns:
       float32 [S, S, 3] in [0, 255].
     """
-    if full_resolution(encoded, image_size):
+    if preprocessing is None:
+        preprocessing = eval_preprocessing(encoded, image_size)
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"preprocessing={preprocessing!r} must be one of {PREPROCESSING}")
+    if preprocessing == "center_crop":
         return center_crop(contents, image_size, crop)
     return resize(decode(contents), image_size)

@@ -473,7 +473,7 @@ def eval_preprocessing(split: Split, image_size: int) -> str:
     (bilinear) to S (`images.center_crop`, the full-resolution regime). "resize": the whole
     image resized (antialiased) to S. `trainer.predict` follows this (export/labels.json).
     """
-    return "center_crop" if image_ops.full_resolution(split.encoded, image_size) else "resize"
+    return image_ops.eval_preprocessing(split.encoded, image_size)
 
 
 def as_numpy(split: Split, *, image_size: int, limit: int | None = None, eval_crop=0.875):
