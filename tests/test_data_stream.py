@@ -405,6 +405,18 @@ def test_streamed_tfds_run_interrupted_and_resumed_equals_straight_through(tfds_
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_distributed_iterators_are_not_checkpointable():
+    """Why the TFRecord stream resumes by re-reading instead of saving iterator state
+    (docs/DATA.md): TensorFlow 2.21's distributed iterators are not trackable. When this
+    fails, a TensorFlow release made them checkpointable: revisit the stream's resume."""
+    strategy = make_strategy("one_device")
+    dataset = tf.data.Dataset.range(8).batch(2)
+    iterator = iter(distribute_dataset(strategy, dataset))
+    with pytest.raises(ValueError, match="expecting data to be a trackable object"):
+        tf.train.Checkpoint(data=iterator)
+    assert tf.train.Checkpoint(data=iter(dataset))  # a plain tf.data iterator is
+
+
 # A registered TFDS dataset under tfds.testing.mock_data ------------------------------------------
 
 
