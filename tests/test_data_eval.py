@@ -244,3 +244,30 @@ def test_tfds_read_and_decode_failures_are_named_or_skipped_in_place(corrupt_tfd
             else:  # every other example keeps its place
                 np.testing.assert_array_equal(x[slot], images[kept.index(index)])
                 assert y[slot] == labels[kept.index(index)] == lenient._train.labels[index]
+
+
+class Recording:
+    """A data source that records the indices it is asked for."""
+
+    def __init__(self, source):
+        self.source, self.asked = source, []
+
+    def __getitems__(self, indices):
+        self.asked += indices
+        return self.source.__getitems__(indices)
+
+
+def test_each_tfds_eval_pipeline_fetches_only_its_share(corrupt_tfds):
+    config = _config("", dataset="lrtech_eval_corrupt", data_dir=corrupt_tfds, cache="none")
+    source = data.load(config)
+    whole = np.concatenate([x for x, _ in source.eval_dataset(2).as_numpy_iterator()])
+    for i, share in enumerate(([0, 2, 4], [1, 3])):
+        recording = Recording(source._eval.source)
+        split = dataclasses.replace(source._eval, source=recording)
+        context = tf.distribute.InputContext(2, i, 2)  # 2 pipelines, 1 replica each
+        ds = pipeline.eval_dataset(split, 1, image_size=8, input_context=context)
+        got = [x for x, _ in ds.as_numpy_iterator()]
+        assert sorted(recording.asked) == share
+        # 3 global batches of 2: pipeline 1's last batch is empty.
+        assert [len(x) for x in got] == ([1, 1, 1] if i == 0 else [1, 1, 0])
+        np.testing.assert_array_equal(np.concatenate(got), whole[share])
