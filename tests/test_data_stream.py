@@ -405,6 +405,46 @@ def test_streamed_tfds_run_interrupted_and_resumed_equals_straight_through(tfds_
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def _corrupt_one_train_record(data_dir, tmp_path):
+    """A copy of the TFRecord-prepared dataset whose second file's record 1 has an image
+    that does not decode; returns (data_dir, the record's name)."""
+    import shutil
+
+    copy = tmp_path / "corrupt"
+    shutil.copytree(data_dir, copy)
+    (path,) = [p for p in copy.rglob("*train.tfrecord-00001-of-00003")]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+    example = tf.train.Example.FromString(records[1])
+    example.features.feature["image"].bytes_list.value[0] = b"\x89PNG not an image"
+    records[1] = example.SerializeToString()
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+    return str(copy), f"{path.name} record 1"
+
+
+def test_stream_names_an_image_that_does_not_decode_or_skips_it_in_place(tfds_dirs, tmp_path):
+    data_dir, name = _corrupt_one_train_record(tfds_dirs["tfrecord"], tmp_path)
+    clean = _batches(_stream(tfds_dirs, augment=False), 13, 1)[0]
+    config = _tfds_config(data_dir, cache="none", augment=False)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=f"cannot read or decode image.*{name}"
+    ):
+        _batches(data.load(config), 13, 1)
+    skipping = data.load(dataclasses.replace(config, skip_corrupt=True))
+    images, labels = _batches(skipping, 13, 1)[0]
+    assert skipping.skipped_on_read == [name]
+    # The bad slot holds a copy of another image of the batch; the other 12 keep their place.
+    same = [np.array_equal(a, b) for a, b in zip(images, clean[0])]
+    assert (
+        sum(same) == 12 and _identities(images).count(_identities(images)[same.index(False)]) == 2
+    )
+    np.testing.assert_array_equal(
+        np.delete(labels, same.index(False)), np.delete(clean[1], same.index(False))
+    )
+    assert len(skipping.as_numpy("train")[1]) == 12  # evaluation drops it
+
+
 def test_distributed_iterators_are_not_checkpointable():
     """Why the TFRecord stream resumes by re-reading instead of saving iterator state
     (docs/DATA.md): TensorFlow 2.21's distributed iterators are not trackable. When this

@@ -138,6 +138,8 @@ class Data:
                 self._train.records,
                 batch_size,
                 train_view=train_view,
+                image_size=self._image_size,
+                failures=self._failures,
                 seed=self._seed,
                 start_step=start_step,
                 input_context=input_context,
@@ -205,7 +207,12 @@ class Data:
                 raise UserError("a TFRecord eval split read as a stream is not sharded")
             _, eval_view = pipeline._views(self._eval, self._image_size, False, self._eval_crop)
             return streaming.eval_dataset(
-                self._eval.records, batch_size, eval_view=eval_view, options=pipeline._options()
+                self._eval.records,
+                batch_size,
+                eval_view=eval_view,
+                image_size=self._image_size,
+                failures=self._failures,
+                options=pipeline._options(),
             )
         return pipeline.eval_dataset(
             self._eval,
@@ -229,7 +236,14 @@ class Data:
         source = self._train if split == "train" else self._eval
         if source.records is not None:
             _, eval_view = pipeline._views(source, self._image_size, False, self._eval_crop)
-            ds = streaming.eval_dataset(source.records, 1024, eval_view=eval_view, limit=limit)
+            ds = streaming.eval_dataset(
+                source.records,
+                1024,
+                eval_view=eval_view,
+                image_size=self._image_size,
+                failures=self._failures,
+                limit=limit,
+            )
             batches = list(ds.as_numpy_iterator())
             images, labels = zip(*batches)
             return np.concatenate(images), np.concatenate(labels)

@@ -174,20 +174,62 @@ def _tfds_fetch(split: Split):
     return contents
 
 
+def decode_batch(examples, names, labels, image_size: int, failures: ReadFailures, *, fill):
+    """(images [b', S, S, 3], labels [b']) of one batch of b examples read on demand.
+
+    `examples` is a dataset of (slot, image [S, S, 3]) for slots 0..b-1 whose map fails on
+    an unreadable example; `names` (string [b]) name the examples in messages, `labels`
+    (int32 [b]) are theirs. The examples are decoded in this nested dataset, which drops the
+    ones that fail, so a bad file costs the others nothing and the check costs one small
+    dataset per batch. Without `failures.skip` a failure stops the run with an error naming
+    the examples. With it, each is recorded and its slot filled by a copy of a readable
+    example of the same batch (`fill`, training: the batch keeps its size and every other
+    example its place), or dropped (evaluation).
+    """
+    n = tf.size(names)
+    slots = tf.range(n)
+    empty = (tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3], tf.float32))
+    # An empty share (the last eval batch split over replicas) reads nothing.
+    size = tf.cast(tf.maximum(n, 1), tf.int64)
+    inner = examples.ignore_errors().batch(size)
+    inner = inner.concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
+    got, images = inner.get_single_element()
+    present = tf.scatter_nd(got[:, None], tf.ones_like(got), [n]) > 0
+    missing = tf.boolean_mask(names, ~present)
+    if not failures.skip:
+        check = tf.debugging.Assert(
+            tf.size(missing) == 0,
+            [
+                f"{failures.what}: cannot read or decode image",
+                tf.strings.reduce_join(missing, separator=", "),
+                "(remove it or pass --skip_corrupt)",
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(images), tf.identity(labels)
+    recorded = tf.py_function(failures.record, [missing], tf.int32)
+    if not fill:
+        with tf.control_dependencies([recorded]):
+            return tf.identity(images), tf.gather(labels, got)
+    k = tf.size(got)
+    check = tf.debugging.Assert(
+        k > 0, [f"{failures.what}: every image of a batch is unreadable, e.g.", missing[:1]]
+    )
+    with tf.control_dependencies([recorded, check]):
+        # Slot j keeps its image, or (unreadable) takes the (j mod k)-th readable one.
+        position = tf.scatter_nd(got[:, None], tf.range(k), [n])
+        source = tf.where(present, position, slots % tf.maximum(k, 1))
+        return tf.gather(images, source), tf.gather(labels, tf.gather(got, source))
+
+
 def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *, fill: bool):
     """(indices [b], seeds [b, 2]) -> (images [b', S, S, 3], labels [b']), read on demand.
 
     Files are read one by one; a TFDS data source is asked for the batch's encoded images in
-    one call (`_tfds_fetch`). The examples of one batch are decoded in a nested dataset that
-    drops the ones that fail, so a bad file costs the others nothing and the check costs one
-    small dataset per batch.
-    Without `failures.skip` a failure stops the run with an error naming the files. With it,
-    the file is recorded and its slot filled by a copy of a readable example of the same batch
-    (`fill`, training: the batch keeps its size and every other example its place), or
-    dropped (evaluation).
+    one call (`_tfds_fetch`). Failures are named, or skipped with `failures.skip` (filled
+    with `fill`), by `decode_batch`.
     """
     labels = tf.constant(split.labels)
-    empty = (tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3], tf.float32))
     if split.source is not None:
         fetch = _tfds_fetch(split)
 
@@ -222,40 +264,15 @@ def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *,
             return tf.gather(paths, indices)
 
     def read_batch(indices, seeds):
-        n = tf.size(indices)
-        slots = tf.range(n)
-        # An empty share (the last eval batch split over replicas) reads nothing.
-        size = tf.cast(tf.maximum(n, 1), tf.int64)
-        inner = examples(slots, indices, seeds).ignore_errors().batch(size)
-        inner = inner.concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
-        got, images = inner.get_single_element()
-        present = tf.scatter_nd(got[:, None], tf.ones_like(got), [n]) > 0
-        missing = tf.boolean_mask(names(indices), ~present)
-        if not failures.skip:
-            check = tf.debugging.Assert(
-                tf.size(missing) == 0,
-                [
-                    f"{failures.what}: cannot read or decode image",
-                    tf.strings.reduce_join(missing, separator=", "),
-                    "(remove it or pass --skip_corrupt)",
-                ],
-            )
-            with tf.control_dependencies([check]):
-                return tf.identity(images), tf.gather(labels, indices)
-        recorded = tf.py_function(failures.record, [missing], tf.int32)
-        if not fill:
-            with tf.control_dependencies([recorded]):
-                return tf.identity(images), tf.gather(labels, tf.gather(indices, got))
-        k = tf.size(got)
-        check = tf.debugging.Assert(
-            k > 0, [f"{failures.what}: every image of a batch is unreadable, e.g.", missing[:1]]
+        slots = tf.range(tf.size(indices))
+        return decode_batch(
+            examples(slots, indices, seeds),
+            names(indices),
+            tf.gather(labels, indices),
+            image_size,
+            failures,
+            fill=fill,
         )
-        with tf.control_dependencies([recorded, check]):
-            # Slot j keeps its image, or (unreadable) takes the (j mod k)-th readable one.
-            position = tf.scatter_nd(got[:, None], tf.range(k), [n])
-            source = tf.where(present, position, slots % tf.maximum(k, 1))
-            chosen = tf.gather(indices, tf.gather(got, source))
-            return tf.gather(images, source), tf.gather(labels, chosen)
 
     return read_batch
 

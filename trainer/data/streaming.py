@@ -31,9 +31,11 @@ What it does not guarantee, unlike the index-based pipeline:
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import tensorflow as tf
 
+from trainer.data import pipeline as pipeline_lib
 from trainer.errors import UserError
 
 # Records held by each pipeline's shuffle buffer (encoded images: about 1.1 GB of ImageNet
@@ -99,16 +101,35 @@ def _parse(records: Records):
     return parse
 
 
-def _read(files, skip, take, *, cycle_length: int):
-    """The records of `files` (each sliced), interleaved one record per file in turn."""
-    instructions = tf.data.Dataset.from_tensor_slices((files, skip, take))
+def _read(ids, files, skip, take, *, cycle_length: int):
+    """(record, file id, record number in its file) of `files` (each sliced), interleaved one
+    record per file in turn; `ids` name the files (indices into `Records.files`)."""
+
+    def one_file(i, f, s, t):
+        numbers = tf.data.Dataset.range(s, s + t)
+        ds = tf.data.Dataset.zip((tf.data.TFRecordDataset(f).skip(s).take(t), numbers))
+        return ds.map(lambda record, number: (record, i, number))
+
+    instructions = tf.data.Dataset.from_tensor_slices((ids, files, skip, take))
     return instructions.interleave(
-        lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t),
+        one_file,
         cycle_length=cycle_length,
         block_length=1,
         num_parallel_calls=_AUTOTUNE,
         deterministic=True,
     )
+
+
+def record_names(records: Records):
+    """(file ids, record numbers) -> names for messages: "FILE record N" (FILE's base name)."""
+    base = tf.constant([os.path.basename(f) for f in records.files])
+
+    def names(ids, numbers):
+        return tf.strings.join(
+            [tf.gather(base, ids), tf.strings.as_string(numbers)], separator=" record "
+        )
+
+    return names
 
 
 def record_stream(
@@ -121,9 +142,16 @@ def record_stream(
     shuffle_buffer: int = SHUFFLE_BUFFER,
     cycle_length: int = CYCLE_LENGTH,
 ) -> tf.data.Dataset:
-    """(position, encoded image, label) of pipeline `pipeline`'s endless stream from record
-    `start` on (positions count records of this pipeline's stream from 0)."""
+    """(position, encoded image, label, file id, record number) of pipeline `pipeline`'s
+    endless stream from record `start` on (positions count records of this pipeline's stream
+    from 0; the file id and number name the record, see `record_names`)."""
     mine, every, first = records.share(pipeline, pipelines)
+    ids = tf.constant(
+        range(len(records.files))[pipeline::pipelines]
+        if mine is not records
+        else range(len(records.files)),
+        tf.int64,
+    )
     n = records.pipeline_examples(pipeline, pipelines)
     if n < 1:
         raise UserError(
@@ -141,6 +169,7 @@ def record_stream(
         key = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(tf.size(files)), seed=key)
         ds = _read(
+            tf.gather(ids, order),
             tf.gather(files, order),
             tf.gather(skip, order),
             tf.gather(take, order),
@@ -158,21 +187,27 @@ def record_stream(
     ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records)
     ds = ds.enumerate(start=start_epoch * n + offset)
     return ds.map(
-        lambda position, serialized: (position, *parse(serialized)),
+        lambda position, read: (position, *parse(read[0]), read[1], read[2]),
         num_parallel_calls=_AUTOTUNE,
         deterministic=True,
     )
 
 
 def eval_records(records: Records) -> tf.data.Dataset:
-    """(encoded image, label) of every record of the split once, in file order."""
+    """(encoded image, label, file id, record number) of every record once, in file order."""
     ds = _read(
+        tf.range(len(records.files), dtype=tf.int64),
         tf.constant(records.files),
         tf.constant(records.skip, tf.int64),
         tf.constant(records.take, tf.int64),
         cycle_length=1,
     )
-    return ds.map(_parse(records), num_parallel_calls=_AUTOTUNE, deterministic=True)
+    parse = _parse(records)
+    return ds.map(
+        lambda record, i, number: (*parse(record), i, number),
+        num_parallel_calls=_AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def train_dataset(
@@ -180,6 +215,8 @@ def train_dataset(
     batch_size: int,
     *,
     train_view,
+    image_size: int,
+    failures,
     seed: int,
     start_step: int = 0,
     input_context: tf.distribute.InputContext | None = None,
@@ -191,6 +228,9 @@ def train_dataset(
       records: the split's files.
       batch_size: the global batch without `input_context`, the per-replica batch with it.
       train_view: `(encoded image, seed [2]) -> float32 [S, S, 3]`, the augmented view.
+      image_size: S.
+      failures: `pipeline.ReadFailures`: an image that does not decode is named (by file and
+        record number), or skipped and its slot filled by another image of the batch.
       seed: the run's seed (file orders, shuffle buffers, augmentation).
       start_step: the global step of the first batch.
       input_context: `distribute_datasets_from_function`'s: this pipeline yields its share of
@@ -207,14 +247,25 @@ def train_dataset(
     ds = record_stream(
         records, seed=seed, start=start_step * share, pipeline=pipeline, pipelines=pipelines
     )
+    names = record_names(records)
 
-    def example(position, contents, label):
+    def with_seed(position, contents, label, file_id, number):
         # Unique per (pipeline, position): pipelines never share an augmentation seed.
         key = tf.stack([tf.constant(seed, tf.int64), position * pipelines + pipeline])
-        return train_view(contents, key), label
+        return contents, label, key, names(file_id, number)
 
-    ds = ds.map(example, num_parallel_calls=_AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(_AUTOTUNE)
+    def decode(contents, labels, keys, where):
+        slots = tf.range(tf.size(labels))
+        examples = tf.data.Dataset.from_tensor_slices((slots, contents, keys)).map(
+            lambda slot, c, key: (slot, train_view(c, key)),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=True,
+        )
+        return pipeline_lib.decode_batch(examples, where, labels, image_size, failures, fill=True)
+
+    ds = ds.map(with_seed, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(decode, num_parallel_calls=_AUTOTUNE, deterministic=True).prefetch(_AUTOTUNE)
     return ds.with_options(options) if options is not None else ds
 
 
@@ -223,14 +274,27 @@ def eval_dataset(
     batch_size: int,
     *,
     eval_view,
+    image_size: int,
+    failures,
     limit: int | None = None,
     options: tf.data.Options | None = None,
 ) -> tf.data.Dataset:
     """The split's first `limit` (default all) examples once, in file order, with the last
-    partial batch; `eval_view` maps an encoded image to float32 [S, S, 3]."""
+    partial batch; `eval_view` maps an encoded image to float32 [S, S, 3]. An image that does
+    not decode is named, or dropped with `failures.skip`."""
     ds = eval_records(records)
     if limit is not None:
         ds = ds.take(limit)
-    ds = ds.map(lambda c, y: (eval_view(c), y), num_parallel_calls=_AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size).prefetch(_AUTOTUNE)
+    names = record_names(records)
+
+    def decode(contents, labels, file_ids, numbers):
+        slots = tf.range(tf.size(labels))
+        examples = tf.data.Dataset.from_tensor_slices((slots, contents)).map(
+            lambda slot, c: (slot, eval_view(c)), num_parallel_calls=_AUTOTUNE, deterministic=True
+        )
+        where = names(file_ids, numbers)
+        return pipeline_lib.decode_batch(examples, where, labels, image_size, failures, fill=False)
+
+    ds = ds.batch(batch_size).map(decode, num_parallel_calls=_AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(_AUTOTUNE)
     return ds.with_options(options) if options is not None else ds
