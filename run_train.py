@@ -79,12 +79,12 @@ def train(config) -> int:
 
 
 def _train(config) -> int:
-    from trainer import runtime
+    from trainer import cli, runtime
 
     runtime.configure(quiet=True)
     if not FLAGS["verbosity"].present:
         runtime.quiet_logging()
-    runtime.import_tensorflow()
+    cli.import_tensorflow()  # without Keras' optional scikit-learn and matplotlib imports
     from trainer import experiment as experiment_lib
     from trainer import strategy as strategy_lib
 

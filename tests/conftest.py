@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), ".tfds_unused"))
 
-from trainer import runtime  # noqa: E402
+from trainer import cli, runtime  # noqa: E402
 
 runtime.configure(quiet=True)
 
@@ -20,7 +20,7 @@ NUM_LOGICAL_CPUS = 2
 
 
 def _configure_logical_cpus():
-    tf = runtime.import_tensorflow()
+    tf = cli.import_tensorflow()  # without Keras' optional sklearn, matplotlib imports
     cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS

@@ -132,26 +132,68 @@ def test_list_layers_prints_layers_and_segments(tmp_path):
         assert mult in out
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--model=nosuchnet"], "nosuchnet"),
-        (["--split_at=no_such_layer"], "no_such_layer"),
-        (["--lr_mults=1,1"], "--lr_mults"),
-        (["--dataset=folder:/nonexistent/images"], "/nonexistent/images"),
-        (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
-        (["--first_cycle_epochs=0.01", "--first_cycle_steps="], "--first_cycle_epochs=0.01"),
-        (["--num_classes=3"], "--num_classes=3"),
-        (["--freeze_segments=5"], "--freeze_segments=5"),
-    ],
-)
-def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
+USER_ERRORS = [
+    (["--model=nosuchnet"], "nosuchnet"),
+    (["--split_at=no_such_layer"], "no_such_layer"),
+    (["--lr_mults=1,1"], "--lr_mults"),
+    (["--dataset=folder:/nonexistent/images"], "/nonexistent/images"),
+    (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "cifar10"),
+    (["--first_cycle_epochs=0.01", "--first_cycle_steps="], "--first_cycle_epochs=0.01"),
+    (["--num_classes=3"], "--num_classes=3"),
+    (["--freeze_segments=5"], "--freeze_segments=5"),
+]
+
+
+def _user_error_argv(model_dir, args):
+    """TINY with `args` replacing its flags of the same names (`--NAME=` drops one)."""
     base = [a for a in TINY if not any(a.startswith(x.split("=")[0] + "=") for x in args)]
     args = [a for a in args if not a.endswith("=")]
-    result = _run(f"--model_dir={tmp_path}", "--train_steps=2", *base, *args)
+    return [f"--model_dir={model_dir}", "--train_steps=2", *base, *args]
+
+
+@pytest.mark.parametrize("args,message", USER_ERRORS)
+def test_user_errors_name_the_flag_or_file(tmp_path, args, message):
+    # In-process, the path run_train.py takes (parse, strategy, Experiment.build): each error
+    # is one of the exception types run_train.main turns into one line and exit code 2. The
+    # process-level contract (exit code 2, exactly one line on stderr, nothing else) is
+    # test_user_error_exits_2_with_one_line's; TFDS and the other data sources print nothing
+    # before their one line: test_data.test_load_errors_are_one_line_with_nothing_before.
+    from trainer import flags as flags_lib
+    from trainer.errors import UserError
+    from trainer.experiment import Experiment
+    from trainer.strategy import make_strategy
+
+    config = flags_lib.parse_config(_user_error_argv(tmp_path, args))
+    with pytest.raises((UserError, ValueError, TypeError)) as raised:  # run_train.main's
+        Experiment(config, make_strategy(config.strategy)).build()
+    line = str(raised.value).replace("\n", " ")
+    assert message in line, line
+
+
+def test_user_error_exits_2_with_one_line(tmp_path):
+    # The last of USER_ERRORS' checks to run (the model is built, its segments assigned): a
+    # whole run_train.py process up to it writes one line and exits with code 2.
+    result = _run(*_user_error_argv(tmp_path, ["--freeze_segments=5"]))
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "error" in lines[0], result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("run_train.py: error: --freeze_segments=5"), lines
+    assert "Traceback" not in result.stderr
+
+
+def test_tensorflow_imports_without_kerass_optional_imports():
+    # conftest.py imported TensorFlow as run_train.py does (trainer.cli.import_tensorflow):
+    # Keras skipped scikit-learn and matplotlib.pyplot, which still import afterwards.
+    from keras.src.visualization import plot_image_gallery
+    from keras.src.wrappers import fixes
+
+    assert fixes.sklearn is None and plot_image_gallery.plt is None
+    from sklearn.datasets import load_digits
+
+    assert load_digits().images.shape == (1797, 8, 8)
+    import matplotlib.pyplot
+
+    assert matplotlib.pyplot.figure is not None
 
 
 @pytest.mark.parametrize(
