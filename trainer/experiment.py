@@ -541,10 +541,7 @@ class Experiment:
 
     def _eval_preprocessing(self) -> str | None:
         """How evaluation views an image, "resize" or "center_crop"; None when unknown."""
-        split = getattr(self.data, "_eval", None)  # Data has no public accessor (yet)
-        if not isinstance(split, data.sources.Split):
-            return None
-        return data.pipeline.eval_preprocessing(split, self.config.image_size)
+        return getattr(self.data, "eval_preprocessing", None)  # None: e.g. a test's own data
 
     def export(self) -> str:
         """Writes export/: model.keras, model.weights.h5, saved_model/ and labels.json.

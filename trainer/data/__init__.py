@@ -188,6 +188,12 @@ class Data:
         return self._train.nbytes + self._eval.nbytes
 
     @property
+    def eval_preprocessing(self) -> str:
+        """How evaluation views an image: "resize" or "center_crop" (`images.eval_preprocessing`),
+        what an export's labels.json records for `trainer.predict`."""
+        return pipeline.eval_preprocessing(self._eval, self._image_size)
+
+    @property
     def eval_shardable(self) -> bool:
         """Whether `eval_dataset` takes an input_context (not for a split read as a stream:
         every worker then reads the whole eval split)."""
