@@ -316,6 +316,26 @@ def test_tfds_tfrecord_above_memory_is_streamed_from_its_files(tfds_dirs, monkey
         stream.train_indices(4)
 
 
+def test_stream_evaluation_shards_as_the_index_pipelines_do(tfds_dirs):
+    # 13 eval examples (the train split), 2 pipelines x 2 replicas x 2: global batches of 8.
+    held, stream = (
+        data.load(_tfds_config(tfds_dirs["tfrecord"], cache=c, eval_split="train"))
+        for c in ("memory", "none")
+    )
+    assert stream._eval.records is not None and held._eval.images is not None
+    sizes = []
+    for i in range(2):
+        context = tf.distribute.InputContext(2, i, 4)
+        parts = [
+            list(source.eval_dataset(2, input_context=context).as_numpy_iterator())
+            for source in (held, stream)
+        ]
+        assert _same(*parts)
+        sizes.append([len(labels) for _, labels in parts[1]])
+    # Pipeline 0: [0,2) [2,4) | [8,10) [10,12); pipeline 1: [4,6) [6,8) | [12,13) and empty.
+    assert sizes == [[2, 2, 2, 2], [2, 2, 1, 0]]
+
+
 def _identities(images):
     """Each example's image as bytes: the tiny dataset's images are all distinct."""
     return [image.tobytes() for image in images]

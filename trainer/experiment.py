@@ -194,8 +194,8 @@ class Experiment:
         included; `trainer.loop.EvalLoop` sums over replicas, so the result is the
         one-device evaluation's. Falls back to every worker reading the whole split
         (`experimental_distribute_dataset`, as before) when the global batch does not divide
-        by the number of replicas, or the eval split cannot be sharded by index (a TFRecord
-        split read as a stream: `Data.eval_shardable`).
+        by the number of replicas, or the data object takes no input_context (not a
+        `trainer.data.Data`: `eval_shardable` missing).
         """
         global_batch = self.config.global_batch_size
         if global_batch % self.strategy.num_replicas_in_sync or not self.data.eval_shardable:

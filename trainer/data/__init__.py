@@ -195,22 +195,20 @@ class Data:
 
     @property
     def eval_shardable(self) -> bool:
-        """Whether `eval_dataset` takes an input_context (not for a split read as a stream:
-        every worker then reads the whole eval split)."""
-        return self._eval.records is None
+        """Whether `eval_dataset` takes an input_context: always (a TFRecord stream's
+        pipelines read every record but decode only their share)."""
+        return True
 
     def eval_dataset(
         self, batch_size: int, *, input_context: tf.distribute.InputContext | None = None
     ) -> tf.data.Dataset:
         """The evaluation split once, in order, unaugmented, keeping the last partial batch.
 
-        With `input_context` (only when `eval_shardable`), `batch_size` is the per-replica
-        batch and this pipeline reads only its replicas' slices of each global batch; see
+        With `input_context`, `batch_size` is the per-replica batch and this pipeline reads
+        (decodes, for a TFRecord stream) only its replicas' slices of each global batch; see
         `trainer.data.pipeline.eval_dataset`.
         """
         if self._eval.records is not None:
-            if input_context is not None:
-                raise UserError("a TFRecord eval split read as a stream is not sharded")
             _, eval_view = pipeline._views(self._eval, self._image_size, False, self._eval_crop)
             return streaming.eval_dataset(
                 self._eval.records,
@@ -218,6 +216,7 @@ class Data:
                 eval_view=eval_view,
                 image_size=self._image_size,
                 failures=self._failures,
+                input_context=input_context,
                 options=pipeline._options(),
             )
         return pipeline.eval_dataset(

@@ -277,11 +277,18 @@ def eval_dataset(
     image_size: int,
     failures,
     limit: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
     options: tf.data.Options | None = None,
 ) -> tf.data.Dataset:
     """The split's first `limit` (default all) examples once, in file order, with the last
     partial batch; `eval_view` maps an encoded image to float32 [S, S, 3]. An image that does
-    not decode is named, or dropped with `failures.skip`."""
+    not decode is named, or dropped with `failures.skip`.
+
+    With `input_context`, `batch_size` is the per-replica batch and the batches are those of
+    `pipeline.eval_indices`: for each global batch of the one-pipeline pass, this pipeline's
+    R replicas' slices (short or empty near the end). Every pipeline reads every record (a
+    stream cannot seek) but decodes only its share.
+    """
     ds = eval_records(records)
     if limit is not None:
         ds = ds.take(limit)
@@ -295,6 +302,20 @@ def eval_dataset(
         where = names(file_ids, numbers)
         return pipeline_lib.decode_batch(examples, where, labels, image_size, failures, fill=False)
 
-    ds = ds.batch(batch_size).map(decode, num_parallel_calls=_AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(_AUTOTUNE)
+    if input_context is None:
+        ds = ds.batch(batch_size)
+    else:
+        pipelines = input_context.num_input_pipelines
+        local = max(input_context.num_replicas_in_sync // pipelines, 1)
+        lo = input_context.input_pipeline_id * local * batch_size
+
+        def replica_slices(*batch):
+            def piece(j):
+                start = lo + tf.cast(j, tf.int32) * batch_size
+                return tuple(part[start : start + batch_size] for part in batch)
+
+            return tf.data.Dataset.range(local).map(piece)
+
+        ds = ds.batch(batch_size * local * pipelines).flat_map(replica_slices)
+    ds = ds.map(decode, num_parallel_calls=_AUTOTUNE, deterministic=True).prefetch(_AUTOTUNE)
     return ds.with_options(options) if options is not None else ds
