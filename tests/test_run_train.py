@@ -183,11 +183,16 @@ def test_user_error_exits_2_with_one_line(tmp_path):
 
 def test_tensorflow_imports_without_kerass_optional_imports():
     # conftest.py imported TensorFlow as run_train.py does (trainer.cli.import_tensorflow):
-    # Keras skipped scikit-learn and matplotlib.pyplot, which still import afterwards.
+    # Keras skipped scikit-learn, matplotlib.pyplot and IPython, which still import afterwards.
+    from keras.src.saving import file_editor
     from keras.src.visualization import plot_image_gallery
     from keras.src.wrappers import fixes
 
     assert fixes.sklearn is None and plot_image_gallery.plt is None
+    assert file_editor.ipython is None
+    assert not [
+        m for m in ("sklearn", "matplotlib", "IPython") if m in sys.modules and not sys.modules[m]
+    ]
     from sklearn.datasets import load_digits
 
     assert load_digits().images.shape == (1797, 8, 8)

@@ -7,8 +7,9 @@ import sys
 
 # Imported by Keras at start-up only when installed, for features the trainer never uses:
 # scikit-learn for `keras.wrappers` (the SKLearn* estimators), matplotlib.pyplot for
-# `keras.visualization`. Measured on 2 CPU cores: about 2.6 s and 0.7 s of every process start.
-OPTIONAL_KERAS_IMPORTS = ("sklearn", "matplotlib")
+# `keras.visualization`, IPython for `keras.saving.KerasFileEditor`'s notebook display.
+# Measured on 2 CPU cores: about 2.5 s of every process start.
+OPTIONAL_KERAS_IMPORTS = ("sklearn", "matplotlib", "IPython")
 
 
 def user_error(program: str, message: str) -> None:
@@ -32,13 +33,13 @@ def flags_parser(program: str):
 
 
 def import_tensorflow():
-    """`trainer.runtime.import_tensorflow()`, with Keras' optional imports of scikit-learn and
-    matplotlib (`OPTIONAL_KERAS_IMPORTS`) skipped; returns TensorFlow.
+    """`trainer.runtime.import_tensorflow()`, with Keras' optional imports of scikit-learn,
+    matplotlib and IPython (`OPTIONAL_KERAS_IMPORTS`) skipped; returns TensorFlow.
 
     While TensorFlow (and with it Keras) imports, those packages look uninstalled, so Keras
     leaves its scikit-learn wrappers and `keras.visualization` without them (they raise if
-    used). Afterwards both import normally: `--dataset=sklearn_digits` and the plots work.
-    Packages imported before the call are left alone.
+    used). Afterwards they import normally: `--dataset=sklearn_digits` and the plots work.
+    Packages imported before the call (e.g. IPython in a notebook) are left alone.
     """
     from trainer import runtime
 
