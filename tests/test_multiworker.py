@@ -18,6 +18,8 @@ SCRIPT = textwrap.dedent(
     import json, sys
     sys.path.insert(0, {root!r})
     import numpy as np
+    from trainer import cli
+    cli.import_tensorflow()  # as run_train.py: without Keras' optional imports (seconds)
     from tests.test_multiworker import run_config, tiny_model
     from trainer.experiment import Experiment
     from trainer.strategy import make_strategy, is_chief
