@@ -355,6 +355,16 @@ def test_stream_epochs_visit_every_record_once_in_new_orders(tfds_dirs):
     assert _identities(other_seed[0][0]) != epochs[0]
 
 
+def test_stream_does_not_depend_on_the_global_seed(tfds_dirs):
+    # run_train.py sets the global seed to --seed (0 by default); tf.data's own shuffle
+    # would follow it, and fail for a tensor seed when it is 0.
+    batches = []
+    for global_seed in (0, 123):
+        tf.random.set_seed(global_seed)
+        batches.append(_batches(_stream(tfds_dirs, seed=0), 4, 5))
+    assert _same(*batches)
+
+
 @pytest.mark.parametrize("start_step", [1, 4, 7])
 def test_stream_resume_at_step_equals_tail(tfds_dirs, start_step):
     source = _stream(tfds_dirs)

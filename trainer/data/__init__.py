@@ -305,6 +305,15 @@ def load(config: Config) -> Data:
     evaluation = _load_split(config, config.eval_split, config.synthetic_test_size, class_names)
     for message in train.warnings + evaluation.warnings:
         _log.warning("%s", message)
+    if train.records is not None:
+        _log.info(
+            "--dataset=%s: %s is prepared as TFRecord and read as a stream of %d files "
+            "(resuming re-reads up to one epoch; the batches depend on the number of workers; "
+            "ArrayRecord data is read by index instead: docs/DATA.md)",
+            config.dataset,
+            config.train_split,
+            len(train.records.files),
+        )
     return Data(config, train, evaluation)
 
 

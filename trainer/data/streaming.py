@@ -11,8 +11,10 @@ number of input pipelines) so the trainer still resumes by step:
   * Epoch e of a pipeline visits its files in an order shuffled by (seed, e), reads
     `CYCLE_LENGTH` of them at a time, one record from each in turn (deterministic
     interleave), and passes the records through a shuffle buffer of `SHUFFLE_BUFFER`
-    records seeded by (seed, e). The buffer is emptied at the end of every epoch, so epoch
-    e depends on nothing before it.
+    records: the buffer fills and is emitted in a random order seeded by (seed, e, block),
+    then fills again (`_shuffle_blocks`, stateless: it does not depend on TensorFlow's global
+    seed). The buffer is emptied at the end of every epoch, so epoch e depends on nothing
+    before it.
   * Global step k takes records [k*s, (k+1)*s) of every pipeline's stream (s = its share of
     the global batch). Each example's augmentation is seeded by (seed, pipeline, position).
   * To start at step k the pipeline rebuilds epoch e = k*s // n (n = its records) and skips
@@ -132,6 +134,25 @@ def record_names(records: Records):
     return names
 
 
+def _shuffle_blocks(ds: tf.data.Dataset, size: int, key) -> tf.data.Dataset:
+    """Fills a buffer of `size` elements and emits it in a random order, block after block
+    (the last block partial). Block j's permutation is seeded by (key, j).
+
+    A stateless shuffle buffer: `Dataset.shuffle` takes its seeds through TensorFlow's
+    global seed (`tf.random.set_seed`, which run_train.py sets), so its order would depend
+    on it, and it fails for a per-epoch tensor seed when the global seed is 0.
+    """
+
+    def permute(j, block):
+        n = tf.shape(block[0], out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([key[0] * 1_000_003 + key[1], j])
+        )
+        return tuple(tf.gather(part, order) for part in block)
+
+    return ds.batch(size).enumerate().map(permute).unbatch()
+
+
 def record_stream(
     records: Records,
     *,
@@ -177,10 +198,7 @@ def record_stream(
         )
         if every > 1:
             ds = ds.shard(every, first)
-        shuffle_seed = tf.random.stateless_uniform(
-            [], seed=key, minval=None, maxval=None, dtype=tf.int64
-        )
-        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        ds = _shuffle_blocks(ds, shuffle_buffer, key)
         # Skip the first epoch's consumed records: read, not parsed or decoded.
         return ds.skip(tf.where(epoch == start_epoch, tf.constant(offset, tf.int64), 0))
 
