@@ -34,6 +34,8 @@ TINY = [
 
 PLAIN_KERAS_LOAD = """
 import sys
+# Keras without its optional extras (as where they are not installed): seconds less start-up.
+sys.modules.update(sklearn=None, matplotlib=None, IPython=None)
 import keras, numpy as np, tensorflow as tf
 assert not any(m.split(".")[0] in ("trainer", "models", "schedules") for m in sys.modules)
 model = keras.saving.load_model(sys.argv[1] + "/model.keras")
