@@ -17,6 +17,7 @@ from tests.tiny import tiny_model
 from trainer import data
 from trainer.config import Config
 from trainer.data import pipeline
+from trainer.errors import UserError
 from trainer.experiment import Experiment
 from trainer.strategy import make_strategy
 
@@ -271,3 +272,25 @@ def test_each_tfds_eval_pipeline_fetches_only_its_share(corrupt_tfds):
         # 3 global batches of 2: pipeline 1's last batch is empty.
         assert [len(x) for x in got] == ([1, 1, 1] if i == 0 else [1, 1, 0])
         np.testing.assert_array_equal(np.concatenate(got), whole[share])
+
+
+@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
+def test_tfds_split_decoded_into_memory_names_or_skips_an_undecodable_image(tmp_path, file_format):
+    LrtechEvalCorrupt(data_dir=str(tmp_path), file_format=file_format).download_and_prepare()
+    config = _config(
+        "", dataset="lrtech_eval_corrupt", data_dir=str(tmp_path), cache="memory", augment=False
+    )
+    with pytest.raises(UserError) as error:
+        data.load(config)
+    message = str(error.value)
+    assert message.startswith(
+        "--dataset=lrtech_eval_corrupt: cannot decode image lrtech_eval_corrupt train #"
+    ) and message.endswith("(pass --skip_corrupt to leave such images out)")
+    source = data.load(dataclasses.replace(config, skip_corrupt=True))
+    assert source._train.images.shape == (12, 8, 10, 3) and source._train.images.dtype == np.uint8
+    assert source.info.num_skipped == 1 and source.info.num_train == 12
+    # The 12 images and labels are those read on demand (by index, or as a stream), in order.
+    on_demand = data.load(dataclasses.replace(config, cache="none", skip_corrupt=True))
+    held, read = source.as_numpy("train"), on_demand.as_numpy("train")
+    np.testing.assert_array_equal(held[0], read[0])
+    np.testing.assert_array_equal(held[1], read[1])

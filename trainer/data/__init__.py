@@ -253,7 +253,11 @@ class Data:
             images, labels = zip(*batches)
             return np.concatenate(images), np.concatenate(labels)
         return pipeline.as_numpy(
-            source, image_size=self._image_size, limit=limit, eval_crop=self._eval_crop
+            source,
+            image_size=self._image_size,
+            limit=limit,
+            eval_crop=self._eval_crop,
+            failures=self._failures,
         )
 
 
@@ -264,7 +268,9 @@ def _load_split(config: Config, split: str, synthetic_size: int, class_names) ->
     if dataset.startswith("folder:"):
         root = dataset[len("folder:") :]
         return sources.folder_split(root, split, class_names, config.skip_corrupt, config.cache)
-    return tfds_source.tfds_split(dataset, config.data_dir, split, config.cache)
+    return tfds_source.tfds_split(
+        dataset, config.data_dir, split, config.cache, config.skip_corrupt
+    )
 
 
 def load(config: Config) -> Data:

@@ -493,9 +493,19 @@ def eval_preprocessing(split: Split, image_size: int) -> str:
     return image_ops.eval_preprocessing(split.encoded, image_size)
 
 
-def as_numpy(split: Split, *, image_size: int, limit: int | None = None, eval_crop=0.875):
-    """The first `limit` (default all) examples of `split` as numpy, as evaluation sees them."""
-    ds = eval_dataset(split, 1024, image_size=image_size, eval_crop=eval_crop, limit=limit)
+def as_numpy(
+    split: Split,
+    *,
+    image_size: int,
+    limit: int | None = None,
+    eval_crop=0.875,
+    failures: ReadFailures | None = None,
+):
+    """The first `limit` (default all) examples of `split` as numpy, as evaluation sees them
+    (unreadable on-demand examples dropped when `failures.skip`)."""
+    ds = eval_dataset(
+        split, 1024, image_size=image_size, eval_crop=eval_crop, limit=limit, failures=failures
+    )
     images, labels = [], []
     for x, y in ds.as_numpy_iterator():
         images.append(x)

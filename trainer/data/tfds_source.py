@@ -17,6 +17,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from trainer import runtime
 from trainer.data import sources, streaming
 from trainer.data.sources import Split
 from trainer.errors import UserError
@@ -62,7 +63,9 @@ def _tfds_info_silenced():
         logger.setLevel(saved)
 
 
-def tfds_split(name: str, data_dir: str | None, split: str, cache: str = "memory") -> Split:
+def tfds_split(
+    name: str, data_dir: str | None, split: str, cache: str = "memory", skip_corrupt=False
+) -> Split:
     """Loads a prepared TFDS image-classification split (never downloads), logging no INFO.
 
     `cache` "memory" reads the split into memory (decoded when its images have one shape and
@@ -75,10 +78,11 @@ def tfds_split(name: str, data_dir: str | None, split: str, cache: str = "memory
 
     Raises:
       UserError: unknown dataset, not prepared in data_dir, bad split, not (image, label),
-        files of a streamed split missing.
+        files of a streamed split missing, an image that does not decode in a split decoded
+        into memory (unless `skip_corrupt`: then it is left out, counted and logged).
     """
     with _tfds_info_silenced():
-        return _read_tfds(name, data_dir, split, cache)
+        return _read_tfds(name, data_dir, split, cache, skip_corrupt)
 
 
 def _split_size(info, split: str) -> tuple[int, int]:
@@ -89,7 +93,7 @@ def _split_size(info, split: str) -> tuple[int, int]:
         return 0, 0  # Unknown until loaded (e.g. under tfds.testing.mock_data).
 
 
-def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split:
+def _read_tfds(name: str, data_dir: str | None, split: str, cache: str, skip: bool) -> Split:
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(name, data_dir)
@@ -138,9 +142,10 @@ def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split
     if _is_array_record(builder.info):
         # ArrayRecord files have no tf.data reader (`as_dataset` raises): read the data source.
         source, labels = _data_source(builder, name, split, (image_key, label_key))
-        images = _fetch_all(source, image_key, len(labels), decode=not encoded)
-        return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
-    decoders = {image_key: tfds.decode.SkipDecoding()} if encoded else None
+        images = _fetch_all(source, image_key, len(labels))
+        return _held(images, labels, encoded, class_names, image_shape, (name, split), skip)
+    # The images stay encoded here and are decoded below, by the pipeline's own decoder.
+    decoders = {image_key: tfds.decode.SkipDecoding()}
     try:
         ds = builder.as_dataset(split=split, as_supervised=True, decoders=decoders)
     except AssertionError:
@@ -153,11 +158,59 @@ def _read_tfds(name: str, data_dir: str | None, split: str, cache: str) -> Split
         labels.append(y)
     if not labels:
         raise UserError(f"--dataset={name}: split {split!r} is empty")
-    images = np.concatenate(images)
-    if not encoded and images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
+    images = np.concatenate(images).astype(object)
     labels = np.concatenate(labels).astype(np.int32)
-    return Split(images, labels, encoded, class_names, (*image_shape[:2], 3))
+    return _held(images, labels, encoded, class_names, image_shape, (name, split), skip)
+
+
+def _held(encoded_images, labels, encoded, class_names, image_shape, where, skip) -> Split:
+    """The in-memory `Split` of encoded images: kept encoded, or (not `encoded`) decoded.
+
+    Decoding names an image that does not decode ("NAME SPLIT #i"; `where` is (NAME,
+    SPLIT)), or with `skip` leaves it out, counted in `num_skipped` with a warning, as a
+    folder read into memory does.
+    """
+    name, split = where
+    shape = (*image_shape[:2], 3)
+    if encoded:
+        return Split(encoded_images, labels, True, class_names, shape)
+    images, kept = _decode_all(encoded_images)
+    bad = np.setdiff1d(np.arange(len(labels)), kept)
+    if len(bad) and not skip:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise UserError(
+            f"--dataset={name}: cannot decode image {name} {split} #{bad[0]}{more} "
+            "(pass --skip_corrupt to leave such images out)"
+        )
+    warnings = ()
+    if len(bad):
+        warnings = (
+            f"{name} {split}: skipped {len(bad)} images that do not decode, e.g. #{bad[0]}",
+        )
+    if not len(kept):
+        raise UserError(f"--dataset={name}: no image of split {split!r} decodes")
+    return Split(images, labels[kept], False, class_names, shape, len(bad), warnings)
+
+
+def _decode_all(encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [K, H, W, 3] images, int64 [K] their indices) of the images that decode, by the
+    pipeline's own decoder, so on-demand reads give the same pixels."""
+    n = len(encoded)
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(n, dtype=tf.int64), encoded))
+    ds = ds.map(
+        lambda i, contents: (i, tf.io.decode_image(contents, channels=3, expand_animations=False)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    indices, images = [], []
+    # libjpeg prints its complaints straight to fd 2; the error or warning above names them.
+    with runtime.captured_stderr(drop=True):
+        for i, x in ds.ignore_errors().batch(1024).as_numpy_iterator():
+            indices.append(i)
+            images.append(x)
+    if not indices:
+        return np.zeros([0, 1, 1, 3], np.uint8), np.zeros([0], np.int64)
+    return np.concatenate(images), np.concatenate(indices)
 
 
 def _records(builder, name: str, split: str, keys: tuple[str, str]) -> streaming.Records:
@@ -189,22 +242,13 @@ def _is_array_record(info) -> bool:
     return getattr(file_format, "value", file_format) == "array_record"
 
 
-def _fetch_all(source, image_key: str, n: int, decode: bool) -> np.ndarray:
-    """Every image of a data source: encoded bytes [N], or (`decode`) uint8 [N, H, W, 3]
-    decoded by the pipeline's own decoder, so on-demand reads give the same pixels."""
+def _fetch_all(source, image_key: str, n: int) -> np.ndarray:
+    """Every image of a data source, encoded: bytes [N]."""
     encoded = []
     for start in range(0, n, _CHUNK):
         examples = source.__getitems__(list(range(start, min(start + _CHUNK, n))))
         encoded.extend(example[image_key] for example in examples)
-    encoded = np.array(encoded, dtype=object)
-    if not decode:
-        return encoded
-    ds = tf.data.Dataset.from_tensor_slices(encoded).map(
-        lambda contents: tf.io.decode_image(contents, channels=3, expand_animations=False),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return np.stack(list(ds.as_numpy_iterator()))
+    return np.array(encoded, dtype=object)
 
 
 _CHUNK = 4096  # records read from a data source per call at start-up
