@@ -30,6 +30,10 @@ def _configure_logical_cpus():
 
 
 _configure_logical_cpus()
+# TensorFlow's and Keras' module-level objects (millions) never become garbage: out of the
+# collector's sight, each full collection (below, after every longer test) costs ~0.06 s of
+# CPU instead of ~0.35 s.
+gc.freeze()
 
 
 @pytest.fixture(autouse=True)
