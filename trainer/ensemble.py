@@ -366,7 +366,7 @@ def main(argv):
     try:
         config = read_run_config(fv.model_dir)
         snapshots = select_snapshots(fv.model_dir, fv.snapshots)
-        runtime.import_tensorflow()
+        cli.import_tensorflow()  # without Keras' optional imports (seconds)
         record = evaluate_snapshots(config, snapshots)
     except (UserError, ValueError, TypeError) as e:
         # Library code raises ValueError for bad input; this is the one place that turns it

@@ -378,7 +378,7 @@ def main(argv):
     try:
         run = locate(fv.model_dir, fv.source)
         config = eval_config(run.config, fv.dataset, fv.data_dir, fv.eval_split)
-        runtime.import_tensorflow()
+        cli.import_tensorflow()  # without Keras' optional imports (seconds)
         output_dir = fv.output_dir or run.model_dir
         result = evaluate(
             run,

@@ -487,6 +487,7 @@ def main(argv):
     runtime.configure(quiet=True)  # before anything imports TensorFlow
     logging.set_verbosity(logging.WARNING)
     try:
+        cli.import_tensorflow()  # the command: without Keras' optional imports (seconds)
         return run(flags.FLAGS, argv[1:])
     except (UserError, ValueError, TypeError) as e:
         # Library code raises ValueError/TypeError for bad input; the one place that turns
