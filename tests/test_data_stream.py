@@ -475,6 +475,22 @@ def test_stream_names_an_image_that_does_not_decode_or_skips_it_in_place(tfds_di
     assert len(skipping.as_numpy("train")[1]) == 12  # evaluation drops it
 
 
+def test_every_pipeline_sets_the_documented_tf_data_options(tmp_path, tfds_dirs):
+    folder = data.load(_config(_write_folder(tmp_path), cache="none"))
+    datasets = [
+        folder.train_dataset(4),
+        folder.eval_dataset(4),
+        data.load(_config("", dataset="synthetic", synthetic_train_size=8)).train_dataset(4),
+        _stream(tfds_dirs).train_dataset(4),
+        _stream(tfds_dirs).eval_dataset(4),
+    ]
+    for dataset in datasets:
+        options = dataset.options()
+        assert options.deterministic is True
+        assert options.autotune.enabled is False  # no iterator waits for its model thread
+        assert options.threading.max_intra_op_parallelism == 1
+
+
 def test_distributed_iterators_are_not_checkpointable():
     """Why the TFRecord stream resumes by re-reading instead of saving iterator state
     (docs/DATA.md): TensorFlow 2.21's distributed iterators are not trackable. When this
