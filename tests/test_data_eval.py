@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from PIL import Image
 
+from tests.test_data_stream import LrtechTinyImages
 from tests.tiny import tiny_model
 from trainer import data
 from trainer.config import Config
@@ -151,25 +151,8 @@ def test_evaluation_falls_back_when_the_batch_does_not_divide(tmp_path):
 GARBAGE = b"\x89PNG not really"
 
 
-class LrtechEvalCorrupt(tfds.core.GeneratorBasedBuilder):
+class LrtechEvalCorrupt(LrtechTinyImages):
     """13 train and 5 test random 8x10 PNG images; train example 6 holds undecodable bytes."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    code_path = None  # no checksums or metadata files beside this test module
-
-    def _info(self):
-        features = {
-            "image": tfds.features.Image(shape=(8, 10, 3)),
-            "label": tfds.features.ClassLabel(names=CLASSES[:3]),
-        }
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(features),
-            supervised_keys=("image", "label"),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(13, 0), "test": self._generate_examples(5, 1)}
 
     def _generate_examples(self, n, seed):
         rng = np.random.default_rng(seed)

@@ -137,12 +137,11 @@ def test_folder_resume_at_step_equals_tail(tmp_path, start_step):
     assert _same(full[start_step:], tail)
 
 
-def _run(root, model_dir, train_steps):
-    config = _config(
-        root,
+def _run(base, model_dir, train_steps):
+    """Trains `base` (a Config read on demand) to `train_steps`, resuming from model_dir."""
+    config = dataclasses.replace(
+        base,
         model_dir=str(model_dir),
-        cache="none",
-        image_size=8,
         global_batch_size=4,
         train_steps=train_steps,
         first_cycle_steps=2,
@@ -151,19 +150,25 @@ def _run(root, model_dir, train_steps):
         progress=False,
     )
     experiment = Experiment(config, make_strategy("one_device"), model_fn=tiny_model).build()
+    experiment.interpret = lambda: {}  # plots are tested in test_experiment
     experiment.restore()
     experiment.train()
     return experiment
 
 
-def test_streaming_folder_run_interrupted_and_resumed_equals_straight_through(tmp_path):
-    root = _write_folder(tmp_path / "data")
-    straight = _run(root, tmp_path / "straight", 7)
-    _run(root, tmp_path / "resumed", 5)  # stops mid-epoch (3 steps an epoch), checkpoint at 5
-    resumed = _run(root, tmp_path / "resumed", 7)
+def _interrupted_equals_straight(base, tmp_path):
+    straight = _run(base, tmp_path / "straight", 7)
+    _run(base, tmp_path / "resumed", 5)  # stops mid-epoch (3 steps an epoch), checkpoint at 5
+    resumed = _run(base, tmp_path / "resumed", 7)
     assert int(resumed.optimizer.iterations.numpy()) == 7
     for a, b in zip(straight.model.weights, resumed.model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    return resumed
+
+
+def test_streaming_folder_run_interrupted_and_resumed_equals_straight_through(tmp_path):
+    root = _write_folder(tmp_path / "data")
+    _interrupted_equals_straight(_config(root, cache="none", image_size=8), tmp_path)
 
 
 # TFDS read on demand --------------------------------------------------------------------------
@@ -408,31 +413,10 @@ def test_stream_replicas_of_one_pipeline_take_the_global_batch_in_order(tfds_dir
 
 
 def test_streamed_tfds_run_interrupted_and_resumed_equals_straight_through(tfds_dirs, tmp_path):
-    def run(model_dir, train_steps):
-        config = _tfds_config(
-            tfds_dirs["tfrecord"],
-            model_dir=str(model_dir),
-            cache="none",
-            global_batch_size=4,
-            train_steps=train_steps,
-            first_cycle_steps=2,
-            steps_per_loop=2,
-            checkpoint_every_steps=3,
-            progress=False,
-        )
-        experiment = Experiment(config, make_strategy("one_device"), model_fn=tiny_model).build()
-        assert experiment.data._train.records is not None
-        experiment.interpret = lambda: {}
-        experiment.restore()
-        experiment.train()
-        return experiment
-
-    straight = run(tmp_path / "straight", 7)
-    run(tmp_path / "resumed", 5)  # checkpoint at step 5: 20 records in, 7 into the 2nd epoch
-    resumed = run(tmp_path / "resumed", 7)
-    assert int(resumed.optimizer.iterations.numpy()) == 7
-    for a, b in zip(straight.model.weights, resumed.model.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Checkpoint at step 5: 20 records in, 7 into the stream's second epoch.
+    base = _tfds_config(tfds_dirs["tfrecord"], cache="none")
+    resumed = _interrupted_equals_straight(base, tmp_path)
+    assert resumed.data._train.records is not None
 
 
 def _corrupt_one_train_record(data_dir, tmp_path):

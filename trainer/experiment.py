@@ -194,11 +194,10 @@ class Experiment:
         included; `trainer.loop.EvalLoop` sums over replicas, so the result is the
         one-device evaluation's. Falls back to every worker reading the whole split
         (`experimental_distribute_dataset`, as before) when the global batch does not divide
-        by the number of replicas, or the data object takes no input_context (not a
-        `trainer.data.Data`: `eval_shardable` missing).
+        by the number of replicas.
         """
         global_batch = self.config.global_batch_size
-        if global_batch % self.strategy.num_replicas_in_sync or not self.data.eval_shardable:
+        if global_batch % self.strategy.num_replicas_in_sync:
             dataset = self.data.eval_dataset(global_batch)
             return strategy_lib.distribute_dataset(self.strategy, dataset)
 

@@ -193,12 +193,6 @@ class Data:
         what an export's labels.json records for `trainer.predict`."""
         return pipeline.eval_preprocessing(self._eval, self._image_size)
 
-    @property
-    def eval_shardable(self) -> bool:
-        """Whether `eval_dataset` takes an input_context: always (a TFRecord stream's
-        pipelines read every record but decode only their share)."""
-        return True
-
     def eval_dataset(
         self, batch_size: int, *, input_context: tf.distribute.InputContext | None = None
     ) -> tf.data.Dataset:
