@@ -16,7 +16,7 @@ resume).
 from __future__ import annotations
 
 # First of all: SIGTERM/SIGINT are recorded, never a traceback, even during the imports.
-from trainer.interrupts import Interrupts
+from trainer.loop.interrupts import Interrupts
 
 INTERRUPTS = Interrupts().install()
 
@@ -25,8 +25,8 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import flags as flags_lib  # noqa: E402
-from trainer import run_dir  # noqa: E402
 from trainer.errors import NonFiniteError, Preempted, UserError  # noqa: E402
+from trainer.run_dir import files as run_dir  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags_lib.define_flags(FLAGS)
@@ -79,14 +79,15 @@ def train(config) -> int:
 
 
 def _train(config) -> int:
-    from trainer import cli, runtime
+    from trainer import runtime
+    from trainer.tools import cli
 
     runtime.configure(quiet=True)
     if not FLAGS["verbosity"].present:
         runtime.quiet_logging()
     cli.import_tensorflow()  # without Keras' optional scikit-learn and matplotlib imports
     from trainer import experiment as experiment_lib
-    from trainer import strategy as strategy_lib
+    from trainer.loop import strategy as strategy_lib
 
     _check_interrupted("start-up")
     strategy = strategy_lib.make_strategy(config.strategy)
@@ -119,7 +120,7 @@ def _train(config) -> int:
         path = experiment.export_dir
     else:
         path = experiment.export()
-    from trainer import summaries
+    from trainer.reporting import summaries
 
     print(f"Done: {config.model_dir}", flush=True)
     print(summaries.closing_summary(metrics, config.model_dir, path), flush=True)

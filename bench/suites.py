@@ -311,7 +311,7 @@ LAYER_DECAY_UPDATES = 50  # ResNet-50 updates per timed run (about 10 s on 2 CPU
 
 def layer_decay(scale: Scale, log) -> Section:
     """The optimizer update with one segment per weighted layer (--layer_decay) vs one."""
-    from trainer import segments as segments_lib
+    from trainer.lr import segments as segments_lib
 
     model = scale.large or scale.small
     updates = LAYER_DECAY_UPDATES
@@ -596,7 +596,7 @@ def replicas(scale: Scale, log) -> Section:
     examples = batch * scale.steps
     cfg = workloads.make_config(model, batch, examples)
     one = workloads.Trainer(cfg, tf.distribute.OneDeviceStrategy("/cpu:0"))
-    from trainer.strategy import make_strategy
+    from trainer.loop.strategy import make_strategy
 
     two = workloads.Trainer(
         cfg.replace(model_dir=workloads.tmpdir("two")),

@@ -32,10 +32,11 @@ import tensorflow as tf
 
 import models
 from schedules import SGDR
-from trainer import data, optimizers
-from trainer import strategy as strategy_lib
+from trainer import data
 from trainer.config import Config
 from trainer.experiment import Experiment
+from trainer.loop import strategy as strategy_lib
+from trainer.lr import optimizers
 
 NUM_CLASSES = 10
 LR = 1e-3
@@ -69,7 +70,7 @@ def make_config(model: str, batch: int, examples: int, **overrides) -> Config:
 
 def even_splits(model: keras.Model, segments: int) -> tuple[str, ...]:
     """`segments - 1` split indices spreading the weighted layers evenly."""
-    from trainer import segments as segments_lib
+    from trainer.lr import segments as segments_lib
 
     rows = [r for r in segments_lib.layer_rows(model, ()) if r.trainable_params]
     if segments > len(rows):

@@ -257,7 +257,7 @@ def execute(run: Run, argv: list[str]) -> dict:
 
     from trainer import experiment as experiment_lib
     from trainer import flags as flags_lib
-    from trainer import strategy as strategy_lib
+    from trainer.loop import strategy as strategy_lib
 
     config = flags_lib.parse_config(argv, "transfer_study")
     shutil.rmtree(config.model_dir, ignore_errors=True)

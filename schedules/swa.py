@@ -30,7 +30,7 @@ class SWALR(_Schedule):
 
     This is `torch.optim.swa_utils.SWALR` with `anneal_epochs=0` (an immediate switch), except
     that it is the *base* rate: an optimizer with per-segment multipliers
-    (`trainer.optimizers.segmented`) keeps them, so segment i trains at `lr_mults[i] * swa_lr`.
+    (`trainer.lr.optimizers.segmented`) keeps them, so segment i trains at `lr_mults[i] * swa_lr`.
     `momentum(step)` (for momentum cycling) follows the inner schedule up to `start_step` and
     then holds its value at `start_step`. Steps may be Python numbers or tensors of any shape;
     the comparison is made in float64, the result is float32.

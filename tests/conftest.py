@@ -14,7 +14,8 @@ import pytest
 
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), ".tfds_unused"))
 
-from trainer import cli, runtime  # noqa: E402
+from trainer import runtime  # noqa: E402
+from trainer.tools import cli
 
 runtime.configure(quiet=True)
 

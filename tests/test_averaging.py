@@ -1,4 +1,6 @@
-"""trainer.averaging: the SWA running average and the BatchNorm recompute, 1 and 2 replicas."""
+"""trainer.averaging.weights: the SWA running average and the BatchNorm recompute, 1 and 2
+replicas.
+"""
 
 import keras
 import numpy as np
@@ -6,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from models.layers import BatchNormalization as FusedBatchNormalization
-from trainer.averaging import WeightAverage, averaged_weights, batch_norm_layers, update_bn
-from trainer.strategy import make_strategy
+from trainer.averaging.weights import WeightAverage, averaged_weights, batch_norm_layers, update_bn
+from trainer.loop.strategy import make_strategy
 
 EPSILON = 1e-3  # both BN layers' epsilon (Keras' default)
 

@@ -8,8 +8,8 @@ import tensorflow as tf
 import models
 from models.layers import MIN_FUSED_EPSILON, BatchNormalization
 from schedules import SGDR
-from trainer import optimizers, segments
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.lr import optimizers, segments
 
 CHANNELS = 6
 

@@ -79,7 +79,7 @@ def test_section_marks_goals():
 
 def test_even_splits_give_the_asked_number_of_segments():
     import models
-    from trainer import segments
+    from trainer.lr import segments
 
     model = models.build("resnet8", 10)
     for n in (3, 8):

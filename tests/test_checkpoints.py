@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from trainer import checkpoints
 from trainer.config import Config
 from trainer.errors import IncompatibleCheckpointError, NonFiniteError, Preempted, UserError
 from trainer.experiment import Experiment
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.run_dir import checkpoints
 
 
 def tiny_model(num_classes):

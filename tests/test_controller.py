@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.controller import Action, Controller, When, itstime, next_due
+from trainer.loop.controller import Action, Controller, When, itstime, next_due
 
 
 class FakeTrainer:

@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from schedules import OneCycle
 from tests.test_optimizers import BATCH, MULTS, data, make_train, segment_of, tiny_model
-from trainer import optimizers
 from trainer.errors import UserError
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.lr import optimizers
 
 STEPS = 20
 WEIGHT_DECAY = 0.05

@@ -19,7 +19,7 @@ from trainer.config import Config
 from trainer.data import pipeline
 from trainer.errors import UserError
 from trainer.experiment import Experiment
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
 
 CLASSES = ("c0", "c1", "c2", "c3", "c4", "c5")  # > 5 classes: top-5 is reported
 EVAL_PER_CLASS = (2, 2, 2, 2, 2, 1)  # 11 eval images: no global batch divides them

@@ -18,7 +18,7 @@ from trainer.config import Config
 from trainer.data import images as image_ops
 from trainer.errors import UserError
 from trainer.experiment import Experiment
-from trainer.strategy import distribute_dataset, make_strategy
+from trainer.loop.strategy import distribute_dataset, make_strategy
 
 CLASSES = ("ant", "bee", "cow")
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from tests.test_checkpoints import config, tiny_model
-from trainer import keras_private
-from trainer.averaging import averaged_weights, batch_norm_layers
+from trainer.averaging.weights import averaged_weights, batch_norm_layers
 from trainer.experiment import Experiment
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.lr import keras_private
 
 DECAY = 0.7
 

@@ -1,4 +1,4 @@
-"""trainer.ensemble: the averaged softmax of snapshots, 1 and 2 replicas, and the command."""
+"""trainer.tools.ensemble: the averaged softmax of snapshots, 1 and 2 replicas, and the command."""
 
 import json
 import subprocess
@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import checkpoints, ensemble
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.experiment import Experiment
-from trainer.strategy import distribute_dataset, make_strategy
+from trainer.loop.strategy import distribute_dataset, make_strategy
+from trainer.run_dir import checkpoints
+from trainer.tools import ensemble
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7  # > 5: top-5 is reported

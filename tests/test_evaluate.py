@@ -1,4 +1,6 @@
-"""trainer.evaluate on a real (tiny) training run: the command, the checkpoint path, bad input."""
+"""trainer.tools.evaluate on a real (tiny) training run: the command, the checkpoint path,
+bad input.
+"""
 
 import json
 import subprocess
@@ -7,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer import evaluate
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.experiment import Experiment
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.tools import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from tests.tiny import tiny_model
-from trainer import steps, summaries
 from trainer.config import Config
-from trainer.controller import Action, Controller, When
 from trainer.errors import UserError
 from trainer.experiment import Experiment
-from trainer.segment_table import resolve_split_at
-from trainer.strategy import make_strategy
+from trainer.loop import steps
+from trainer.loop.controller import Action, Controller, When
+from trainer.loop.strategy import make_strategy
+from trainer.lr.table import resolve_split_at
+from trainer.reporting import summaries
 
 
 def config(tmp_path, **kw):
@@ -185,7 +186,7 @@ def test_a_signal_during_export_leaves_no_partial_export(tmp_path):
     import signal
 
     from trainer.errors import Preempted
-    from trainer.interrupts import Interrupts
+    from trainer.loop.interrupts import Interrupts
 
     interrupts = Interrupts()
     exp = Experiment(

@@ -7,7 +7,7 @@ import pytest
 from experiments import report
 from experiments import transfer_study as study
 from trainer import flags as flags_lib
-from trainer import steps
+from trainer.loop import steps
 
 BASE = [
     "--model_dir=/nonexistent/run",

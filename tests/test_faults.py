@@ -1,6 +1,6 @@
 """Crash test: a run SIGKILLed at seeded moments, then re-run, ends as an uninterrupted run.
 
-Kills land during a checkpoint write (`trainer.faults` point after the checkpoint files are
+Kills land during a checkpoint write (`trainer.run_dir.faults` point after the checkpoint files are
 written, before old ones rotate and the state file is updated), at a seeded time during
 training, and in the middle of the export. Each re-run is the same command; the last one
 must finish with the uninterrupted run's weights and a complete export. The uninterrupted run
@@ -58,7 +58,7 @@ def _straight_weights(model_dir):
     import models
     from trainer import flags as flags_lib
     from trainer.experiment import Experiment
-    from trainer.strategy import make_strategy
+    from trainer.loop.strategy import make_strategy
 
     config = flags_lib.parse_config([f"--model_dir={model_dir}", *ARGS])
     experiment = Experiment(config, make_strategy(config.strategy)).build()

@@ -1,4 +1,4 @@
-"""trainer.interpret against numpy references computed from the model's own logits."""
+"""trainer.reporting.interpret against numpy references computed from the model's own logits."""
 
 import glob
 import logging
@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from tests.tiny import tiny_model
-from trainer import interpret
-from trainer.loop import EvalLoop
+from trainer.loop.compiled import EvalLoop
+from trainer.reporting import interpret
 
 K = 7  # > 5: top-5 is reported
 N, BATCH = 23, 8  # batches of 8, 8 and a partial 7

@@ -1,4 +1,4 @@
-"""trainer.keras_private: every private Keras name we rely on still exists and still works.
+"""trainer.lr.keras_private: every private Keras name we rely on still exists and still works.
 
 One check per row of `keras_private.PRIVATE`, on real Keras objects. A Keras upgrade that
 removes or changes one fails here with the attribute, its use and the Keras version.
@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
-from trainer import keras_private, optimizers
+from trainer.lr import keras_private, optimizers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

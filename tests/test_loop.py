@@ -6,11 +6,11 @@ import pytest
 import tensorflow as tf
 
 from tests.tiny import tiny_model
-from trainer import optimizers
 from trainer.config import Config
 from trainer.experiment import Experiment
-from trainer.loop import EvalLoop
-from trainer.strategy import make_strategy
+from trainer.loop.compiled import EvalLoop
+from trainer.loop.strategy import make_strategy
+from trainer.lr import optimizers
 
 TWO_CPUS = ["/cpu:0", "/cpu:1"]
 

@@ -1,4 +1,4 @@
-"""trainer.lr_find and trainer.callbacks.LRFinder: the learning-rate range test.
+"""trainer.lr_find and trainer.lr_find.callbacks.LRFinder: the learning-rate range test.
 
 The suggestion rules are checked against plain-Python references written here from fastai's
 definitions (loops over lists, not numpy); the smoothing against the explicit weighted mean
@@ -17,10 +17,11 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
-from trainer import keras_private, lr_finder, optimizers
-from trainer.callbacks import LRFinder
-from trainer.lr_finder import ExponentialRange, LRFinderResult, RangeTest, suggestions
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.lr import keras_private, optimizers
+from trainer.lr_find import finder as lr_finder
+from trainer.lr_find.callbacks import LRFinder
+from trainer.lr_find.finder import ExponentialRange, LRFinderResult, RangeTest, suggestions
 
 SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 FEATURES, CLASSES, BATCH, BATCHES = 16, 3, 32, 8

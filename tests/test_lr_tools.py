@@ -13,11 +13,12 @@ import pytest
 
 import schedules
 from tests.test_checkpoints import config, experiment, state, tiny_model
-from trainer import checkpoints, range_test
 from trainer.errors import Preempted, UserError
 from trainer.experiment import Experiment
-from trainer.segment_table import layer_decay_mults
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.lr.table import layer_decay_mults
+from trainer.lr_find import range_test
+from trainer.run_dir import checkpoints
 
 FIND = dict(lr_find=True, lr_find_steps=30, lr_find_start=1e-5, lr_find_end=10.0)
 

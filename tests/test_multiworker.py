@@ -18,11 +18,11 @@ SCRIPT = textwrap.dedent(
     import json, sys
     sys.path.insert(0, {root!r})
     import numpy as np
-    from trainer import cli
+    from trainer.tools import cli
     cli.import_tensorflow()  # as run_train.py: without Keras' optional imports (seconds)
     from tests.test_multiworker import run_config, tiny_model
     from trainer.experiment import Experiment
-    from trainer.strategy import make_strategy, is_chief
+    from trainer.loop.strategy import make_strategy, is_chief
 
     config = run_config(sys.argv[1], sys.argv[2])
     strategy = make_strategy(config.strategy)
@@ -79,7 +79,7 @@ def run_config(model_dir, strategy):
 def _one_device(model_dir):
     """The reference: the same run on one device, in this process (its device is /cpu:0)."""
     from trainer.experiment import Experiment
-    from trainer.strategy import make_strategy
+    from trainer.loop.strategy import make_strategy
 
     experiment = Experiment(
         run_config(str(model_dir), "one_device"), make_strategy("one_device"), model_fn=tiny_model

@@ -1,4 +1,4 @@
-"""trainer.optimizers: per-segment learning rates, checked against plain reference optimizers.
+"""trainer.lr.optimizers: per-segment learning rates, checked against plain reference optimizers.
 
 The reference for a segmented run is the same model trained with one *plain* optimizer of the
 same class per segment, each with learning rate `mult * SGDR(step)` and applied only to its
@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
-from trainer import keras_private, optimizers, segments
 from trainer.errors import UserError
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.lr import keras_private, optimizers, segments
 
 MULTS = (0.01, 0.1, 1.0)
 STEPS = 24

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import optimizers, precision
-from trainer.loop import TrainLoop
-from trainer.strategy import make_strategy
+from trainer.loop import precision
+from trainer.loop.compiled import TrainLoop
+from trainer.loop.strategy import make_strategy
+from trainer.lr import optimizers
 
 DEVICES = ["/cpu:0", "/cpu:1"]
 GLOBAL_BATCH = 4

@@ -1,4 +1,4 @@
-"""trainer.predict on a tiny hand-weighted export and generated JPEG/PNG/BMP/GIF files."""
+"""trainer.tools.predict on a tiny hand-weighted export and generated JPEG/PNG/BMP/GIF files."""
 
 import csv
 import dataclasses
@@ -15,11 +15,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer import checkpoints, experiment, predict, runtime
+from trainer import experiment, runtime
 from trainer.config import Config
 from trainer.data import arrays, images, pipeline, sources
 from trainer.errors import UserError
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
+from trainer.run_dir import checkpoints
+from trainer.tools import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16

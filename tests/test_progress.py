@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from trainer.progress import ProgressBar, format_duration, format_step_time, format_values
+from trainer.reporting.progress import ProgressBar, format_duration, format_step_time, format_values
 
 VALUES = {"loss": 0.693147, "accuracy": 0.5, "lr": 1.14159e-4, "img/s": 832.6}
 SHOWN = "loss 0.6931  accuracy 0.5000  lr 1.14e-04  833 img/s"

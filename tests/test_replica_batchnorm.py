@@ -1,7 +1,7 @@
 """BatchNorm moving statistics under MirroredStrategy: one value, the mean over the replicas.
 
 Keras 3 mirrors BN's moving_mean/moving_variance without aggregation, so each replica writes
-its own batch statistics into its own copy; `trainer.loop.TrainLoop` averages the copies at
+its own batch statistics into its own copy; `trainer.loop.compiled.TrainLoop` averages the copies at
 the end of every compiled loop. Two logical CPUs (tests/conftest.py), the real Trainer; and
 two MultiWorkerMirroredStrategy processes on localhost (one replica each).
 """
@@ -21,11 +21,11 @@ import pytest
 import tensorflow as tf
 
 import models
-from trainer import optimizers, segments
-from trainer.checkpoints import Checkpointer
-from trainer.loop import EvalLoop, replica_statistics
-from trainer.runner import Trainer
-from trainer.strategy import distribute_dataset, make_strategy
+from trainer.loop.compiled import EvalLoop, replica_statistics
+from trainer.loop.runner import Trainer
+from trainer.loop.strategy import distribute_dataset, make_strategy
+from trainer.lr import optimizers, segments
+from trainer.run_dir.checkpoints import Checkpointer
 
 GLOBAL_BATCH = 16
 STEPS_PER_LOOP = (3, 1, 4)  # uneven loops: the average must not depend on where they end
@@ -227,7 +227,7 @@ WORKER = textwrap.dedent(
     runtime.configure(quiet=True)
     import keras, numpy as np
     from tests.test_replica_batchnorm import _statistics, _train
-    from trainer.strategy import make_strategy
+    from trainer.loop.strategy import make_strategy
     model = _train(make_strategy("multi_worker"), keras.layers.BatchNormalization).model
     np.savez(sys.argv[1], *[v.value.values[0].numpy() for v in _statistics(model)])
     """

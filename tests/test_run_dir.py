@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from trainer import run_dir
 from trainer.errors import UserError
+from trainer.run_dir import files as run_dir
 
 
 def test_check_refuses_files_and_kernel_filesystems(tmp_path):
@@ -43,7 +43,7 @@ def test_check_refuses_an_unwritable_directory(tmp_path, monkeypatch):
 HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from trainer import run_dir
+from trainer.run_dir import files as run_dir
 run_dir.Lock({path!r}).acquire()
 print("locked", flush=True)
 time.sleep(60)

@@ -163,7 +163,7 @@ def test_user_errors_name_the_flag_or_file(tmp_path, args, message):
     from trainer import flags as flags_lib
     from trainer.errors import UserError
     from trainer.experiment import Experiment
-    from trainer.strategy import make_strategy
+    from trainer.loop.strategy import make_strategy
 
     config = flags_lib.parse_config(_user_error_argv(tmp_path, args))
     with pytest.raises((UserError, ValueError, TypeError)) as raised:  # run_train.main's
@@ -184,7 +184,7 @@ def test_user_error_exits_2_with_one_line(tmp_path):
 
 
 def test_tensorflow_imports_without_kerass_optional_imports():
-    # conftest.py imported TensorFlow as run_train.py does (trainer.cli.import_tensorflow):
+    # conftest.py imported TensorFlow as run_train.py does (trainer.tools.cli.import_tensorflow):
     # Keras skipped scikit-learn, matplotlib.pyplot and IPython, which still import afterwards.
     from keras.src.saving import file_editor
     from keras.src.visualization import plot_image_gallery

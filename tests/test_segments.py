@@ -1,12 +1,12 @@
-"""trainer.segments: flattened layer order, split points, variable ownership, freezing."""
+"""trainer.lr.segments: flattened layer order, split points, variable ownership, freezing."""
 
 import keras
 import numpy as np
 import pytest
 
 from schedules import SGDR
-from trainer import segments
 from trainer.errors import UserError
+from trainer.lr import segments
 
 
 def nested_model():
@@ -186,7 +186,7 @@ def test_format_layer_table():
 
 def test_peak_lr_of_each_schedule():
     from schedules import Cosine, OneCycle, Phases
-    from trainer.segment_table import peak_lr
+    from trainer.lr.table import peak_lr
 
     # With warmup the learning rate at step 0 is min_lr; the table shows the peak.
     assert peak_lr(SGDR(0.01, 10, warmup_steps=5)) == 0.01

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
-from trainer.strategy import make_strategy
+from trainer.loop.strategy import make_strategy
 
 
 class Reference:

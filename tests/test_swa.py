@@ -18,12 +18,14 @@ import tensorflow as tf
 import schedules
 from schedules.swa import SWALR
 from tests.test_checkpoints import config
-from trainer import checkpoints, summaries, weight_averaging
-from trainer.averaging import averaged_weights, batch_norm_layers
+from trainer.averaging import weight_averaging
+from trainer.averaging.weights import averaged_weights, batch_norm_layers
 from trainer.errors import IncompatibleCheckpointError, Preempted, UserError
 from trainer.experiment import Experiment
-from trainer.steps import Plan
-from trainer.strategy import make_strategy
+from trainer.loop.steps import Plan
+from trainer.loop.strategy import make_strategy
+from trainer.reporting import summaries
+from trainer.run_dir import checkpoints
 
 EPSILON = 1e-3  # Keras' BatchNormalization default
 

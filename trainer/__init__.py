@@ -10,7 +10,7 @@ def __getattr__(name):
     # `trainer.lr_find(model, dataset, optimizer)`, the LR range test for a custom loop, without
     # importing TensorFlow on `import trainer` (PEP 562).
     if name == "lr_find":
-        from trainer.lr_finder import lr_find
+        from trainer.lr_find.finder import lr_find
 
         return lr_find
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The frozen run configuration: the one contract between run_train.py's flags and the library.
 
 run_train.py turns absl FLAGS into a `Config` once; library code reads only this object.
-Epoch-valued fields are resolved to steps by `trainer.steps` once the dataset size is known.
+Epoch-valued fields are resolved to steps by `trainer.loop.steps` once the dataset size is known.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class Config:
     checkpoint_every_steps: int = 1000
     keep_checkpoints: int = 3
     snapshot_at_restarts: bool = False
-    # Weight averaging (trainer.weight_averaging).
+    # Weight averaging (trainer.averaging.weight_averaging).
     ensemble_snapshots: int | None = None  # ensemble of the last M snapshots (implies snapshots)
     swa_start_epoch: float | None = None  # epochs; SWA averages from here on
     swa_every_epochs: float | None = None  # epochs between SWA updates without cycles (None: 1)

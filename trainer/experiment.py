@@ -1,6 +1,6 @@
 """One training run: build under the strategy's scope, restore, train, export.
 
-    strategy = trainer.strategy.make_strategy(config.strategy)
+    strategy = trainer.loop.strategy.make_strategy(config.strategy)
     experiment = Experiment(config, strategy)
     experiment.build()
     experiment.restore()          # resumes from the newest readable checkpoint by itself
@@ -8,13 +8,13 @@
     experiment.export()           # atomic: export/ is complete or absent
 
 `Experiment` assembles the parts and reads like a table of contents; the work is theirs:
-`trainer.runner.Trainer` owns the iterator, the trainable set and the compiled loop
-(`train(num_steps)`); `trainer.controller.Controller` runs it from boundary to boundary and
-the `trainer.actions` due at each (unfreeze, report, snapshot, evaluate, checkpoint,
-preemption); `trainer.weight_averaging` adds the snapshot ensemble, SWA and EMA (actions, and
-the averaged models evaluated and exported after training); `trainer.checkpoints.Checkpointer`
-saves and restores; the global step is the optimizer's `iterations`, the one step counter of
-the run.
+`trainer.loop.runner.Trainer` owns the iterator, the trainable set and the compiled loop
+(`train(num_steps)`); `trainer.loop.controller.Controller` runs it from boundary to boundary
+and the `trainer.loop.actions` due at each (unfreeze, report, snapshot, evaluate, checkpoint,
+preemption); `trainer.averaging.weight_averaging` adds the snapshot ensemble, SWA and EMA
+(actions, and the averaged models evaluated and exported after training);
+`trainer.run_dir.checkpoints.Checkpointer` saves and restores; the global step is the
+optimizer's `iterations`, the one step counter of the run.
 """
 
 from __future__ import annotations
@@ -28,27 +28,22 @@ import time
 import keras
 from absl import logging
 
-from trainer import (
-    actions,
-    checkpoints,
-    data,
-    faults,
-    optimizers,
-    precision,
-    range_test,
-    run_dir,
-    steps,
-    summaries,
-    weight_averaging,
-)
-from trainer import strategy as strategy_lib
+from trainer import data
+from trainer.averaging import weight_averaging
 from trainer.config import CYCLE_MOMENTUM_OPTIMIZERS
-from trainer.controller import Controller
 from trainer.errors import NonFiniteError, Preempted, UserError
-from trainer.interrupts import Interrupts
-from trainer.progress import ProgressBar
-from trainer.runner import Evaluator, Trainer
-from trainer.segment_table import SegmentTable
+from trainer.loop import actions, precision, steps
+from trainer.loop import strategy as strategy_lib
+from trainer.loop.controller import Controller
+from trainer.loop.interrupts import Interrupts
+from trainer.loop.runner import Evaluator, Trainer
+from trainer.lr import optimizers
+from trainer.lr.table import SegmentTable
+from trainer.lr_find import range_test
+from trainer.reporting import summaries
+from trainer.reporting.progress import ProgressBar
+from trainer.run_dir import checkpoints, faults
+from trainer.run_dir import files as run_dir
 
 EXPORT_DIR = "export"
 EXPORT_FILES = (
@@ -94,10 +89,10 @@ class Experiment:
 
     Args:
         config: The run configuration (`num_classes=None` is inferred from the data).
-        strategy: From `trainer.strategy.make_strategy`.
+        strategy: From `trainer.loop.strategy.make_strategy`.
         model_fn: Optional `num_classes -> keras.Model` replacing `models.build` (tests use
             tiny models); called inside the strategy scope.
-        interrupts: A `trainer.interrupts.Interrupts` already installed by the caller
+        interrupts: A `trainer.loop.interrupts.Interrupts` already installed by the caller
             (run_train.py installs one first thing); by default `train` and `export` install
             their own for their duration.
     """
@@ -191,7 +186,7 @@ class Experiment:
 
         Each input pipeline reads and decodes only its replicas' slices of every global batch
         (`trainer.data.Data.eval_dataset` with input_context), the last partial batch
-        included; `trainer.loop.EvalLoop` sums over replicas, so the result is the
+        included; `trainer.loop.compiled.EvalLoop` sums over replicas, so the result is the
         one-device evaluation's. Falls back to every worker reading the whole split
         (`experimental_distribute_dataset`, as before) when the global batch does not divide
         by the number of replicas.
@@ -274,7 +269,7 @@ class Experiment:
         """Runs the LR range test from the current (restored) step; nothing else changes.
 
         Writes lr_find.json and lr_find.png into model_dir (chief) and returns the
-        `trainer.lr_finder.LRFinderResult`. After `--max_lr=auto` ran it at build time, that
+        `trainer.lr_find.finder.LRFinderResult`. After `--max_lr=auto` ran it at build time, that
         result is returned instead of a second test.
         """
         if self.lr_find_result is None:
@@ -467,9 +462,9 @@ class Experiment:
         """Confusion matrix, top losses and per-class precision/recall on the eval split.
 
         Writes confusion_matrix.png and top_losses.png into model_dir and TensorBoard
-        (`trainer.interpret`); returns the metrics.json record.
+        (`trainer.reporting.interpret`); returns the metrics.json record.
         """
-        from trainer import interpret
+        from trainer.reporting import interpret
 
         config = self.config
         analysis = interpret.analyze(
@@ -513,7 +508,7 @@ class Experiment:
 
     def _write_labels(self, path: str, extra: dict) -> None:
         # What a user of the export needs beside the weights: the class of each output and
-        # how evaluation fed images to the model (`trainer.data`), which `trainer.predict`
+        # how evaluation fed images to the model (`trainer.data`), which `trainer.tools.predict`
         # follows: "preprocessing" is "resize" (the whole image resized with antialiasing to
         # image_size x image_size) or "center_crop" (the centered square of side eval_crop x
         # the shorter side, resized bilinearly); float32 RGB pixels in [0, 255] either way.

@@ -190,7 +190,7 @@ class Data:
     @property
     def eval_preprocessing(self) -> str:
         """How evaluation views an image: "resize" or "center_crop" (`images.eval_preprocessing`),
-        what an export's labels.json records for `trainer.predict`."""
+        what an export's labels.json records for `trainer.tools.predict`."""
         return pipeline.eval_preprocessing(self._eval, self._image_size)
 
     def eval_dataset(

@@ -138,7 +138,7 @@ def center_crop(contents, image_size: int, crop: float) -> tf.Tensor:
 def eval_preprocessing(encoded: bool, image_size: int) -> str:
     """The evaluation regime of a split: "center_crop" (`center_crop`, the full-resolution
     path) or "resize" (the whole image decoded and resized). Recorded in an export's
-    labels.json so that `trainer.predict` feeds images the way evaluation did."""
+    labels.json so that `trainer.tools.predict` feeds images the way evaluation did."""
     return "center_crop" if full_resolution(encoded, image_size) else "resize"
 
 

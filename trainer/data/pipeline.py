@@ -455,7 +455,7 @@ def eval_dataset(
     With `input_context` (for `distribute_datasets_from_function`), `batch_size` is the
     per-replica batch and this pipeline reads and decodes only its replicas' slices of each
     global batch (`eval_indices`): R batches per global batch, some short or empty at the
-    end. An evaluation that sums over replicas (`trainer.loop.EvalLoop`) then counts every
+    end. An evaluation that sums over replicas (`trainer.loop.compiled.EvalLoop`) then counts every
     example exactly once, as one device does.
     """
     n = len(split.labels) if limit is None else min(limit, len(split.labels))
@@ -495,7 +495,7 @@ def eval_preprocessing(split: Split, image_size: int) -> str:
 
     "center_crop": the centered square of side eval_crop x the shorter side, resized
     (bilinear) to S (`images.center_crop`, the full-resolution regime). "resize": the whole
-    image resized (antialiased) to S. `trainer.predict` follows this (export/labels.json).
+    image resized (antialiased) to S. `trainer.tools.predict` follows this (export/labels.json).
     """
     return image_ops.eval_preprocessing(split.encoded, image_size)
 

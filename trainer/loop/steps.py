@@ -2,7 +2,7 @@
 
 A step is one optimizer step on one global batch; an epoch is `steps_per_epoch` whole global
 batches (`trainer.data.steps_per_epoch`). The controller cuts compiled loops wherever an
-action is due (`trainer.controller`); the plan only says how long things are.
+action is due (`trainer.loop.controller`); the plan only says how long things are.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The parts:
 * `LRFinderResult`: the curve and the suggestions; JSON, PNG and a one-line summary.
 * `lr_find(model, dataset, optimizer)`: the whole test for a custom-loop user. The model's
   variables and the given optimizer are left exactly as they were.
-  `trainer.callbacks.LRFinder` does the same inside `model.fit`.
+  `trainer.lr_find.callbacks.LRFinder` does the same inside `model.fit`.
 
 Usage:
 
@@ -37,8 +37,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import keras_private
 from trainer.errors import UserError
+from trainer.lr import keras_private
 
 STOP_REASONS = ("diverged", "non-finite loss", "completed", "incomplete")
 MIN_NUM_STEPS = 5
@@ -328,7 +328,7 @@ class LRFinderResult:
         suggestions: {"valley", "steep", "minimum", "slide"} -> learning rate; empty if the
             test recorded too few steps.
         stop_reason: "diverged", "non-finite loss", "completed" or "incomplete" (the data
-            ended before num_steps, e.g. too few epochs for `trainer.callbacks.LRFinder`).
+            ended before num_steps, e.g. too few epochs for `trainer.lr_find.callbacks.LRFinder`).
         start, end, num_steps, beta, diverge: The test's settings.
     """
 
@@ -374,7 +374,7 @@ class LRFinderResult:
 
     def to_json(self, path: str) -> str:
         """Writes `to_dict()` as JSON to `path` atomically (temporary file, rename)."""
-        from trainer import run_dir
+        from trainer.run_dir import files as run_dir
 
         run_dir.write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
@@ -414,7 +414,7 @@ class LRFinderResult:
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize="small")
         fig.tight_layout()
-        from trainer import run_dir
+        from trainer.run_dir import files as run_dir
 
         if run_dir.is_local(path):
             fig.savefig(path, format="png")
@@ -456,7 +456,7 @@ def lr_find(
         model: A built Keras model.
         dataset: An iterable of `(x, y)` batches, e.g. a `tf.data.Dataset`; iterated again
             if it ends before the test does.
-        optimizer: A Keras optimizer (e.g. from `trainer.optimizers.segmented`); not used for
+        optimizer: A Keras optimizer (e.g. from `trainer.lr.optimizers.segmented`); not used for
             updates and not changed. Not a `LossScaleOptimizer`.
         loss: A `keras.losses.Loss`, or a function of `(y, y_pred)` returning per-example
             losses; default `SparseCategoricalCrossentropy(from_logits=True)`. The model's

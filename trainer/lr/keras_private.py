@@ -49,8 +49,8 @@ class PrivateUse:
 
 
 _OPT = "keras.optimizers.Optimizer"
-_OPTIMIZERS = "trainer.optimizers"
-_SEGMENTS = "trainer.segments"
+_OPTIMIZERS = "trainer.lr.optimizers"
+_SEGMENTS = "trainer.lr.segments"
 
 PRIVATE: tuple[PrivateUse, ...] = (
     PrivateUse(
@@ -67,7 +67,7 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "_trainable_variables",
         _OPT,
         "attribute",
-        _OPTIMIZERS + ", trainer.callbacks",
+        _OPTIMIZERS + ", trainer.lr_find.callbacks",
         "the variables the optimizer was built with, to find the slot lists aligned with them"
         " (reset_slots; the LRFinder callback's fresh start)",
         "no public accessor; `optimizer.variables` lists the optimizer's own variables",
@@ -104,7 +104,7 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "_model_variables_moving_average",
         _OPT,
         "attribute",
-        "trainer.weight_averaging",
+        "trainer.averaging.weight_averaging",
         "Keras' EMA copies of the model variables (use_ema=True): started at the initial"
         " weights, then read to evaluate and export the EMA model",
         "no public accessor; finalize_variable_values() overwrites the model's own weights",
@@ -113,7 +113,7 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "_learning_rate",
         _OPT,
         "attribute",
-        _OPTIMIZERS + ", trainer.callbacks",
+        _OPTIMIZERS + ", trainer.lr_find.callbacks",
         "the schedule object, reused by segmented() instead of a serialization round trip,"
         " so custom schedules need not be registered; read by momentum cycling"
         " (schedule.momentum) and put back by the LRFinder callback",

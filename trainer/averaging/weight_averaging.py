@@ -14,10 +14,11 @@ When things happen (global steps; E = --swa_start_epoch * steps_per_epoch, round
 * Snapshot ensemble (`--ensemble_snapshots=M`, Huang et al. 2017): snapshots are taken at
   every SGDR cycle end, the run's last step included when it ends a cycle. From the M-th
   cycle end on the ensemble of the last M snapshots is evaluated after each restart, and once
-  more at the end of the run (`trainer.ensemble.ensemble_evaluate`: one model's weights at a
+  more at the end of the run (`trainer.averaging.ensemble.ensemble_evaluate`: one model's weights
+  at a
   time plus the running sum of probabilities).
 * SWA (`--swa_start_epoch`, Izmailov et al. 2018): the weights join an equal average
-  (`trainer.averaging.WeightAverage`, float32, checkpointed) at every SGDR cycle end >= E;
+  (`trainer.averaging.weights.WeightAverage`, float32, checkpointed) at every SGDR cycle end >= E;
   with another schedule, or with `--swa_lr` (a constant rate has no cycles), every
   `--swa_every_epochs` (default 1) after E and at the last step. With `--swa_lr` the head's
   rate is that constant from E on (`schedules.swa.SWALR`, segment multipliers kept).
@@ -27,7 +28,7 @@ When things happen (global steps; E = --swa_start_epoch * steps_per_epoch, round
   scaling does not leave them at zero (Keras' start is "iterations == 0", not "first update").
 
 After training each averaged model is a clone of the training model holding the averaged
-weights; its BatchNorm statistics are recomputed (`trainer.averaging.update_bn`, torch's
+weights; its BatchNorm statistics are recomputed (`trainer.averaging.weights.update_bn`, torch's
 `update_bn`) over one epoch of the training split, in the run's epoch-0 order, without
 augmentation unless `--swa_bn_augment`. This is done for EMA too: the training model's
 moving statistics belong to the last weights, not to their average. The clone is evaluated
@@ -43,12 +44,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from trainer import keras_private, summaries
-from trainer.averaging import WeightAverage, averaged_weights, update_bn
-from trainer.controller import Action, When
-from trainer.ensemble import ensemble_evaluate
+from trainer.averaging.ensemble import ensemble_evaluate
+from trainer.averaging.weights import WeightAverage, averaged_weights, update_bn
 from trainer.errors import UserError
-from trainer.runner import Evaluator
+from trainer.loop.controller import Action, When
+from trainer.loop.runner import Evaluator
+from trainer.lr import keras_private
+from trainer.reporting import summaries
 
 SWA, EMA, ENSEMBLE = "swa", "ema", "snapshot_ensemble"
 SNAPSHOT_DIR = "snapshots"
@@ -172,7 +174,7 @@ class WeightAveraging:
 
     Args:
         config: The run's `trainer.config.Config`.
-        plan: Its `trainer.steps.Plan`.
+        plan: Its `trainer.loop.steps.Plan`.
         schedule: The base learning-rate schedule (SGDR restarts and cycles come from it).
         strategy: The run's strategy.
 

@@ -10,7 +10,8 @@ position follows it: the iterator is (re)created from `dataset_fn(start_step)` w
 global step is not where the iterator stands (first call, after a restore, after an LR range
 test put the state back). The trainable set (segments >= `first_trainable`) lives here only.
 On several replicas every call ends with the BatchNorm moving statistics averaged over the
-replicas (`trainer.loop.replica_statistics`), so checkpoints, exports and evaluation see one
+replicas (`trainer.loop.compiled.replica_statistics`), so checkpoints, exports and evaluation see
+one
 value.
 """
 
@@ -21,9 +22,9 @@ import time
 import numpy as np
 from absl import logging
 
-from trainer import optimizers, segments
 from trainer.errors import NonFiniteError
-from trainer.loop import EvalLoop, TrainLoop
+from trainer.loop.compiled import EvalLoop, TrainLoop
+from trainer.lr import optimizers, segments
 
 
 class Trainer:
@@ -38,7 +39,7 @@ class Trainer:
         split_at: The segment split points (freezing works by segment).
         global_batch_size: Examples per step summed over replicas.
         learning_rates: Optional `step -> [lr per segment]`, for error messages.
-        clipnorm, loss_scale, jit_compile: See `trainer.loop.TrainLoop`.
+        clipnorm, loss_scale, jit_compile: See `trainer.loop.compiled.TrainLoop`.
     """
 
     def __init__(

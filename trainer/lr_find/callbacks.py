@@ -1,6 +1,6 @@
 """Keras callbacks for `model.fit` users: the learning-rate range test.
 
-    from trainer.callbacks import LRFinder
+    from trainer.lr_find.callbacks import LRFinder
 
     finder = LRFinder()
     model.fit(ds, epochs=100, callbacks=[finder])  # stops by itself after <= 100 batches
@@ -22,8 +22,8 @@ import warnings
 import keras
 import tensorflow as tf
 
-from trainer import keras_private, optimizers
-from trainer.lr_finder import RangeTest
+from trainer.lr import keras_private, optimizers
+from trainer.lr_find.finder import RangeTest
 
 
 class _AssignedRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -65,7 +65,7 @@ class LRFinder(keras.callbacks.Callback):
     If `fit` raises, `on_train_end` is not called: call `restore()` yourself.
 
     Args:
-        start, end, num_steps, beta, diverge: As in `trainer.lr_finder.RangeTest`.
+        start, end, num_steps, beta, diverge: As in `trainer.lr_find.finder.RangeTest`.
 
     Attributes:
         result: The `LRFinderResult` once `fit` returns (None before).

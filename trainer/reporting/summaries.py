@@ -2,7 +2,7 @@
 
 TensorBoard scalars go to model_dir/tensorboard/{train,eval} and the hyperparameters to
 model_dir/tensorboard; only the chief writes (the other workers get no-op writers). The
-progress bar is `trainer.progress`.
+progress bar is `trainer.reporting.progress`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from trainer import run_dir
+from trainer.run_dir import files as run_dir
 
 
 def _scalar_metadata():

@@ -1,7 +1,8 @@
 """The LR range test of a run (`--lr_find`, `--max_lr=auto`): a short run of its own.
 
 It trains a throw-away segmented optimizer (same class, config and segment multipliers as the
-run's, learning rate `trainer.lr_finder.ExponentialRange`) through its own `Trainer`, on the run's
+run's, learning rate `trainer.lr_find.finder.ExponentialRange`) through its own `Trainer`, on the
+run's
 training pipeline from the run's current step, one step per call so every loss is seen; then
 it puts back every model variable and the layers' trainable flags. The run's optimizer, its
 global step, its loss scale and its input iterator are never touched, so training afterwards is
@@ -18,9 +19,11 @@ import os
 
 from absl import logging
 
-from trainer import lr_finder, optimizers, precision, segments
 from trainer.errors import NonFiniteError
-from trainer.runner import Trainer
+from trainer.loop import precision
+from trainer.loop.runner import Trainer
+from trainer.lr import optimizers, segments
+from trainer.lr_find import finder as lr_finder
 
 JSON_FILE = "lr_find.json"
 PLOT_FILE = "lr_find.png"

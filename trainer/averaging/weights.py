@@ -26,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import segments
-from trainer.strategy import distribute_dataset
+from trainer.loop.strategy import distribute_dataset
+from trainer.lr import segments
 
 _BN_STATISTICS = ("moving_mean", "moving_variance")
 

@@ -1,7 +1,7 @@
 """The compiled inner loops: `num_steps` training steps per call, and one pass of evaluation.
 
-The controller (`trainer.controller`) decides how many steps to run before the next action
-is due (log, eval, checkpoint, restart, unfreeze) and the trainer (`trainer.runner.Trainer`)
+The controller (`trainer.loop.controller`) decides how many steps to run before the next action
+is due (log, eval, checkpoint, restart, unfreeze) and the trainer (`trainer.loop.runner.Trainer`)
 calls `TrainLoop.run` once per such stretch, so Python overhead is paid once per loop, not
 once per step. Every step advances the optimizer's `iterations`, the run's one global step,
 also when float16 loss scaling skips the update.
@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import segments
+from trainer.lr import segments
 
 SUM = tf.distribute.ReduceOp.SUM
 MEAN = tf.distribute.ReduceOp.MEAN
@@ -87,7 +87,7 @@ class TrainLoop:
         optimizer: A built optimizer that does not all-reduce (`aggregate_gradients=False`).
         global_batch_size: Examples per step summed over replicas.
         clipnorm: Optional max global norm of the aggregated gradient.
-        loss_scale: Optional `trainer.precision.DynamicLossScale`.
+        loss_scale: Optional `trainer.loop.precision.DynamicLossScale`.
         jit_compile: Compile each replica's forward/backward pass with XLA.
         statistics: Variables to average over replicas after each call (default:
             `replica_statistics(model)`); ignored on one replica.

@@ -3,7 +3,7 @@
 Order matters where one action uses another's result: the run's list is
 `Unfreeze, Report, Snapshot, [AverageWeights, EvaluateEnsemble,] Evaluate, Checkpoint,
 Preemption` (`trainer.experiment`); the weight-averaging actions are
-`trainer.weight_averaging`'s (after Snapshot, whose files the ensemble reads; before
+`trainer.averaging.weight_averaging`'s (after Snapshot, whose files the ensemble reads; before
 Checkpoint, which saves the SWA average).
 """
 
@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from trainer import checkpoints, summaries
-from trainer.controller import Action, When
 from trainer.errors import Preempted
+from trainer.loop.controller import Action, When
+from trainer.reporting import summaries
+from trainer.run_dir import checkpoints
 
 
 class Unfreeze(Action):
@@ -149,7 +150,7 @@ class Snapshot(Action):
     """Saves the weights at each SGDR cycle end as snapshots/cycle_K.weights.h5 (chief).
 
     `cycle_ends` are the restart steps plus the run's last step when it ends a cycle
-    (`trainer.weight_averaging.cycle_ends`).
+    (`trainer.averaging.weight_averaging.cycle_ends`).
     """
 
     def __init__(self, model_dir, model, schedule, cycle_ends):

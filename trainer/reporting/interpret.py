@@ -5,7 +5,8 @@
     record = interpret.write(analysis, source.info.class_names, model_dir, step=step)
 
 `analyze` makes one pass over a finite dataset of (images, labels) batches and computes the
-training loop's eval metrics the way `trainer.loop.EvalLoop` does (mean sparse cross-entropy
+training loop's eval metrics the way `trainer.loop.compiled.EvalLoop` does (mean sparse
+cross-entropy
 from logits, accuracy, top-5 above 5 classes, sums in float64 divided by the true example
 count), plus the confusion matrix and the k examples with the highest loss. It streams: only
 the k worst images are ever kept. `write` draws confusion_matrix.png and top_losses.png into

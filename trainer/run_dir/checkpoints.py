@@ -28,8 +28,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer import faults, run_dir
 from trainer.errors import IncompatibleCheckpointError, NonFiniteError, UserError
+from trainer.run_dir import faults
+from trainer.run_dir import files as run_dir
 
 # Fields that change the variables (model, head, classes, optimizer slots, loss-scale state)
 # or what a checkpoint means (segments, data).

@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from trainer import optimizers, segments
 from trainer.errors import UserError
+from trainer.lr import optimizers, segments
 
 
 def resolve_split_at(config) -> tuple:
@@ -91,7 +91,7 @@ class SegmentTable:
 
     Attributes:
         split_at: Split points (layer indices or names), presets expanded.
-        segment_of: `{variable.path: segment}` (`trainer.segments.assign`).
+        segment_of: `{variable.path: segment}` (`trainer.lr.segments.assign`).
         lr_mults: One multiplier per segment, input to head.
         schedule: The base (head) learning rate: a float or a `LearningRateSchedule`.
     """

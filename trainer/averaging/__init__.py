@@ -1,0 +1,4 @@
+"""Weight averaging.
+
+Snapshot ensembles, SWA and EMA, BatchNorm recomputation.
+"""

@@ -1,0 +1,4 @@
+"""What a run reports.
+
+TensorBoard summaries, the metrics.json history, the progress bar, interpretation.
+"""

@@ -1,0 +1,501 @@
+"""Classify images with a trained run's export: the top-k classes and probabilities per image.
+
+    python3 -m trainer.predict --model_dir=DIR [--top_k=5] [--batch_size=64] \\
+        [--output=preds.csv] [--skip_corrupt] IMAGE_OR_FOLDER...
+
+DIR is a `run_train.py --model_dir`; its export/ holds model.keras (built-in Keras layers,
+float32 RGB pixels in [0, 255] in, logits out) and labels.json (class names, image size).
+Folders are searched recursively for .jpg .jpeg .png .bmp .gif files (any case), in sorted
+order. Each image is fed exactly as the run's evaluation fed its images, by the same function
+(`trainer.data.images.eval_view`), in the regime labels.json records ("preprocessing"):
+"center_crop", the centered square of side eval_crop x the shorter side resized bilinearly,
+or "resize", the whole image resized with antialiasing (e.g. a TFDS run whose fixed-size
+images were held decoded, even at image_size >= 128); clipped to [0, 255]. An export written
+before labels.json recorded it: center_crop at image_size >= 128 (eval_crop from
+DIR/config.json, 0.875 without it), resize below 128 or for a run trained on arrays or
+synthetic data. One line per image: the path, then the top-k class names with their
+probabilities (softmax of the logits). `--output` also writes them as CSV.
+
+Exit codes: 0 done; 2 bad input (one line on stderr naming the flag, file or value: a missing
+path or export, an unreadable image without --skip_corrupt).
+
+Library use: `predict(model_dir, paths, top_k=5)` returns [(path, [(class, prob), ...])].
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from trainer import runtime
+from trainer.errors import UserError
+from trainer.run_dir import files as run_dir
+from trainer.tools import cli
+
+# trainer.data.sources.IMAGE_EXTENSIONS and trainer.experiment.EXPORT_DIR; not imported from
+# there because those modules import TensorFlow, and the command line checks its arguments
+# before the slow TensorFlow import (tests/test_predict.py keeps the copies equal).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+EXPORT_DIR = "export"
+# trainer.run_dir.checkpoints.CONFIG_FILE and the dataset specs held as decoded arrays
+# (trainer.data.arrays.is_spec, synthetic), copied for the same reason.
+CONFIG_FILE = "config.json"
+DECODED_PREFIXES = ("npz:", "idx:", "synthetic:")
+DECODED_NAMES = ("sklearn_digits", "synthetic")
+DEFAULT_EVAL_CROP = 0.875
+MAX_BATCH_SIZE = 65536
+# trainer.data.images.PREPROCESSING: the evaluation regimes export/labels.json names.
+PREPROCESSING = ("resize", "center_crop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """A loaded export: the Keras model and how to feed it."""
+
+    model: object
+    class_names: tuple[str, ...]
+    image_size: int
+    eval_crop: float = DEFAULT_EVAL_CROP  # the run's --eval_crop
+    encoded: bool = True  # False: the run evaluated decoded arrays (never center-cropped)
+    # labels.json's "resize" or "center_crop"; None (an older export): decided by `encoded`
+    # and image_size, as evaluation decides for encoded files.
+    preprocessing: str | None = None
+
+
+def find_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Image files named by `paths`, in order; each folder searched recursively, sorted.
+
+    Raises:
+        UserError: a path that does not exist, a file without an image extension, or no
+            image at all.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [os.fspath(p) for p in paths]
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = [
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+            files.extend(sorted(found))
+        elif os.path.exists(path):
+            if not path.lower().endswith(IMAGE_EXTENSIONS):
+                raise UserError(
+                    f"{path}: not an image file (expected {' '.join(IMAGE_EXTENSIONS)}, any case)"
+                )
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such file or directory")
+    if not files:
+        raise UserError(
+            f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(paths) or '(nothing)'}"
+        )
+    return files
+
+
+def read_labels(model_dir: str) -> dict:
+    """export/labels.json of `model_dir`, checked; also checks that model.keras exists.
+
+    Raises:
+        UserError: no model_dir, no export (training has not finished), an incomplete
+            export or an unreadable labels.json; the message names the file and the remedy.
+    """
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        raise UserError(f"model_dir {model_dir}: no such directory")
+    export_dir = os.path.join(model_dir, EXPORT_DIR)
+    model_path = os.path.join(export_dir, "model.keras")
+    labels_path = os.path.join(export_dir, "labels.json")
+    if not os.path.isdir(export_dir):
+        raise UserError(
+            f"{model_path}: no export; run training first (python3 run_train.py "
+            f"--model_dir={model_dir} ...), which writes it when it finishes"
+        )
+    for path in (model_path, labels_path):
+        if not os.path.isfile(path):
+            raise UserError(
+                f"{path}: missing, the export is incomplete; re-running the same training "
+                "command writes it"
+            )
+    try:
+        with open(labels_path, encoding="utf-8") as f:
+            labels = json.load(f)
+        names, size = labels["class_names"], labels["image_size"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"class_names={names!r} is not a non-empty list of strings")
+        if not (isinstance(size, int) and size >= 1):
+            raise ValueError(f"image_size={size!r} is not an integer >= 1")
+        regime = labels.get("preprocessing")
+        if regime is not None and regime not in PREPROCESSING:
+            raise ValueError(f"preprocessing={regime!r} is not one of {', '.join(PREPROCESSING)}")
+        if "eval_crop" in labels:
+            _check_crop(labels["eval_crop"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{labels_path}: unreadable ({_one_line(e)}); {_REWRITE}") from None
+    return labels
+
+
+_REWRITE = "delete the export/ folder and re-run the same training command to write it again"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def read_eval_view(model_dir: str) -> tuple[float, bool]:
+    """(eval_crop, encoded) of the run's evaluation view, from model_dir/config.json.
+
+    Without config.json (an export copied alone): the defaults, (0.875, True).
+
+    Raises:
+        UserError: config.json unreadable, or its eval_crop not in (0, 1].
+    """
+    path = os.path.join(os.fspath(model_dir), CONFIG_FILE)
+    if not os.path.isfile(path):
+        return DEFAULT_EVAL_CROP, True
+    try:
+        with open(path, encoding="utf-8") as f:
+            full = json.load(f).get("full", {})
+        crop = full.get("eval_crop", DEFAULT_EVAL_CROP)
+        dataset = str(full.get("dataset", ""))
+        _check_crop(crop)
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: unreadable ({_one_line(e)})") from None
+    return float(crop), evaluates_encoded(dataset)
+
+
+def _check_crop(crop) -> None:
+    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+        raise ValueError(f"eval_crop={crop!r} is not in (0, 1]")
+
+
+def evaluates_encoded(dataset: str) -> bool:
+    """Whether a run on `dataset` (--dataset) evaluated encoded images, not decoded arrays."""
+    return not (dataset.startswith(DECODED_PREFIXES) or dataset in DECODED_NAMES)
+
+
+def load_export(model_dir: str) -> Export:
+    """Loads export/model.keras with plain Keras and export/labels.json, and checks they fit.
+
+    Raises:
+        UserError: see `read_labels`; also a model.keras that does not load or whose input
+            size or number of outputs disagrees with labels.json.
+    """
+    labels = read_labels(model_dir)
+    eval_crop, encoded = read_eval_view(model_dir)
+    # labels.json records how evaluation viewed images (exports since it does): it decides.
+    preprocessing = labels.get("preprocessing")
+    eval_crop = float(labels.get("eval_crop", eval_crop))
+    model_path = os.path.join(os.fspath(model_dir), EXPORT_DIR, "model.keras")
+    runtime.import_tensorflow()
+    import keras
+
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as e:  # a damaged zip, a missing layer class, a truncated weights file...
+        raise UserError(f"{model_path}: cannot load ({_one_line(e)}); {_REWRITE}") from None
+    names, size = tuple(labels["class_names"]), labels["image_size"]
+    input_shape = tuple(getattr(model, "input_shape", None) or ())
+    output_shape = tuple(getattr(model, "output_shape", None) or ())
+    if len(input_shape) == 4 and None not in input_shape[1:3] and input_shape[1:3] != (size,) * 2:
+        raise UserError(
+            f"{model_path}: takes {input_shape[1]}x{input_shape[2]} images but labels.json "
+            f"says image_size={size}; {_REWRITE}"
+        )
+    if output_shape and output_shape[-1] not in (None, len(names)):
+        raise UserError(
+            f"{model_path}: outputs {output_shape[-1]} classes but labels.json names "
+            f"{len(names)}; {_REWRITE}"
+        )
+    return Export(model, names, size, eval_crop, encoded, preprocessing)
+
+
+def preprocess(
+    contents,
+    image_size: int,
+    eval_crop=DEFAULT_EVAL_CROP,
+    encoded: bool = True,
+    preprocessing: str | None = None,
+):
+    """Encoded image bytes -> float32 [S, S, 3] RGB in [0, 255], as training evaluates.
+
+    `trainer.data.images.eval_view`, the function of the evaluation pipeline (the first frame
+    of an animated GIF; any input size): `preprocessing` ("resize" or "center_crop") as
+    labels.json records it; without it `encoded` (False for a run trained on decoded arrays)
+    and image_size decide, as for encoded files.
+    """
+    runtime.import_tensorflow()
+    from trainer.data import images
+
+    return images.eval_view(contents, image_size, eval_crop, encoded, preprocessing)
+
+
+def _dataset(files: list[str], export: Export, batch_size: int):
+    """(index, image) batches in file order; files that fail to read or decode are dropped."""
+    tf = runtime.import_tensorflow()
+    index = tf.range(len(files), dtype=tf.int64)
+    # Bytes, not str: a Linux file name need not be valid UTF-8.
+    names = tf.constant([os.fsencode(f) for f in files], tf.string)
+
+    def load(i, name):
+        contents = tf.io.read_file(name)
+        view = preprocess(
+            contents, export.image_size, export.eval_crop, export.encoded, export.preprocessing
+        )
+        return i, view
+
+    ds = tf.data.Dataset.from_tensor_slices((index, names))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # A dropped file shows as a gap in the indices; the caller names it or skips it.
+    ds = ds.ignore_errors(log_warning=False)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _classify(export: Export, k: int):
+    """A compiled function: images [B, S, S, 3] -> (top-k probabilities, top-k class ids)."""
+    tf = runtime.import_tensorflow()
+    size = export.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    def classify(images):
+        logits = tf.cast(export.model(images, training=False), tf.float32)
+        return tf.math.top_k(tf.nn.softmax(logits, axis=-1), k=k)
+
+    return classify
+
+
+def _check_counts(top_k, batch_size) -> None:
+    for name, value, upper in (("top_k", top_k, None), ("batch_size", batch_size, MAX_BATCH_SIZE)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name}={value!r} must be an integer >= 1")
+        if upper is not None and value > upper:
+            raise UserError(f"{name}={value} must be <= {upper}")
+
+
+def predict(
+    model_dir: str | os.PathLike,
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    top_k: int = 5,
+    batch_size: int = 64,
+    skip_corrupt: bool = False,
+    on_skip: Callable[[str], None] | None = None,
+) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Classifies images with the export of a training run.
+
+    Files are read and decoded in a parallel tf.data pipeline and classified a batch at a
+    time. Whatever libjpeg and the decoders print about bad files is kept off stderr.
+
+    Args:
+        model_dir: The training run's --model_dir (holding export/).
+        paths: Image files and folders (searched recursively, sorted); see `find_images`.
+        top_k: Classes per image, most probable first; capped at the number of classes.
+        batch_size: Images per model call.
+        skip_corrupt: Leave out files that cannot be read or decoded instead of raising.
+        on_skip: Called with the path of each file left out by `skip_corrupt`.
+
+    Returns:
+        [(path, [(class_name, probability), ...]), ...] in the order of `find_images`;
+        probabilities are the softmax of the model's logits.
+
+    Raises:
+        UserError (a ValueError): bad arguments, a missing path or export, no images, or an
+            unreadable image (without `skip_corrupt`), naming the file.
+    """
+    _check_counts(top_k, batch_size)
+    files = find_images(paths)
+    export = load_export(model_dir)  # checks the files before the slow TensorFlow import
+    k = min(top_k, len(export.class_names))
+    dropped: list[str] = []
+    try:
+        with runtime.captured_stderr(drop=True) as dropped:
+            results, skipped = _run(export, files, k, batch_size, skip_corrupt)
+    except UserError:
+        raise
+    except BaseException:
+        # Not a bad file: whatever native code printed may explain the failure.
+        sys.stderr.write("".join(f"{line}\n" for line in dropped))
+        raise
+    if on_skip is not None:
+        for path in skipped:
+            on_skip(path)
+    if not results:
+        raise UserError(f"no readable images among {len(files)} files, e.g. {skipped[0]}")
+    return results
+
+
+def _run(export: Export, files: list[str], k: int, batch_size: int, skip_corrupt: bool):
+    """(results, skipped paths); raises on the first unreadable file unless `skip_corrupt`."""
+    classify = _classify(export, k)
+    names = export.class_names
+    results, skipped = [], []
+    expected = 0  # the index of the next file; a larger index means files were dropped
+    iterator = iter(_dataset(files, export, batch_size))
+    try:
+        for index, images in iterator:
+            index = index.numpy().tolist()
+            for i in index:
+                skipped += _dropped(files, expected, i, skip_corrupt)
+                expected = i + 1
+            probs, classes = classify(images)
+            for i, p, c in zip(index, probs.numpy().tolist(), classes.numpy().tolist()):
+                results.append((files[i], [(names[j], q) for j, q in zip(c, p)]))
+        skipped += _dropped(files, expected, len(files), skip_corrupt)
+    finally:
+        # Stops the pipeline's decoding threads while stderr is still captured.
+        del iterator
+    return results, skipped
+
+
+def _dropped(files: list[str], start: int, stop: int, skip_corrupt: bool) -> list[str]:
+    """files[start:stop], which the pipeline dropped as unreadable; raises unless skipping."""
+    if start < stop and not skip_corrupt:
+        raise UserError(
+            f"{files[start]}: cannot read or decode the image (remove it or pass --skip_corrupt)"
+        )
+    return files[start:stop]
+
+
+def format_lines(results: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> list[str]:
+    """One aligned line per image: `path  class prob  class prob ...` (probabilities .3f)."""
+    if not results:
+        return []
+    path_width = max(len(path) for path, _ in results)
+    name_width = max(len(name) for _, top in results for name, _ in top)
+    return [
+        f"{path:<{path_width}}  "
+        + "  ".join(f"{name:<{name_width}} {prob:.3f}" for name, prob in top)
+        for path, top in results
+    ]
+
+
+def write_csv(path: str, results: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> None:
+    """Writes the results as CSV, atomically (temporary file, rename).
+
+    Columns: path, class, prob (the top-1), then class_1, prob_1, ..., class_k, prob_k.
+    """
+    k = max((len(top) for _, top in results), default=0)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(
+        ["path", "class", "prob"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")]
+    )
+    for image, top in results:
+        cells = [image, top[0][0], f"{top[0][1]:.6f}"]
+        for name, prob in top:
+            cells += [name, f"{prob:.6f}"]
+        writer.writerow(cells)
+    run_dir.write_text(path, text.getvalue())
+
+
+# Command line ------------------------------------------------------------------------------
+
+
+def define_flags(fv) -> None:
+    """Defines the command line's flags on the absl FlagValues `fv`, each with its validator."""
+    from absl import flags
+
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "Training run directory (run_train.py --model_dir) whose export/ holds model.keras "
+        "and labels.json.",
+        flag_values=fv,
+    )
+    flags.mark_flag_as_required("model_dir", flag_values=fv)
+    flags.DEFINE_integer(
+        "top_k",
+        5,
+        "Classes shown per image, most probable first (capped at the number of classes).",
+        flag_values=fv,
+    )
+    flags.register_validator(
+        "top_k", lambda v: v >= 1, message="must be >= 1 (classes per image)", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "batch_size", 64, "Images per model call (images, not bytes).", flag_values=fv
+    )
+    flags.register_validator(
+        "batch_size",
+        lambda v: 1 <= v <= MAX_BATCH_SIZE,
+        message=f"must be in [1, {MAX_BATCH_SIZE}] (images per model call)",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "output",
+        None,
+        "Also write the predictions to this CSV file (path, class, prob, then class_i, prob_i "
+        "for i = 1..k), atomically.",
+        flag_values=fv,
+    )
+    flags.register_validator(
+        "output", lambda v: v is None or v.strip(), message="must not be empty", flag_values=fv
+    )
+    flags.DEFINE_bool(
+        "skip_corrupt",
+        False,
+        "Skip images that cannot be read or decoded (reported as one line at the end) "
+        "instead of stopping with an error naming the first.",
+        flag_values=fv,
+    )
+
+
+def _check_output(path: str) -> None:
+    """Fails before any heavy work when the CSV cannot be written where asked."""
+    if os.path.isdir(path):
+        raise UserError(f"--output={path}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"--output={path}: no such directory {parent}")
+
+
+def run(fv, paths: Sequence[str]) -> int:
+    """The command: predicts, prints one line per image and writes --output; returns 0."""
+    if not paths:
+        raise UserError("no images given: pass image files or folders after the flags")
+    if fv.output:
+        _check_output(fv.output)
+    skipped: list[str] = []
+    results = predict(
+        fv.model_dir,
+        paths,
+        top_k=fv.top_k,
+        batch_size=fv.batch_size,
+        skip_corrupt=fv.skip_corrupt,
+        on_skip=skipped.append,
+    )
+    if fv.output:
+        write_csv(fv.output, results)
+    sys.stdout.write("".join(f"{line}\n" for line in format_lines(results)))
+    sys.stdout.flush()
+    if skipped:
+        sys.stderr.write(f"predict: skipped {len(skipped)} unreadable images, e.g. {skipped[0]}\n")
+    return 0
+
+
+def main(argv) -> int:
+    """The command's body, after flag parsing (`trainer.tools.cli`)."""
+    from absl import flags, logging
+
+    cli.start(quiet_unless_verbosity=False)
+    logging.set_verbosity(logging.WARNING)
+    return run(flags.FLAGS, argv[1:])
+
+
+def command() -> None:
+    """`python -m trainer.predict` and `lrtech predict`."""
+    cli.run("predict", define_flags, main, positional=True)
+
+
+if __name__ == "__main__":
+    command()
