@@ -133,7 +133,12 @@ def test_sharded_evaluation_equals_one_device(tmp_path, global_batch, cache, cor
     assert one["examples"] == 11 - corrupt
     assert set(one) == {"loss", "accuracy", "examples", "top5"}
     assert 0 < one["top5"] < 1  # 6 classes, an untrained model: both hits and misses
-    assert two == one
+    # Counts are exact; the loss is a float sum in another order on 2 replicas (AMD EPYC:
+    # 1.8370948 vs 1.8370947), equal to ~1e-6 relative.
+    assert {k: two[k] for k in ("examples", "accuracy", "top5")} == {
+        k: one[k] for k in ("examples", "accuracy", "top5")
+    }
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
 
 
 def test_evaluation_falls_back_when_the_batch_does_not_divide(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.averaging import ensemble as ensemble_lib
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.experiment import Experiment
@@ -117,23 +118,23 @@ def _dataset_fn(strategy):
 def test_snapshot_selection(run, tmp_path):
     # First in the module: its fixture starts the command, which then runs beside the rest.
     model_dir, _, _ = run
-    found = ensemble.find_snapshots(str(model_dir))
+    found = ensemble_lib.find_snapshots(str(model_dir))
     assert [s.cycle for s in found] == [0, 1, 2]
     (model_dir / "snapshots" / ".cycle_9.tmp-1.weights.h5").write_bytes(b"")  # half written
-    assert ensemble.find_snapshots(str(model_dir)) == found
-    assert ensemble.select_snapshots(str(model_dir), 1) == found[-1:]
-    assert ensemble.select_snapshots(str(model_dir), None) == found
+    assert ensemble_lib.find_snapshots(str(model_dir)) == found
+    assert ensemble_lib.select_snapshots(str(model_dir), 1) == found[-1:]
+    assert ensemble_lib.select_snapshots(str(model_dir), None) == found
     with pytest.raises(UserError, match=f"--snapshots=9: .* holds only {len(found)}"):
-        ensemble.select_snapshots(str(model_dir), 9)
+        ensemble_lib.select_snapshots(str(model_dir), 9)
     with pytest.raises(UserError, match="--snapshots=0"):
-        ensemble.select_snapshots(str(model_dir), 0)
+        ensemble_lib.select_snapshots(str(model_dir), 0)
     with pytest.raises(UserError, match="no snapshots"):
-        ensemble.select_snapshots(str(tmp_path), None)
+        ensemble_lib.select_snapshots(str(tmp_path), None)
     (tmp_path / "snapshots").mkdir()
     for k in (10, 2, 9):
         (tmp_path / "snapshots" / f"cycle_{k}.weights.h5").write_bytes(b"")
     # By cycle number, not by name (cycle_10 < cycle_2 as strings).
-    assert [s.cycle for s in ensemble.select_snapshots(str(tmp_path), 2)] == [9, 10]
+    assert [s.cycle for s in ensemble_lib.select_snapshots(str(tmp_path), 2)] == [9, 10]
     with pytest.raises(UserError, match="no config.json"):
         ensemble.read_run_config(str(tmp_path))
     assert ensemble.read_run_config(str(model_dir)).model == "resnet8"
@@ -155,7 +156,7 @@ def test_ensemble_is_the_mean_of_the_snapshots_softmax(tmp_path):
 
     strategy = make_strategy("one_device")
     sources = [*paths, last_loaded_twice]
-    result = ensemble.ensemble_evaluate(
+    result = ensemble_lib.ensemble_evaluate(
         strategy, model, sources, _dataset_fn(strategy), NUM_CLASSES, return_probabilities=True
     )
     expected = (members[0] + members[1] + 2 * members[2]) / 4
@@ -183,14 +184,14 @@ def test_two_replicas_give_the_same_ensemble(tmp_path):
     one = bn_model()
     paths = _snapshots(one, tmp_path, count=2)
     single = make_strategy("one_device")
-    a = ensemble.ensemble_evaluate(
+    a = ensemble_lib.ensemble_evaluate(
         single, one, paths, _dataset_fn(single), NUM_CLASSES, return_probabilities=True
     )
     mirrored = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     with mirrored.scope():
         two = bn_model()
     original = [w.numpy() for w in two.weights]
-    b = ensemble.ensemble_evaluate(
+    b = ensemble_lib.ensemble_evaluate(
         mirrored, two, paths, _dataset_fn(mirrored), NUM_CLASSES, return_probabilities=True
     )
     np.testing.assert_array_equal(b["labels"], a["labels"])  # gathered in order
@@ -203,17 +204,17 @@ def test_two_replicas_give_the_same_ensemble(tmp_path):
 
 def test_metrics_and_bad_sources():
     probs = np.array([[0.5, 0.3, 0.2], [0.0, 0.0, 1.0]])
-    out = ensemble.metrics_from_probabilities(probs, [1, 0], num_classes=3)
+    out = ensemble_lib.metrics_from_probabilities(probs, [1, 0], num_classes=3)
     assert out["accuracy"] == 0.0 and out["examples"] == 2 and "top5" not in out
     # A probability of exactly 0 is clipped, not an infinite loss.
     assert np.isfinite(out["loss"]) and out["loss"] > 300
     strategy = make_strategy("one_device")
     with pytest.raises(ValueError, match="at least one"):
-        ensemble.ensemble_evaluate(strategy, bn_model(), [], _dataset_fn(strategy), 7)
+        ensemble_lib.ensemble_evaluate(strategy, bn_model(), [], _dataset_fn(strategy), 7)
     x, y = _data()
     empty = tf.data.Dataset.from_tensor_slices((x[:0], y[:0])).batch(8)
     with pytest.raises(ValueError, match="no example"):
-        ensemble.ensemble_evaluate(
+        ensemble_lib.ensemble_evaluate(
             strategy, bn_model(), [lambda m: None], lambda: distribute_dataset(strategy, empty), 7
         )
 
@@ -234,7 +235,7 @@ def test_command_evaluates_the_last_snapshots(run):
     stdout, stderr = process.communicate(timeout=180)
     assert process.returncode == 0, stderr[-3000:]
     record = json.loads((model_dir / "ensemble.json").read_text())
-    cycles = [s.cycle for s in ensemble.find_snapshots(str(model_dir))]
+    cycles = [s.cycle for s in ensemble_lib.find_snapshots(str(model_dir))]
     assert [m["cycle"] for m in record["snapshots"]] == cycles[-2:]
     assert record["ensemble"]["members"] == 2 and record["examples"] == 24
     for m in record["snapshots"]:
@@ -252,7 +253,7 @@ def test_command_evaluates_the_last_snapshots(run):
         return distribute_dataset(strategy, experiment.data.eval_dataset(16))
 
     paths = [m["path"] for m in record["snapshots"]]
-    here = ensemble.ensemble_evaluate(strategy, experiment.model, paths, dataset_fn, 10)
+    here = ensemble_lib.ensemble_evaluate(strategy, experiment.model, paths, dataset_fn, 10)
     assert here["accuracy"] == record["ensemble"]["accuracy"]
     assert abs(here["loss"] - record["ensemble"]["loss"]) < 1e-5
     for mine, theirs in zip(here["per_member"], record["snapshots"]):

@@ -19,6 +19,7 @@ import tensorflow as tf
 from schedules import SGDR
 from trainer.loop.strategy import make_strategy
 from trainer.lr import keras_private, optimizers
+from trainer.lr_find import custom_loop
 from trainer.lr_find import finder as lr_finder
 from trainer.lr_find.callbacks import LRFinder
 from trainer.lr_find.finder import ExponentialRange, LRFinderResult, RangeTest, suggestions
@@ -301,7 +302,7 @@ def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=pattern):
         LRFinder(**kwargs)
     with pytest.raises(ValueError, match=pattern):
-        lr_finder.lr_find(dense_model(), dataset(), keras.optimizers.SGD(), **kwargs)
+        custom_loop.lr_find(dense_model(), dataset(), keras.optimizers.SGD(), **kwargs)
     sweep = {k: v for k, v in kwargs.items() if k in ("start", "end", "num_steps")}
     if sweep:
         with pytest.raises(ValueError, match=pattern):
@@ -324,7 +325,7 @@ def test_lr_find_restores_every_variable_and_leaves_the_optimizer_alone():
     assert len(model.variables) == 9  # 2 + 4 (BatchNorm) + 2 + the dropout seed state
     unbuilt = keras.optimizers.SGD(0.1, momentum=0.9)
 
-    result = lr_finder.lr_find(model, ds, user_opt, start=1e-4, end=1.0, num_steps=30)
+    result = custom_loop.lr_find(model, ds, user_opt, start=1e-4, end=1.0, num_steps=30)
     assert_bitwise_equal(model_before, model.variables)
     assert_bitwise_equal(opt_before, user_opt.variables)
     assert int(user_opt.iterations.numpy()) == 1
@@ -335,7 +336,7 @@ def test_lr_find_restores_every_variable_and_leaves_the_optimizer_alone():
     assert set(result.suggestions) == {"valley", "steep", "minimum", "slide"}
     assert 1e-4 < result.suggested_max_lr < 1.0
 
-    lr_finder.lr_find(model, ds, unbuilt, start=1e-4, end=1.0, num_steps=5)
+    custom_loop.lr_find(model, ds, unbuilt, start=1e-4, end=1.0, num_steps=5)
     assert not unbuilt.built
     assert_bitwise_equal(model_before, model.variables)
 
@@ -357,18 +358,18 @@ def test_lr_find_restores_after_an_exception_and_reiterates_short_data():
     model = stateful_model()
     before = values(model.variables)
     with pytest.raises(RuntimeError, match="data source failed"):
-        lr_finder.lr_find(model, _Failing(dataset(), 3), keras.optimizers.SGD(), num_steps=10)
+        custom_loop.lr_find(model, _Failing(dataset(), 3), keras.optimizers.SGD(), num_steps=10)
     assert_bitwise_equal(before, model.variables)
     # 8 batches, 20 steps: the dataset is read again; a one-shot generator cannot be.
-    result = lr_finder.lr_find(model, dataset(), keras.optimizers.SGD(), num_steps=20)
+    result = custom_loop.lr_find(model, dataset(), keras.optimizers.SGD(), num_steps=20)
     assert len(result.lrs) == 20
     with pytest.raises(ValueError, match="no batches when iterated again after 8"):
-        lr_finder.lr_find(model, iter(list(dataset())), keras.optimizers.SGD(), num_steps=20)
+        custom_loop.lr_find(model, iter(list(dataset())), keras.optimizers.SGD(), num_steps=20)
     assert_bitwise_equal(before, model.variables)
 
 
 def test_lr_find_stops_early_on_divergence():
-    result = lr_finder.lr_find(
+    result = custom_loop.lr_find(
         dense_model(), dataset(), keras.optimizers.SGD(0.1), start=1e-3, end=1e4, num_steps=60
     )
     assert result.stop_reason == "diverged" and len(result.lrs) < 60
@@ -387,11 +388,11 @@ def test_lr_find_keeps_the_segment_multipliers():
     segment_of = {v.path: segment(v) for v in model.trainable_variables}
     mults = (1e-3, 1.0)
     opt = optimizers.segmented(keras.optimizers.SGD(0.5), segment_of, mults)
-    sweep = lr_finder._sweep_optimizer(opt, ExponentialRange(1e-2, 10.0, 20))
+    sweep = custom_loop._sweep_optimizer(opt, ExponentialRange(1e-2, 10.0, 20))
     assert sweep.get_config()["lr_mults"] == list(mults)
     assert sweep.get_config()["segment_of"] == segment_of
     start = values(model.variables)
-    result = lr_finder.lr_find(
+    result = custom_loop.lr_find(
         model, dataset(), opt, start=1e-2, end=10.0, num_steps=20, beta=0.0, diverge=math.inf
     )
 
@@ -416,12 +417,12 @@ def test_lr_find_keeps_the_segment_multipliers():
 
 def test_lr_find_under_mirrored_strategy_matches_one_device():
     ds = dataset()
-    one = lr_finder.lr_find(dense_model(), ds, keras.optimizers.SGD(), start=1e-3, num_steps=12)
+    one = custom_loop.lr_find(dense_model(), ds, keras.optimizers.SGD(), start=1e-3, num_steps=12)
     strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     with strategy.scope():
         model = dense_model()
     before = values(model.variables)
-    two = lr_finder.lr_find(model, ds, keras.optimizers.SGD(), start=1e-3, num_steps=12)
+    two = custom_loop.lr_find(model, ds, keras.optimizers.SGD(), start=1e-3, num_steps=12)
     np.testing.assert_allclose(two.raw_losses, one.raw_losses, rtol=1e-5)
     assert_bitwise_equal(before, model.variables)
 
@@ -454,7 +455,7 @@ def test_callback_equals_lr_find_and_restores_everything(kind):
     # The custom loop on the same weights, data order and optimizer class.
     fresh = dense_model()
     fresh.set_weights(model.get_weights())
-    expected = lr_finder.lr_find(fresh, ds, opt, start=1e-4, end=10.0, num_steps=20)
+    expected = custom_loop.lr_find(fresh, ds, opt, start=1e-4, end=10.0, num_steps=20)
     got = finder.result
     assert got.stop_reason == "completed" and got.lrs == expected.lrs
     np.testing.assert_allclose(got.raw_losses, expected.raw_losses, rtol=1e-5)
@@ -541,9 +542,10 @@ def test_result_line_json_and_plot(tmp_path, monkeypatch):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_trainer_lr_find_is_the_custom_loop_function():
-    import trainer
+def test_the_public_names_load_from_the_package():
+    import trainer.lr_find as package
 
-    assert trainer.lr_find is lr_finder.lr_find
+    assert package.lr_find is custom_loop.lr_find
+    assert package.LRFinder is LRFinder
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        trainer.nothing  # noqa: B018
+        package.nothing  # noqa: B018

@@ -84,7 +84,7 @@ def test_one_cycle_and_cosine_schedules_of_a_run(tmp_path):
     exp = experiment(config(tmp_path / "one", schedule="one_cycle", first_cycle_steps=None))
     assert isinstance(exp.schedule, schedules.OneCycle)
     assert exp.schedule.total_steps == exp.plan.total_steps == 12
-    assert exp.cycle_momentum and exp.optimizer.get_config()["cycle_momentum"] is True
+    assert exp.config.cycles_momentum and exp.optimizer.get_config()["cycle_momentum"] is True
     lrs = exp.learning_rates(3)  # the peak: 0.25 * 12 steps
     assert lrs == pytest.approx([0.001, 0.01])
     exp.train()
@@ -93,7 +93,7 @@ def test_one_cycle_and_cosine_schedules_of_a_run(tmp_path):
     cos = experiment(
         config(tmp_path / "cos", schedule="cosine", first_cycle_steps=None, warmup_steps=2)
     )
-    assert isinstance(cos.schedule, schedules.Cosine) and not cos.cycle_momentum
+    assert isinstance(cos.schedule, schedules.Cosine) and not cos.config.cycles_momentum
     assert cos.learning_rates(2) == pytest.approx([0.001, 0.01])
     assert cos.learning_rates(12)[-1] == pytest.approx(0.0, abs=1e-12)
 

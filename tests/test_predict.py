@@ -17,10 +17,9 @@ import tensorflow_datasets as tfds
 
 from trainer import experiment, runtime
 from trainer.config import Config
-from trainer.data import arrays, images, pipeline, sources
+from trainer.data import arrays, pipeline, sources
 from trainer.errors import UserError
 from trainer.loop.strategy import make_strategy
-from trainer.run_dir import checkpoints
 from trainer.tools import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,12 +129,7 @@ def _expected_probs(model_path, files):
     return tf.nn.softmax(model(images)).numpy()
 
 
-def test_constants_match_the_modules_they_copy():
-    assert predict.IMAGE_EXTENSIONS == sources.IMAGE_EXTENSIONS
-    assert predict.EXPORT_DIR == experiment.EXPORT_DIR
-    assert predict.CONFIG_FILE == checkpoints.CONFIG_FILE
-    assert predict.DEFAULT_EVAL_CROP == Config(model_dir="x").eval_crop
-    assert predict.PREPROCESSING == images.PREPROCESSING
+def test_evaluates_encoded_is_false_exactly_for_the_decoded_array_sources():
     for dataset in ("npz:a", "idx:b", "sklearn_digits", "synthetic", "synthetic:4", "cifar10"):
         held_decoded = dataset.startswith("synthetic") or arrays.is_spec(dataset)
         assert predict.evaluates_encoded(dataset) is not held_decoded

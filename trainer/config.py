@@ -15,6 +15,39 @@ RECIPES = ("none", "fine_tune")
 CYCLE_MOMENTUM_OPTIMIZERS = ("momentum", "nesterov", "adam", "adamw")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+CACHE_POLICIES = ("auto", "memory", "none")
+
+# Upper bounds that turn would-be overflows, huge allocations and out-of-memory errors minutes
+# into a run into one line at parse time (also the batch limit of predict and evaluate).
+MAX_GLOBAL_BATCH = 65536
+MAX_SYNTHETIC = 1_000_000
+MAX_IMAGE_SIZE = 1024
+
+# Image files read from folders and given to predict.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# How evaluation views an image, as export/labels.json names it: "resize" (the whole image
+# resized, antialiased) or "center_crop" (a centered square of side --eval_crop x the shorter
+# side, resized).
+EVAL_PREPROCESSING = ("resize", "center_crop")
+# Dataset specs held as decoded arrays (the others are encoded images, evaluated in full
+# resolution at --image_size >= 128).
+DECODED_DATASET_PREFIXES = ("npz:", "idx:", "synthetic:")
+DECODED_DATASET_NAMES = ("sklearn_digits", "synthetic")
+
+
+def length_error(epochs, train_steps, *, allow_none: bool = False) -> str | None:
+    """The one check of a run's length: exactly one of epochs / train_steps (neither only
+    where `allow_none`, for --list_layers and an LR range test alone); the message or None."""
+    if (
+        epochs is not None
+        and train_steps is not None
+        or (epochs is None and train_steps is None and not allow_none)
+    ):
+        return (
+            f"give exactly one of --epochs / --train_steps; got epochs={epochs}, "
+            f"train_steps={train_steps}"
+        )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +129,23 @@ class Config:
     ema_decay: float | None = None  # exponential moving average of the weights, per step
     seed: int = 0
     progress: bool = True  # per-epoch progress bar
+
+    def __post_init__(self):
+        # The recipe's consequences, derived once: its phases are one-cycle schedules.
+        if self.recipe != "none" and self.schedule != "one_cycle":
+            object.__setattr__(self, "schedule", "one_cycle")
+
+    @property
+    def has_restarts(self) -> bool:
+        """Whether the schedule restarts (plain SGDR; a recipe's phases are not restarts)."""
+        return self.schedule == "sgdr" and self.recipe == "none"
+
+    @property
+    def cycles_momentum(self) -> bool:
+        """Whether momentum / beta_1 cycles with the schedule (--cycle_momentum resolved)."""
+        if self.cycle_momentum is not None:
+            return self.cycle_momentum
+        return self.schedule == "one_cycle" and self.optimizer in CYCLE_MOMENTUM_OPTIMIZERS
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)

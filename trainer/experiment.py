@@ -19,69 +19,29 @@ optimizer's `iterations`, the one step counter of the run.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import shutil
 import time
 
 import keras
 from absl import logging
 
-from trainer import data
+from trainer import data, layout
 from trainer.averaging import weight_averaging
-from trainer.config import CYCLE_MOMENTUM_OPTIMIZERS
-from trainer.errors import NonFiniteError, Preempted, UserError
+from trainer.errors import NonFiniteError, UserError
 from trainer.loop import actions, precision, steps
 from trainer.loop import strategy as strategy_lib
 from trainer.loop.controller import Controller
 from trainer.loop.interrupts import Interrupts
 from trainer.loop.runner import Evaluator, Trainer
 from trainer.lr import optimizers
-from trainer.lr.table import SegmentTable
+from trainer.lr import schedule as lr_schedule
+from trainer.lr.table import SegmentTable, peak_lr
 from trainer.lr_find import range_test
 from trainer.reporting import summaries
 from trainer.reporting.progress import ProgressBar
-from trainer.run_dir import checkpoints, faults
+from trainer.run_dir import checkpoints
+from trainer.run_dir import export as export_lib
 from trainer.run_dir import files as run_dir
-
-EXPORT_DIR = "export"
-EXPORT_FILES = (
-    "model.keras",
-    "model.weights.h5",
-    os.path.join("saved_model", "saved_model.pb"),
-    "labels.json",
-)
-
-
-def one_cycle_args(config, *, pct_start=0.25, div=25.0) -> dict:
-    """OneCycle's arguments from the flags; unset --pct_start / --div take these defaults."""
-    return dict(
-        pct_start=pct_start if config.pct_start is None else config.pct_start,
-        div=div if config.div is None else config.div,
-        div_final=config.div_final,
-        moms=tuple(config.moms),
-    )
-
-
-def fine_tune_schedule(config, plan):
-    """fastai's fine_tune as two one-cycle phases of one schedule (one global step).
-
-    Phase 1 (the head alone, `plan.freeze_steps`): one cycle at max_lr with pct_start 0.99.
-    Phase 2 (everything): one cycle at max_lr / 2 with pct_start 0.3 and div 5, fastai's
-    `fine_tune` defaults (--pct_start and --div override these two).
-    """
-    import schedules
-
-    first = plan.freeze_steps
-    rest = plan.total_steps - first
-    head = schedules.OneCycle(
-        config.max_lr, first, **dict(one_cycle_args(config), pct_start=0.99, div=25.0)
-    )
-    full = schedules.OneCycle(
-        config.max_lr / 2, max(rest, 1), **one_cycle_args(config, pct_start=0.3, div=5.0)
-    )
-    return schedules.Phases([(first, head), (max(rest, 1), full)])
 
 
 class Experiment:
@@ -121,27 +81,25 @@ class Experiment:
                 f"--num_classes={config.num_classes} is smaller than the {self.info.num_classes}"
                 f" classes of --dataset={config.dataset} (labels 0..{self.info.num_classes - 1})"
             )
-        self.plan = steps.resolve(config, data.steps_per_epoch(self.info, config.global_batch_size))
         previous_policy = keras.config.dtype_policy()
         precision.set_policy(config.mixed_precision)
         keras.utils.set_random_seed(config.seed)  # identical initial weights on every worker
         try:
             with self.strategy.scope():
                 self.model = self._build_model()
-                self.table = SegmentTable.from_config(config, self.model, None)
-            if config.recipe == "fine_tune":  # phase 1 trains the last segment alone
-                self.plan = dataclasses.replace(
-                    self.plan, freeze_segments=self.table.num_segments - 1
-                )
-            if config.max_lr == "auto":
-                self._resolve_auto_max_lr()
-            self.schedule = self._make_schedule()  # restarts and cycles come from this one
+            self.table = SegmentTable.from_config(config, self.model)
+            self.split_at, self.segment_of = self.table.split_at, self.table.segment_of
+            self.num_segments, self.lr_mults = self.table.num_segments, self.table.lr_mults
+            per_epoch = data.steps_per_epoch(self.info, config.global_batch_size)
+            self.plan = steps.resolve(config, per_epoch, self.table.num_segments)
+            if config.max_lr == "auto":  # the one change of config after the data's classes
+                self.config = config = config.replace(max_lr=self._auto_max_lr())
+            self.schedule = lr_schedule.make(config, self.plan)  # restarts and cycles
             self.averaging = weight_averaging.WeightAveraging(
-                self.config, self.plan, self.schedule, self.strategy
+                config, self.plan, self.schedule, self.strategy
             )
             # The optimizer's rate: the schedule, switched to --swa_lr at the SWA start.
-            lr = self.averaging.learning_rate(self.schedule)
-            self.table = dataclasses.replace(self.table, schedule=lr)
+            self.lr_schedule = self.averaging.learning_rate(self.schedule)
             with self.strategy.scope():
                 self._build_optimizer()
         finally:
@@ -202,40 +160,14 @@ class Experiment:
 
         return strategy_lib.distribute_dataset(self.strategy, per_worker)
 
-    def _make_schedule(self):
-        config, plan = self.config, self.plan
-        import schedules
-
-        if config.recipe == "fine_tune":
-            return fine_tune_schedule(config, plan)
-        if config.schedule == "constant":
-            return config.max_lr
-        if config.schedule == "one_cycle":
-            return schedules.OneCycle(config.max_lr, plan.total_steps, **one_cycle_args(config))
-        if config.schedule == "cosine":
-            return schedules.Cosine(
-                config.max_lr,
-                plan.total_steps,
-                warmup_steps=config.warmup_steps,
-                min_lr=config.min_lr,
-            )
-        return schedules.SGDR(
-            config.max_lr,
-            plan.first_cycle_steps,
-            min_lr=config.min_lr,
-            cycle_mult=config.cycle_mult,
-            max_lr_decay=config.max_lr_decay,
-            warmup_steps=config.warmup_steps,
-        )
-
-    @property
-    def cycle_momentum(self) -> bool:
-        """Whether momentum / beta_1 cycles with the schedule (--cycle_momentum resolved)."""
+    def _bn_data(self):
+        """One epoch of the training split in the run's epoch-0 order, whole global batches:
+        what an averaged model's BatchNorm statistics are recomputed over."""
         config = self.config
-        if config.cycle_momentum is not None:
-            return config.cycle_momentum
-        one_cycle = config.schedule == "one_cycle" or config.recipe == "fine_tune"
-        return one_cycle and config.optimizer in CYCLE_MOMENTUM_OPTIMIZERS
+        dataset = self.data.train_dataset(
+            config.global_batch_size, augment=bool(config.swa_bn_augment)
+        )
+        return dataset.take(self.plan.steps_per_epoch)
 
     def _build_model(self):
         config = self.config
@@ -251,7 +183,7 @@ class Experiment:
             head=config.head,
         )
 
-    def _resolve_auto_max_lr(self) -> None:
+    def _auto_max_lr(self) -> float:
         """--max_lr=auto: the number a resumed run chose, else the range test's valley."""
         config = self.config
         stored = (checkpoints.read_config(config.model_dir) or {}).get("full", {})
@@ -259,11 +191,11 @@ class Experiment:
         if checkpoints.saved_steps(config.model_dir) and isinstance(value, (int, float)):
             logging.info("--max_lr=auto: %.4g, as chosen when this run started", value)
         else:
-            self.lr_find_result = range_test.run(self, start_step=0)
+            self.lr_find_result = self._range_test(start_step=0)
             self._write_lr_find()
             value = self.lr_find_result.suggested_max_lr
             logging.info("--max_lr=auto: the LR range test's valley suggestion %.4g", value)
-        self.config = config.replace(max_lr=float(value))
+        return float(value)
 
     def lr_find(self):
         """Runs the LR range test from the current (restored) step; nothing else changes.
@@ -273,9 +205,21 @@ class Experiment:
         result is returned instead of a second test.
         """
         if self.lr_find_result is None:
-            self.lr_find_result = range_test.run(self, start_step=self.step)
+            self.lr_find_result = self._range_test(start_step=self.step)
             self._write_lr_find()
         return self.lr_find_result
+
+    def _range_test(self, start_step: int):
+        interrupts = self.interrupts
+        return range_test.run(
+            self.config,
+            self.strategy,
+            self.model,
+            self.table,
+            lambda step: self.train_data(start_step + step),
+            first_trainable=self.plan.first_trainable_segment(start_step),
+            interrupted=(lambda: interrupts.pending) if interrupts is not None else None,
+        )
 
     def _write_lr_find(self):
         if self.is_chief:
@@ -284,11 +228,9 @@ class Experiment:
 
     def _build_optimizer(self):
         config = self.config
-        self.split_at, self.segment_of = self.table.split_at, self.table.segment_of
-        self.num_segments, self.lr_mults = self.table.num_segments, self.table.lr_mults
         base = optimizers.make(
             config.optimizer,
-            self.table.schedule,
+            self.lr_schedule,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
             **self.averaging.optimizer_args(),
@@ -298,11 +240,13 @@ class Experiment:
             self.segment_of,
             self.lr_mults,
             aggregate_gradients=False,
-            cycle_momentum=self.cycle_momentum,
+            cycle_momentum=config.cycles_momentum,
         )
         # Every variable that can ever train, before the first trace (see DESIGN pitfalls).
         self.optimizer.build(self.model.trainable_variables)
-        self.averaging.build(self.model, self.optimizer)
+        self.averaging.build(
+            self.model, self.optimizer, eval_data=self.eval_data, bn_data=self._bn_data
+        )
         objects = dict(model=self.model, optimizer=self.optimizer)
         objects.update(self.averaging.checkpoint_objects())
         self.loss_scale = None
@@ -327,15 +271,15 @@ class Experiment:
 
     def learning_rates(self, step: int) -> list[float]:
         """Each segment's learning rate at global step `step`."""
-        return self.table.learning_rates(step)
+        return self.table.learning_rates(self.lr_schedule, step)
 
     def lr_table(self) -> str:
-        """Segment, layers, parameters, multiplier and learning rate at step 0, one row each."""
-        return self.table.format(self.model)
+        """Segment, layers, parameters, multiplier and peak learning rate, one row each."""
+        return self.table.format(self.model, peak_lr(self.lr_schedule))
 
     def layer_report(self) -> str:
         """The --list_layers table: every layer with its segment, then the per-segment lrs."""
-        return self.table.layer_report(self.model)
+        return self.table.layer_report(self.model, peak_lr(self.lr_schedule))
 
     # Restore -------------------------------------------------------------------------------
 
@@ -357,7 +301,7 @@ class Experiment:
         elif self.is_chief:
             checkpoints.write_config(config.model_dir, config)
         if self.is_chief:
-            run_dir.write_text(os.path.join(config.model_dir, "flags.txt"), config.to_flagfile())
+            run_dir.write_text(layout.Layout(config.model_dir).flags, config.to_flagfile())
         self.history = summaries.History(config.model_dir, self.step, self.is_chief)
         logging.info("Learning rates per segment:\n%s", self.lr_table())
         return self.step
@@ -366,14 +310,10 @@ class Experiment:
 
     def _actions(self, writer, progress):
         config, plan = self.config, self.plan
-        restarts = []
-        if config.recipe != "none":
-            restarts = list(self.schedule.boundaries)
-        elif config.schedule == "sgdr":
-            restarts = [s for s in self.schedule.restart_steps(plan.total_steps) if s > 0]
+        restarts = lr_schedule.boundaries(config, self.schedule, plan.total_steps)
         momentum = None
-        if self.cycle_momentum:
-            momentum = lambda step: float(self.table.schedule.momentum(step))  # noqa: E731
+        if config.cycles_momentum:
+            momentum = lambda step: float(self.lr_schedule.momentum(step))  # noqa: E731
         checkpoint = actions.Checkpoint(self.checkpointer, self.model, plan.checkpoint_every_steps)
         report = actions.Report(
             writer,
@@ -391,7 +331,7 @@ class Experiment:
                     config.model_dir, self.model, self.schedule, self.averaging.snapshot_steps
                 )
             )
-        out += self.averaging.actions(self, writer)  # SWA updates, ensemble evaluations
+        out += self.averaging.actions(writer)  # SWA updates, ensemble evaluations
         out += [
             actions.Evaluate(
                 self.evaluator.evaluate,
@@ -425,7 +365,8 @@ class Experiment:
         progress = None
         if config.progress and self.is_chief:
             progress = ProgressBar(plan.steps_per_epoch, plan.total_steps)
-        writer.write_hparams(config.to_dict())
+        averaged = [*self.averaging.names, *(["ensemble"] if self.averaging.ensemble else [])]
+        writer.write_hparams(config.to_dict(), config.num_classes > 5, averaged, started)
         own = self.interrupts is None
         self._interrupts = Interrupts().install() if own else self.interrupts
         try:
@@ -451,7 +392,8 @@ class Experiment:
                 )(self.step)
             # A process that trained interprets its model; metrics.json is written once.
             extra = self.interpret() if report is not None and self.is_chief else {}
-            extra.update(self.averaging.finish(self, writer))  # ensemble, SWA, EMA models
+            extra.update(self.averaging.finish(writer, self.step))  # ensemble, SWA, EMA models
+            writer.end_session()  # the HParams session's status: success
             return self._metrics(report, time.time() - started, extra)
         finally:
             if own:
@@ -495,96 +437,38 @@ class Experiment:
 
     @property
     def export_dir(self) -> str:
-        return os.path.join(self.config.model_dir, EXPORT_DIR)
+        return layout.Layout(self.config.model_dir).export
 
     def export_complete(self) -> bool:
         """Whether export/ holds every exported file (it is written atomically)."""
-        subdirs = ["", *self.averaging.names]
-        return all(
-            os.path.exists(os.path.join(self.export_dir, d, f))
-            for d in subdirs
-            for f in EXPORT_FILES
-        )
-
-    def _write_labels(self, path: str, extra: dict) -> None:
-        # What a user of the export needs beside the weights: the class of each output and
-        # how evaluation fed images to the model (`trainer.data`), which `trainer.tools.predict`
-        # follows: "preprocessing" is "resize" (the whole image resized with antialiasing to
-        # image_size x image_size) or "center_crop" (the centered square of side eval_crop x
-        # the shorter side, resized bilinearly); float32 RGB pixels in [0, 255] either way.
-        size, crop = self.config.image_size, self.config.eval_crop
-        preprocessing = self._eval_preprocessing()
-        if preprocessing == "center_crop":
-            view = (
-                f"the centered square of side {crop:g} x the shorter side, resized (bilinear) "
-                "to image_size x image_size"
-            )
-        else:
-            view = "the whole image resized (bilinear, antialiased) to image_size x image_size"
-        record = {
-            "class_names": list(self.info.class_names),
-            "image_size": size,
-            "input": f"float32 RGB pixels in [0, 255]: {view}",
-            "dataset": self.config.dataset,
-            "step": self.step,
-            **extra,
-        }
-        if preprocessing is not None:
-            record.update(preprocessing=preprocessing, eval_crop=crop)
-        run_dir.write_text(path, json.dumps(record, indent=2))
-
-    def _eval_preprocessing(self) -> str | None:
-        """How evaluation views an image, "resize" or "center_crop"; None when unknown."""
-        return getattr(self.data, "eval_preprocessing", None)  # None: e.g. a test's own data
+        return export_lib.is_complete(self.config.model_dir, self.averaging.names)
 
     def export(self) -> str:
-        """Writes export/: model.keras, model.weights.h5, saved_model/ and labels.json.
+        """Writes export/ (`trainer.run_dir.export`): model.keras, model.weights.h5,
+        saved_model/ and labels.json, plus export/swa/ and export/ema/ for averaged models.
 
-        The model is converted to built-in Keras layers (`models.portable`), so model.keras
-        loads with plain `keras.saving.load_model`. The SWA and EMA models, when the run has
-        them, go to export/swa/ and export/ema/ (the same four files). The files are written
-        to a temporary directory renamed into place at the end; a signal in between stops
-        with `Preempted` and leaves the previous export (or none), and the next run writes it
-        again.
+        A signal in between stops with `Preempted` and leaves the previous export (or none);
+        the next run writes it again.
         """
-        directory = self.export_dir
         if not self.is_chief:
-            return directory
-        targets = [("", self.model, {}), *self.averaging.export_models(self)]
-        for _, model, _ in targets:
-            checkpoints.check_finite_weights(model, self.step)
-        run_dir.remove_stale_temporaries(self.config.model_dir, EXPORT_DIR)
-        tmp = f"{directory}.tmp-{os.getpid()}"
+            return self.export_dir
+        targets = [("", self.model, {}), *self.averaging.export_models(self.step)]
+        labels = export_lib.labels_record(
+            self.config,
+            self.info.class_names,
+            self.step,
+            getattr(self.data, "eval_preprocessing", None),  # None: e.g. a test's own data
+        )
         own = self.interrupts is None
         interrupts = Interrupts().install() if own else self.interrupts
         try:
-            for subdir, model, extra in targets:
-                for write in self._export_writes(model, os.path.join(tmp, subdir), extra):
-                    write()
-                    faults.point("export")
-                    if interrupts.pending is not None:
-                        raise Preempted(
-                            f"signal {interrupts.pending} during the export: the checkpoint at "
-                            f"step {self.step} is kept; run the same command to write the export"
-                        )
-            run_dir.replace_dir(tmp, directory)
+            return export_lib.write(
+                self.config.model_dir,
+                targets,
+                labels=labels,
+                step=self.step,
+                interrupted=lambda: interrupts.pending,
+            )
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
             if own:
                 interrupts.uninstall()
-        logging.info("Exported the model to %s", directory)
-        return directory
-
-    def _export_writes(self, model, directory: str, extra: dict):
-        import models
-
-        model.trainable = True  # the exported model is not frozen
-        portable = models.portable(model)
-        os.makedirs(directory, exist_ok=True)
-        # The model is never compiled, so model.keras carries no (segmented) optimizer.
-        return (
-            lambda: self._write_labels(os.path.join(directory, "labels.json"), extra),
-            lambda: portable.save(os.path.join(directory, "model.keras")),
-            lambda: portable.save_weights(os.path.join(directory, "model.weights.h5")),
-            lambda: portable.export(os.path.join(directory, "saved_model"), verbose=False),
-        )

@@ -18,12 +18,18 @@ from absl import flags
 from trainer import config as config_lib
 
 _LIST_FIELDS = ("split_at",)
-# Upper bounds that turn would-be overflows, huge allocations and out-of-memory errors minutes
-# into a run into one line at parse time.
-MAX_GLOBAL_BATCH = 65536
-MAX_SYNTHETIC = 1_000_000
-MAX_IMAGE_SIZE = 1024
+MAX_GLOBAL_BATCH = config_lib.MAX_GLOBAL_BATCH
+MAX_SYNTHETIC = config_lib.MAX_SYNTHETIC
+MAX_IMAGE_SIZE = config_lib.MAX_IMAGE_SIZE
 _FLOAT_LIST_FIELDS = ("lr_mults", "moms")
+
+
+def _default(name: str):
+    """A flag's default is its `Config` field's: one source (lists as absl gives them)."""
+    value = config_lib.Config.__dataclass_fields__[name].default
+    if isinstance(value, tuple):
+        return [str(v) for v in value]
+    return value
 
 
 def _register(fv, name, ok, requirement):
@@ -83,7 +89,7 @@ class _FloatOrAutoParser(flags.FloatParser):
 def _define_data(fv):
     flags.DEFINE_string(
         "dataset",
-        "synthetic",
+        _default("dataset"),
         "What to train on: a TFDS image-classification name (cifar10, cifar100, "
         "oxford_flowers102, ...), folder:PATH (PATH/train/<label>/*.jpg and PATH/test/...), "
         "npz:PATH (a NumPy .npz with uint8 images x_train, x_test [N,H,W] or [N,H,W,1|3], "
@@ -98,35 +104,35 @@ def _define_data(fv):
     )
     _register(fv, "dataset", lambda v: bool(v.strip()), "a non-empty dataset spec")
     flags.DEFINE_string(
-        "data_dir", None, "TFDS data directory (prepared datasets).", flag_values=fv
+        "data_dir", _default("data_dir"), "TFDS data directory (prepared datasets).", flag_values=fv
     )
     flags.DEFINE_string(
         "train_split",
-        "train",
+        _default("train_split"),
         "Split to train on (TFDS split, folder subdirectory, npz x_NAME/y_NAME, IDX file prefix).",
         flag_values=fv,
     )
     flags.DEFINE_string(
         "eval_split",
-        "test",
+        _default("eval_split"),
         "Split to evaluate on (as --train_split; IDX: test also finds t10k).",
         flag_values=fv,
     )
     flags.DEFINE_bool(
         "skip_corrupt",
-        False,
+        _default("skip_corrupt"),
         "folder: datasets: skip (and count) unreadable images instead of failing.",
         flag_values=fv,
     )
     flags.DEFINE_bool(
         "augment",
-        True,
+        _default("augment"),
         "Pad-and-random-crop plus horizontal flip on training images.",
         flag_values=fv,
     )
     flags.DEFINE_enum(
         "cache",
-        "auto",
+        _default("cache"),
         ["auto", "memory", "none"],
         "Where images live: memory (a split is read into memory at start-up: decoded, or "
         "encoded bytes when shapes vary), none (folder: only the sorted file list is kept and "
@@ -138,7 +144,7 @@ def _define_data(fv):
     )
     flags.DEFINE_float(
         "eval_crop",
-        0.875,
+        _default("eval_crop"),
         "Full-resolution path only (encoded images at --image_size >= 128): evaluation "
         "decodes the centered square of this fraction of the shorter side and resizes it to "
         "--image_size (0.875: 224 of 256). In (0, 1]. Small fixed-size data is resized whole.",
@@ -147,7 +153,7 @@ def _define_data(fv):
     _register(fv, "eval_crop", lambda v: math.isfinite(v) and 0 < v <= 1, "in (0, 1]")
     flags.DEFINE_integer(
         "synthetic_train_size",
-        2048,
+        _default("synthetic_train_size"),
         "Examples in the synthetic train split (at most 1,000,000: 3 GiB of 32x32 images).",
         lower_bound=1,
         upper_bound=MAX_SYNTHETIC,
@@ -155,7 +161,7 @@ def _define_data(fv):
     )
     flags.DEFINE_integer(
         "synthetic_test_size",
-        512,
+        _default("synthetic_test_size"),
         "Examples in the synthetic test split (at most 1,000,000).",
         lower_bound=1,
         upper_bound=MAX_SYNTHETIC,
@@ -166,13 +172,13 @@ def _define_data(fv):
 def _define_model(fv):
     flags.DEFINE_string(
         "model",
-        "resnet20",
+        _default("model"),
         "Model builder name (resnet20, resnet50, ...; see models/).",
         flag_values=fv,
     )
     flags.DEFINE_string(
         "weights",
-        "none",
+        _default("weights"),
         "Initial weights: imagenet (keras.applications backbones; needs internet once), none, "
         "pretrained:NAME (shipped in models/pretrained/, e.g. pretrained:resnet20_fashion_mnist "
         "for --model=resnet20), or PATH to a .weights.h5/.keras file of the same architecture "
@@ -181,13 +187,13 @@ def _define_model(fv):
     )
     flags.DEFINE_string(
         "head",
-        "default",
+        _default("head"),
         "Classification head: default, or article (GAP-256-128-N).",
         flag_values=fv,
     )
     flags.DEFINE_integer(
         "image_size",
-        32,
+        _default("image_size"),
         "Input size in pixels (square, 8..1024); images are resized to it.",
         lower_bound=8,
         upper_bound=MAX_IMAGE_SIZE,
@@ -195,7 +201,7 @@ def _define_model(fv):
     )
     flags.DEFINE_integer(
         "num_classes",
-        None,
+        _default("num_classes"),
         "Number of classes (inferred from the dataset when unset).",
         lower_bound=2,
         flag_values=fv,
@@ -205,19 +211,22 @@ def _define_model(fv):
 def _define_length(fv):
     flags.DEFINE_integer(
         "global_batch_size",
-        128,
+        _default("global_batch_size"),
         "Examples per step, summed over all replicas.",
         lower_bound=1,
         upper_bound=MAX_GLOBAL_BATCH,
         flag_values=fv,
     )
     flags.DEFINE_float(
-        "epochs", None, "Training length in epochs (or --train_steps).", flag_values=fv
+        "epochs",
+        _default("epochs"),
+        "Training length in epochs (or --train_steps).",
+        flag_values=fv,
     )
     _register(fv, "epochs", _positive, "a positive number of epochs")
     flags.DEFINE_integer(
         "train_steps",
-        None,
+        _default("train_steps"),
         "Training length in steps (or --epochs).",
         lower_bound=1,
         flag_values=fv,
@@ -227,22 +236,27 @@ def _define_length(fv):
 def _define_optimizer(fv):
     flags.DEFINE_enum(
         "optimizer",
-        "adam",
+        _default("optimizer"),
         config_lib.OPTIMIZERS,
         "Optimizer applied to every segment.",
         flag_values=fv,
     )
-    flags.DEFINE_float("momentum", 0.9, "Momentum for momentum/nesterov/rmsprop.", flag_values=fv)
+    flags.DEFINE_float(
+        "momentum", _default("momentum"), "Momentum for momentum/nesterov/rmsprop.", flag_values=fv
+    )
     _register(fv, "momentum", lambda x: 0 <= x < 1, "in [0, 1)")
     flags.DEFINE_float(
         "weight_decay",
-        0.0,
+        _default("weight_decay"),
         "Decoupled weight decay per step, scaled by each segment's learning rate.",
         flag_values=fv,
     )
     _register(fv, "weight_decay", _non_negative, ">= 0")
     flags.DEFINE_float(
-        "clipnorm", None, "Clip the aggregated gradient to this global norm.", flag_values=fv
+        "clipnorm",
+        _default("clipnorm"),
+        "Clip the aggregated gradient to this global norm.",
+        flag_values=fv,
     )
     _register(fv, "clipnorm", _positive, "> 0")
 
@@ -250,7 +264,7 @@ def _define_optimizer(fv):
 def _define_schedule(fv):
     flags.DEFINE_enum(
         "schedule",
-        "sgdr",
+        _default("schedule"),
         config_lib.SCHEDULES,
         "Base learning-rate schedule, per step: sgdr (cosine with warm restarts), one_cycle "
         "(fastai's: cosine up from max_lr/div over --pct_start of the steps, then down to "
@@ -269,43 +283,49 @@ def _define_schedule(fv):
     _register(fv, "max_lr", lambda x: x == "auto" or _positive(x), "> 0 or auto")
     flags.DEFINE_float(
         "min_lr",
-        0.0,
+        _default("min_lr"),
         "Floor learning rate of sgdr / cosine (absolute, head segment).",
         flag_values=fv,
     )
     _register(fv, "min_lr", _non_negative, ">= 0")
     flags.DEFINE_float(
         "first_cycle_epochs",
-        None,
+        _default("first_cycle_epochs"),
         "Length of the first SGDR cycle in epochs (or --first_cycle_steps).",
         flag_values=fv,
     )
     _register(fv, "first_cycle_epochs", _positive, "> 0")
     flags.DEFINE_integer(
         "first_cycle_steps",
-        None,
+        _default("first_cycle_steps"),
         "Length of the first SGDR cycle in steps (or --first_cycle_epochs).",
         lower_bound=1,
         flag_values=fv,
     )
     flags.DEFINE_float(
-        "cycle_mult", 2.0, "Each SGDR cycle is this many times longer (>= 1).", flag_values=fv
+        "cycle_mult",
+        _default("cycle_mult"),
+        "Each SGDR cycle is this many times longer (>= 1).",
+        flag_values=fv,
     )
     _register(fv, "cycle_mult", lambda x: math.isfinite(x) and x >= 1, ">= 1")
     flags.DEFINE_float(
-        "max_lr_decay", 1.0, "Peak learning rate factor per cycle, in (0, 1].", flag_values=fv
+        "max_lr_decay",
+        _default("max_lr_decay"),
+        "Peak learning rate factor per cycle, in (0, 1].",
+        flag_values=fv,
     )
     _register(fv, "max_lr_decay", lambda x: 0 < x <= 1, "in (0, 1]")
     flags.DEFINE_integer(
         "warmup_steps",
-        0,
+        _default("warmup_steps"),
         "sgdr / cosine: linear warmup from min_lr to max_lr, in steps.",
         lower_bound=0,
         flag_values=fv,
     )
     flags.DEFINE_float(
         "pct_start",
-        None,
+        _default("pct_start"),
         "one_cycle: fraction of the steps spent rising to max_lr, in [0, 1) (default 0.25; "
         "0.3 in the fine_tune recipe's second phase).",
         flag_values=fv,
@@ -313,7 +333,7 @@ def _define_schedule(fv):
     _register(fv, "pct_start", lambda x: 0 <= x < 1, "in [0, 1)")
     flags.DEFINE_float(
         "div",
-        None,
+        _default("div"),
         "one_cycle: the first step's learning rate is max_lr / div (>= 1; default 25, 5 in the "
         "fine_tune recipe's second phase).",
         flag_values=fv,
@@ -321,14 +341,14 @@ def _define_schedule(fv):
     _register(fv, "div", lambda x: math.isfinite(x) and x >= 1, ">= 1")
     flags.DEFINE_float(
         "div_final",
-        1e5,
+        _default("div_final"),
         "one_cycle: the learning rate anneals to max_lr / div_final (>= 1).",
         flag_values=fv,
     )
     _register(fv, "div_final", lambda x: math.isfinite(x) and x >= 1, ">= 1")
     flags.DEFINE_list(
         "moms",
-        ["0.95", "0.85", "0.95"],
+        _default("moms"),
         "one_cycle with --cycle_momentum: momentum (SGD) or beta_1 (Adam, AdamW) at the start, "
         "at the learning-rate peak and at the end, each in [0, 1).",
         flag_values=fv,
@@ -341,7 +361,7 @@ def _define_schedule(fv):
     )
     flags.DEFINE_bool(
         "cycle_momentum",
-        None,
+        _default("cycle_momentum"),
         "Cycle momentum / beta_1 against the learning rate (--moms). Default: on with "
         "--schedule=one_cycle and the fine_tune recipe when the optimizer has a momentum "
         "(momentum, nesterov, adam, adamw), off otherwise.",
@@ -352,7 +372,7 @@ def _define_schedule(fv):
 def _define_lr_find(fv):
     flags.DEFINE_bool(
         "lr_find",
-        False,
+        _default("lr_find"),
         "Run Smith's LR range test before training (fastai's lr_find): the head's learning rate "
         "grows exponentially from --lr_find_start to --lr_find_end over --lr_find_steps steps, "
         "the segment multipliers fixed; writes lr_find.png and lr_find.json to --model_dir and "
@@ -361,19 +381,22 @@ def _define_lr_find(fv):
         flag_values=fv,
     )
     flags.DEFINE_float(
-        "lr_find_start", 1e-7, "LR range test: first learning rate (> 0).", flag_values=fv
+        "lr_find_start",
+        _default("lr_find_start"),
+        "LR range test: first learning rate (> 0).",
+        flag_values=fv,
     )
     _register(fv, "lr_find_start", _positive, "> 0")
     flags.DEFINE_float(
         "lr_find_end",
-        10.0,
+        _default("lr_find_end"),
         "LR range test: last learning rate (> --lr_find_start).",
         flag_values=fv,
     )
     _register(fv, "lr_find_end", _positive, "> 0")
     flags.DEFINE_integer(
         "lr_find_steps",
-        100,
+        _default("lr_find_steps"),
         "LR range test: steps (batches) from start to end (>= 5; it stops early once the "
         "smoothed loss exceeds 4x its minimum).",
         flag_values=fv,
@@ -384,7 +407,7 @@ def _define_lr_find(fv):
 def _define_recipe(fv):
     flags.DEFINE_enum(
         "recipe",
-        "none",
+        _default("recipe"),
         config_lib.RECIPES,
         "fine_tune: fastai's fine_tune. Phase 1 trains only the last segment (the others "
         "frozen, their BatchNorm in inference mode) for --freeze_epochs with one_cycle "
@@ -395,7 +418,7 @@ def _define_recipe(fv):
     )
     flags.DEFINE_float(
         "freeze_epochs",
-        1.0,
+        _default("freeze_epochs"),
         "fine_tune recipe: epochs of phase 1 (head only), before --epochs.",
         flag_values=fv,
     )
@@ -405,7 +428,7 @@ def _define_recipe(fv):
 def _define_segments(fv):
     flags.DEFINE_list(
         "split_at",
-        [],
+        _default("split_at"),
         "Segment boundaries: layer indices or names (the first layer of each next segment), "
         "or preset / preset:NAME for the model's named split. Empty: one segment. "
         "See --list_layers.",
@@ -413,21 +436,21 @@ def _define_segments(fv):
     )
     flags.DEFINE_list(
         "lr_mults",
-        None,
+        _default("lr_mults"),
         "Learning-rate multiplier per segment, input to head, e.g. 0.001,0.1,1.",
         flag_values=fv,
     )
     _register(fv, "lr_mults", _positive_float_list, "a list of positive numbers")
     flags.DEFINE_float(
         "lr_spread",
-        None,
+        _default("lr_spread"),
         "Geometric multipliers from 1/R (first segment) to 1 (head), like fastai slice(lo, hi).",
         flag_values=fv,
     )
     _register(fv, "lr_spread", lambda x: math.isfinite(x) and x >= 1, ">= 1")
     flags.DEFINE_float(
         "layer_decay",
-        None,
+        _default("layer_decay"),
         "Layer-wise learning-rate decay D in (0, 1] (BEiT / MAE / timm fine-tuning, typically "
         "0.65-0.75): every layer with weights is its own segment, the l-th of L+1 at "
         "multiplier D**(L - l), the head at 1. Replaces --split_at / --lr_mults / --lr_spread.",
@@ -435,11 +458,15 @@ def _define_segments(fv):
     )
     _register(fv, "layer_decay", lambda x: 0 < x <= 1, "in (0, 1]")
     flags.DEFINE_integer(
-        "freeze_segments", 0, "Train only segments >= K at first.", lower_bound=0, flag_values=fv
+        "freeze_segments",
+        _default("freeze_segments"),
+        "Train only segments >= K at first.",
+        lower_bound=0,
+        flag_values=fv,
     )
     flags.DEFINE_float(
         "unfreeze_every",
-        None,
+        _default("unfreeze_every"),
         "Unfreeze one more segment every E epochs (gradual unfreezing).",
         flag_values=fv,
     )
@@ -456,7 +483,7 @@ def _define_execution(fv):
     )
     flags.DEFINE_enum(
         "strategy",
-        "auto",
+        _default("strategy"),
         config_lib.STRATEGIES,
         "auto: MirroredStrategy over all GPUs if any, else one device; "
         "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.",
@@ -464,44 +491,55 @@ def _define_execution(fv):
     )
     flags.DEFINE_integer(
         "steps_per_loop",
-        50,
+        _default("steps_per_loop"),
         "Steps per compiled loop call (Python overhead is paid once per loop).",
         lower_bound=1,
         flag_values=fv,
     )
-    flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.", flag_values=fv)
+    flags.DEFINE_bool(
+        "jit_compile", _default("jit_compile"), "Compile the train step with XLA.", flag_values=fv
+    )
     flags.DEFINE_enum(
         "mixed_precision",
-        "none",
+        _default("mixed_precision"),
         config_lib.MIXED_PRECISION,
         "Mixed precision policy; mixed_float16 adds dynamic loss scaling.",
         flag_values=fv,
     )
     flags.DEFINE_float(
-        "eval_every_epochs", 1.0, "Evaluate on the eval split every E epochs.", flag_values=fv
+        "eval_every_epochs",
+        _default("eval_every_epochs"),
+        "Evaluate on the eval split every E epochs.",
+        flag_values=fv,
     )
     _register(fv, "eval_every_epochs", _positive, "a positive number of epochs")
     flags.DEFINE_integer(
         "checkpoint_every_steps",
-        1000,
+        _default("checkpoint_every_steps"),
         "Save a checkpoint every N steps.",
         lower_bound=1,
         flag_values=fv,
     )
     flags.DEFINE_integer(
-        "keep_checkpoints", 3, "Rolling checkpoints kept.", lower_bound=1, flag_values=fv
+        "keep_checkpoints",
+        _default("keep_checkpoints"),
+        "Rolling checkpoints kept.",
+        lower_bound=1,
+        flag_values=fv,
     )
     flags.DEFINE_bool(
         "snapshot_at_restarts",
-        False,
+        _default("snapshot_at_restarts"),
         "Keep the weights at the end of every SGDR cycle as snapshots/cycle_K (the run's last "
         "step counts when it ends a cycle); implied by --ensemble_snapshots.",
         flag_values=fv,
     )
     flags.DEFINE_integer(
-        "seed", 0, "Seed for weights, data order and augmentation.", flag_values=fv
+        "seed", _default("seed"), "Seed for weights, data order and augmentation.", flag_values=fv
     )
-    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.", flag_values=fv)
+    flags.DEFINE_bool(
+        "progress", _default("progress"), "Show a progress bar per epoch.", flag_values=fv
+    )
     flags.DEFINE_bool(
         "restart",
         False,
@@ -521,7 +559,7 @@ def _define_execution(fv):
 def _define_averaging(fv):
     flags.DEFINE_integer(
         "ensemble_snapshots",
-        None,
+        _default("ensemble_snapshots"),
         "Snapshot ensemble (Huang et al. 2017): after each SGDR restart from the M-th snapshot "
         "on, and at the end, evaluate the mean softmax of the last M snapshots (>= 2) on the eval "
         "split; metrics.json snapshot_ensemble, TensorBoard eval/ensemble/*. Implies "
@@ -532,7 +570,7 @@ def _define_averaging(fv):
     _register(fv, "ensemble_snapshots", lambda x: x >= 2, ">= 2 (one snapshot is no ensemble)")
     flags.DEFINE_float(
         "swa_start_epoch",
-        None,
+        _default("swa_start_epoch"),
         "Stochastic weight averaging (Izmailov et al. 2018) from this epoch on (>= 0, before the "
         "end): an equal average of the weights at every SGDR cycle end at or after it (the run's "
         "last step counts when it ends a cycle), or, with another schedule or --swa_lr, every "
@@ -544,7 +582,7 @@ def _define_averaging(fv):
     _register(fv, "swa_start_epoch", _non_negative, "a number of epochs >= 0")
     flags.DEFINE_float(
         "swa_every_epochs",
-        None,
+        _default("swa_every_epochs"),
         "SWA: epochs between averaged models (default 1) when the schedule has no cycles "
         "(constant, cosine, one_cycle) or with --swa_lr.",
         flag_values=fv,
@@ -552,7 +590,7 @@ def _define_averaging(fv):
     _register(fv, "swa_every_epochs", _positive, "a positive number of epochs")
     flags.DEFINE_float(
         "swa_lr",
-        None,
+        _default("swa_lr"),
         "SWA: from --swa_start_epoch on, the head's learning rate is this constant (the "
         "segment multipliers are kept); the models are then averaged every --swa_every_epochs.",
         flag_values=fv,
@@ -560,14 +598,14 @@ def _define_averaging(fv):
     _register(fv, "swa_lr", _positive, "> 0")
     flags.DEFINE_bool(
         "swa_bn_augment",
-        False,
+        _default("swa_bn_augment"),
         "Recompute the BatchNorm statistics of the SWA and EMA models over augmented training "
         "images (default: the training split without augmentation).",
         flag_values=fv,
     )
     flags.DEFINE_float(
         "ema_decay",
-        None,
+        _default("ema_decay"),
         "Keep an exponential moving average of the weights, updated every step with this decay "
         "in (0, 1), e.g. 0.999 (Keras' use_ema / ema_momentum). After training it is evaluated "
         "with recomputed BatchNorm statistics (metrics.json ema) and exported to export/ema/.",
@@ -603,13 +641,11 @@ def cross_check(fv: flags.FlagValues) -> None:
 
     if not v["model_dir"]:
         fail("--model_dir is required (where checkpoints, summaries and the export go)")
-    test_only = v["lr_find"] and v["epochs"] is None and v["train_steps"] is None
-    if not v["list_layers"] and not test_only:
-        if (v["epochs"] is None) == (v["train_steps"] is None):
-            fail(
-                f"give exactly one of --epochs / --train_steps; got epochs={v['epochs']}, "
-                f"train_steps={v['train_steps']}"
-            )
+    error = config_lib.length_error(
+        v["epochs"], v["train_steps"], allow_none=v["list_layers"] or v["lr_find"]
+    )
+    if error:
+        fail(error)
     if v["lr_mults"] is not None and v["lr_spread"] is not None:
         fail(
             f"give one of --lr_mults / --lr_spread, not both; got lr_mults="
@@ -733,6 +769,4 @@ def to_config(fv: flags.FlagValues) -> config_lib.Config:
         elif field in _FLOAT_LIST_FIELDS and value is not None:
             value = tuple(_float_list(value))
         values[field] = value
-    if values.get("recipe", "none") != "none":
-        values["schedule"] = "one_cycle"  # a recipe's phases are one-cycle schedules
     return config_lib.Config(**values)

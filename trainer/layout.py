@@ -1,21 +1,21 @@
 """Every name in a run's model_dir, in one place (no TensorFlow: commands read it at start-up).
 
-    model_dir/
-      .lock                     the run's lock while a process holds it (run_dir.files.Lock)
-      config.json               the configuration (compatibility record + the full Config)
-      flags.txt                 the same configuration as a flagfile (`--flagfile=` repeats it)
-      ckpt/ckpt-N.index, ...    checkpoints; ckpt/broken/ holds the unreadable ones
-      metrics.json              every evaluation, per-class metrics, the confusion matrix
-      tensorboard/train, eval   TensorBoard event files (`tensorboard --logdir .../tensorboard`)
-      snapshots/cycle_K.weights.h5   weights at each SGDR restart (snapshots/broken/: unreadable)
-      lr_find.json, lr_find.png the LR range test
-      confusion_matrix.png, top_losses.png   interpretation of the final model
-      export/                   model.keras, model.weights.h5, saved_model/, labels.json
-                                (export/swa/, export/ema/ for averaged models)
-      evaluation.json, evaluation_confusion_matrix.png, evaluation_top_losses.png
-                                `trainer.evaluate`'s results (never the run's own files)
-      ensemble.json             `trainer.ensemble`'s results
-      previous/<time>/          runs moved aside by --restart
+model_dir/
+  .lock                     the run's lock while a process holds it (run_dir.files.Lock)
+  config.json               the configuration (compatibility record + the full Config)
+  flags.txt                 the same configuration as a flagfile (`--flagfile=` repeats it)
+  ckpt/ckpt-N.index, ...    checkpoints; ckpt/broken/ holds the unreadable ones
+  metrics.json              every evaluation, per-class metrics, the confusion matrix
+  tensorboard/train, eval   TensorBoard event files (`tensorboard --logdir .../tensorboard`)
+  snapshots/cycle_K.weights.h5   weights at each SGDR restart (snapshots/broken/: unreadable)
+  lr_find.json, lr_find.png the LR range test
+  confusion_matrix.png, top_losses.png   interpretation of the final model
+  export/                   model.keras, model.weights.h5, saved_model/, labels.json
+                            (export/swa/, export/ema/ for averaged models)
+  evaluation.json, evaluation_confusion_matrix.png, evaluation_top_losses.png
+                            `trainer.evaluate`'s results (never the run's own files)
+  ensemble.json             `trainer.ensemble`'s results
+  previous/<time>/          runs moved aside by --restart
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 
 import numpy as np
 
+from trainer import layout
 from trainer.errors import UserError
+from trainer.loop import state
 from trainer.run_dir import files as run_dir
 
-SNAPSHOT_DIR = "snapshots"
-_SNAPSHOT = re.compile(r"^cycle_(\d+)\.weights\.h5$")
+SNAPSHOT_DIR = layout.SNAPSHOT_DIR
 # Only an underflow of the averaged probability to 0 is clipped (loss at most ~708).
 EPSILON = float(np.finfo(np.float64).tiny)
 
@@ -147,9 +147,8 @@ def ensemble_evaluate(
         raise ValueError("ensemble_evaluate needs at least one weight source; received none")
     dataset = dataset_fn()
     predict = _ProbabilityPass(strategy, model)
-    original = [w.numpy() for w in model.weights]
     total, labels, per_member = None, None, []
-    try:
+    with state.restored(model.weights):
         for source in sources:
             load_weights(model, source)
             probabilities, y = predict(dataset)
@@ -166,9 +165,6 @@ def ensemble_evaluate(
             member = metrics_from_probabilities(probabilities, labels, num_classes)
             member.pop("examples")
             per_member.append({"source": _name(source), **member})
-    finally:
-        for w, value in zip(model.weights, original):
-            w.assign(value)
     mean = total / len(sources)
     out = metrics_from_probabilities(mean, labels, num_classes)
     out.update(members=len(sources), per_member=per_member)
@@ -198,9 +194,9 @@ def _listdir(path: str) -> list[str] | None:
 def find_snapshots(model_dir: str) -> list[Snapshot]:
     """DIR/snapshots/cycle_K.weights.h5, sorted by K (temporary files of a write are not)."""
     directory = os.path.join(model_dir, SNAPSHOT_DIR)
-    found = ((_SNAPSHOT.match(n), n) for n in (_listdir(directory) or []))
+    found = ((layout.snapshot_cycle(n), n) for n in (_listdir(directory) or []))
     return sorted(
-        (Snapshot(int(m.group(1)), os.path.join(directory, n)) for m, n in found if m),
+        (Snapshot(k, os.path.join(directory, n)) for k, n in found if k is not None),
         key=lambda s: s.cycle,
     )
 

@@ -44,6 +44,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from trainer import layout
 from trainer.averaging.ensemble import ensemble_evaluate
 from trainer.averaging.weights import WeightAverage, averaged_weights, update_bn
 from trainer.errors import UserError
@@ -53,7 +54,7 @@ from trainer.lr import keras_private
 from trainer.reporting import summaries
 
 SWA, EMA, ENSEMBLE = "swa", "ema", "snapshot_ensemble"
-SNAPSHOT_DIR = "snapshots"
+SNAPSHOT_DIR = layout.SNAPSHOT_DIR
 # What export/swa/labels.json and export/ema/labels.json say about the weights.
 _LABELS = ("models_averaged", "steps_averaged", "decay", "bn_batches", "bn_augment")
 
@@ -72,7 +73,7 @@ def swa_start_step(config, plan) -> int:
 
 def averages_at_cycle_ends(config) -> bool:
     """SGDR without --swa_lr averages at cycle ends; otherwise every --swa_every_epochs."""
-    return config.schedule == "sgdr" and config.recipe == "none" and config.swa_lr is None
+    return config.has_restarts and config.swa_lr is None
 
 
 def swa_steps(config, plan, schedule) -> list[int]:
@@ -100,7 +101,7 @@ def _epochs(step: int, plan) -> str:
 def check_plan(config, plan, schedule, strategy) -> None:
     """The checks that need the run's length; UserError naming the flag and the steps."""
     if config.ensemble_snapshots is not None:
-        if config.schedule != "sgdr" or config.recipe != "none":
+        if not config.has_restarts:
             raise UserError(
                 f"--ensemble_snapshots={config.ensemble_snapshots} ensembles the snapshots "
                 "taken at SGDR restarts; use --schedule=sgdr"
@@ -191,8 +192,7 @@ class WeightAveraging:
         self.ema = config.ema_decay is not None
         self.ensemble = config.ensemble_snapshots is not None and has_length
         self.snapshot_steps = []  # cycle ends: --snapshot_at_restarts, implied by the ensemble
-        sgdr = config.schedule == "sgdr" and config.recipe == "none"
-        if (config.snapshot_at_restarts or self.ensemble) and sgdr:
+        if (config.snapshot_at_restarts or self.ensemble) and config.has_restarts:
             self.snapshot_steps = cycle_ends(schedule, plan.total_steps)
         self.swa_steps = swa_steps(config, plan, schedule) if self.swa else []
         self.average = None
@@ -220,9 +220,18 @@ class WeightAveraging:
             return {}
         return {"use_ema": True, "ema_momentum": float(self.config.ema_decay)}
 
-    def build(self, model, optimizer) -> None:
-        """Creates the SWA average and starts the EMA at the weights; under the scope."""
-        self.optimizer = optimizer
+    def build(self, model, optimizer, *, eval_data, bn_data) -> None:
+        """Creates the SWA average and starts the EMA at the weights; under the scope.
+
+        Args:
+            model: The run's model (its weights are averaged).
+            optimizer: The run's optimizer (it holds the EMA copies).
+            eval_data: `() -> distributed dataset` of the eval split, once, in order.
+            bn_data: `() -> dataset` of whole global batches over which the BatchNorm
+                statistics of an averaged model are recomputed.
+        """
+        self.model, self.optimizer = model, optimizer
+        self._eval_data, self._bn_data = eval_data, bn_data
         if self.swa:
             self.average = WeightAverage(averaged_weights(model))
         if self.ema:
@@ -236,7 +245,7 @@ class WeightAveraging:
         """What the checkpoint holds besides model and optimizer (EMA copies are in it)."""
         return {"weight_average": self.average} if self.swa else {}
 
-    def actions(self, experiment, writer) -> list[Action]:
+    def actions(self, writer) -> list[Action]:
         """The controller actions (after Snapshot, before Evaluate and Checkpoint)."""
         out = []
         if self.swa:
@@ -245,9 +254,7 @@ class WeightAveraging:
             m, total = self.config.ensemble_snapshots, self.plan.total_steps
             # The evaluation at the end is finish()'s, also for a run resumed complete.
             due = [s for s in self.snapshot_steps[m - 1 :] if s < total]
-            out.append(
-                EvaluateEnsemble(lambda step: self.evaluate_ensemble(experiment, writer, step), due)
-            )
+            out.append(EvaluateEnsemble(lambda step: self.evaluate_ensemble(writer, step), due))
         return out
 
     # Evaluations -----------------------------------------------------------------------------
@@ -259,12 +266,12 @@ class WeightAveraging:
         }
         writer.write("eval", step, scalars)
 
-    def evaluate_ensemble(self, experiment, writer, step: int) -> dict | None:
+    def evaluate_ensemble(self, writer, step: int) -> dict | None:
         """The ensemble of the last M snapshots taken up to `step`; None when one is missing."""
         m = self.config.ensemble_snapshots
         cycles = [k for k, end in enumerate(self.snapshot_steps) if end <= step][-m:]
         directory = os.path.join(self.config.model_dir, SNAPSHOT_DIR)
-        paths = [os.path.join(directory, f"cycle_{k}.weights.h5") for k in cycles]
+        paths = [os.path.join(directory, layout.snapshot_name(k)) for k in cycles]
         missing = [p for p in paths if not tf.io.gfile.exists(p)]
         if len(cycles) < m or missing:
             logging.warning(
@@ -273,9 +280,9 @@ class WeightAveraging:
             return None
         result = ensemble_evaluate(
             self.strategy,
-            experiment.model,
+            self.model,
             paths,
-            experiment.eval_data,
+            self._eval_data,
             self.config.num_classes,
         )
         members = result.pop("per_member")
@@ -291,25 +298,25 @@ class WeightAveraging:
         self._report(writer, "ensemble", step, result)
         return result
 
-    def finish(self, experiment, writer) -> dict:
+    def finish(self, writer, step: int) -> dict:
         """After training: the ensemble at the end, the SWA and EMA models; metrics records."""
-        step, out = experiment.step, {}
+        out = {}
         if self.ensemble:
-            result = self.evaluate_ensemble(experiment, writer, step)
+            result = self.evaluate_ensemble(writer, step)
             if result is not None:
                 out[ENSEMBLE] = result
         for name in self.names:
-            model_record = self._averaged_model(experiment, name)
+            model_record = self._averaged_model(name, step)
             if model_record is not None:
                 self._report(writer, name, step, model_record[1])
                 out[name] = model_record[1]
         return out
 
-    def export_models(self, experiment) -> list[tuple[str, object, dict]]:
+    def export_models(self, step: int) -> list[tuple[str, object, dict]]:
         """(name, model, labels.json additions) of each averaged model; made now if need be."""
         out = []
         for name in self.names:
-            model_record = self._averaged_model(experiment, name)
+            model_record = self._averaged_model(name, step)
             if model_record is not None:
                 model, record = model_record
                 labels = {k: record[k] for k in _LABELS if k in record}
@@ -318,15 +325,14 @@ class WeightAveraging:
 
     # The averaged models ---------------------------------------------------------------------
 
-    def _averaged_model(self, experiment, name: str):
+    def _averaged_model(self, name: str, step: int):
         """(model, record) of the SWA or EMA weights with recomputed BN statistics, cached."""
-        step = experiment.step
         if name in self._models and self._models[name][1]["step"] == step:
             return self._models[name]
         if name == SWA and self.average.num_averaged == 0:
             logging.warning("No SWA model at step %d: nothing was averaged yet", step)
             return None
-        source = experiment.model
+        source = self.model
         with self.strategy.scope():
             model = keras.models.clone_model(source)
         targets = _matching_weights(source, model)
@@ -344,8 +350,8 @@ class WeightAveraging:
             built = keras_private.built_variables(self.optimizer)
             self.optimizer.finalize_variable_values([targets[index[id(v)]] for v in built])
             record = {"decay": float(self.config.ema_decay)}
-        batches = update_bn(model, self._bn_dataset(experiment), self.strategy)
-        evaluator = Evaluator(self.strategy, model, experiment.eval_data, self.config.num_classes)
+        batches = update_bn(model, self._bn_data(), self.strategy)
+        evaluator = Evaluator(self.strategy, model, self._eval_data, self.config.num_classes)
         record = {
             **evaluator.evaluate(),
             **record,
@@ -365,14 +371,6 @@ class WeightAveraging:
                 steps,
             )
         return steps
-
-    def _bn_dataset(self, experiment):
-        """One epoch of the training split in the run's epoch-0 order, whole global batches."""
-        config = self.config
-        dataset = experiment.data.train_dataset(
-            config.global_batch_size, augment=bool(config.swa_bn_augment)
-        )
-        return dataset.take(self.plan.steps_per_epoch)
 
 
 def _matching_weights(source, clone) -> list:

@@ -36,6 +36,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from trainer import config as config_lib
 from trainer.config import Config
 from trainer.data import arrays, pipeline, sources, streaming, tfds_source
 from trainer.errors import UserError
@@ -287,9 +288,9 @@ def load(config: Config) -> Data:
         malformed array or IDX file, bad labels, bad split, scikit-learn missing for
         sklearn_digits; each as one line naming the flag and the bad value.
     """
-    if config.cache not in sources.CACHE_POLICIES:
+    if config.cache not in config_lib.CACHE_POLICIES:
         raise UserError(
-            f"--cache={config.cache}: must be one of {', '.join(sources.CACHE_POLICIES)}"
+            f"--cache={config.cache}: must be one of {', '.join(config_lib.CACHE_POLICIES)}"
         )
     if not 0 < config.eval_crop <= 1:
         raise UserError(f"--eval_crop={config.eval_crop}: must be in (0, 1]")

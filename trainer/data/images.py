@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from trainer.config import EVAL_PREPROCESSING
+
 # --image_size from which encoded images take the full-resolution path.
 FULL_RESOLUTION_MIN = 128
 # Random-resized-crop window: fraction of the image area and width/height ratio.
@@ -142,7 +144,7 @@ def eval_preprocessing(encoded: bool, image_size: int) -> str:
     return "center_crop" if full_resolution(encoded, image_size) else "resize"
 
 
-PREPROCESSING = ("resize", "center_crop")  # the values of `eval_preprocessing`
+PREPROCESSING = EVAL_PREPROCESSING  # the values of `eval_preprocessing`
 
 
 def eval_view(

@@ -23,16 +23,15 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import runtime
+from trainer.config import IMAGE_EXTENSIONS
 from trainer.data import synthetic as synthetic_lib
 from trainer.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Decoded TFDS splits above this stay encoded in memory and are decoded on the fly
 # (--cache=memory); --cache=auto holds a split in memory only below CACHE_BUDGET_BYTES.
 MAX_DECODED_BYTES = 2 * 1024**3
 # --cache=auto: a split whose decoded pixels (estimated) exceed this is read on demand.
 CACHE_BUDGET_BYTES = 1024**3
-CACHE_POLICIES = ("auto", "memory", "none")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,9 +43,15 @@ class Unfreeze(Action):
 class Report(Action):
     """After every loop: train scalars to TensorBoard and the progress bar (None: no bar).
 
+    Loss, accuracy, images/s and step time are the loop's, at the loop's last step. The
+    learning rates (`lr/segment_k`) and a cycled momentum have one point per step trained:
+    the point at step s is the schedule at s, the rate of the update that took the global
+    step from s to s + 1, so TensorBoard draws the schedule itself. They are computed here,
+    after the loop, since the schedule is a pure function of the step. The bar shows the
+    rate of the loop's last step trained (step - 1), also at a cycle end.
+
     Due at every epoch end too, so the bar closes each epoch with the epoch's numbers, and at
-    every SGDR restart (or recipe phase boundary), so the logged learning rate shows each
-    cycle's end.
+    every SGDR restart (or recipe phase boundary).
     """
 
     def __init__(
@@ -84,22 +90,28 @@ class Report(Action):
         self.train_seconds += seconds
         self.steps += n
         images_per_sec = n * self.global_batch_size / max(seconds, 1e-9)
-        lrs = self.learning_rates(step)
         self.last = {
             "loss": float(np.mean(logs["loss"])),
             "accuracy": float(np.sum(logs["correct"]) / (n * self.global_batch_size)),
         }
         scalars = dict(self.last, images_per_sec=images_per_sec, step_time=seconds / n)
-        scalars.update({f"lr/segment_{s}": lr for s, lr in enumerate(lrs)})
-        if self.momentum is not None:
-            scalars["momentum"] = self.momentum(step)
         skipped = int(np.sum(~logs["applied"]))
         if skipped:
             scalars["skipped_steps"] = skipped
-        self.writer.write("train", step, scalars)
+        # One point per step trained: rates[i] is the schedule at trained[i] (see above).
+        trained = range(logs["start"], logs["end"])
+        rates = [self.learning_rates(s) for s in trained]
+        series = {
+            f"lr/segment_{k}": {s: r[k] for s, r in zip(trained, rates)}
+            for k in range(len(rates[-1]))
+        }
+        if self.momentum is not None:
+            series["momentum"] = {s: self.momentum(s) for s in trained}
+        self.writer.write(summaries.TRAIN, step, scalars, series)
         if self.progress is not None:
             self.progress.update(
-                step, {**self._epoch_means(step, n, logs), "lr": lrs[-1], "img/s": images_per_sec}
+                step,
+                {**self._epoch_means(step, n, logs), "lr": rates[-1][-1], "img/s": images_per_sec},
             )
 
     def _epoch_means(self, step, n, logs) -> dict:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from trainer.config import MIXED_PRECISION
 from trainer.errors import UserError
 
-POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
+POLICIES = MIXED_PRECISION
 
 
 def set_policy(name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from trainer.config import length_error
 from trainer.errors import UserError
 
 
@@ -69,12 +70,13 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     return max(1, round(epochs * steps_per_epoch))
 
 
-def resolve(config, steps_per_epoch: int) -> Plan:
+def resolve(config, steps_per_epoch: int, num_segments: int = 1) -> Plan:
     """Resolves the epoch-valued fields of a `trainer.config.Config` to steps.
 
     Args:
         config: The run configuration.
         steps_per_epoch: Whole global batches per epoch of the training split.
+        num_segments: Segments of the model: the fine_tune recipe freezes all but the last.
 
     Returns:
         The `Plan`.
@@ -82,11 +84,9 @@ def resolve(config, steps_per_epoch: int) -> Plan:
     Raises:
         UserError: Both epochs and train_steps given.
     """
-    if config.epochs is not None and config.train_steps is not None:
-        raise UserError(
-            f"give exactly one of --epochs / --train_steps; got epochs={config.epochs}, "
-            f"train_steps={config.train_steps}"
-        )
+    error = length_error(config.epochs, config.train_steps, allow_none=True)
+    if error:
+        raise UserError(error)
     if config.train_steps is not None:
         total = int(config.train_steps)
     elif config.epochs is None:
@@ -95,7 +95,9 @@ def resolve(config, steps_per_epoch: int) -> Plan:
     else:
         total = epochs_to_steps(config.epochs, steps_per_epoch)
     freeze_steps = None
+    freeze_segments = int(config.freeze_segments)
     if config.recipe == "fine_tune":
+        freeze_segments = num_segments - 1  # phase 1 trains the last segment alone
         # fastai's fine_tune(epochs, freeze_epochs): the head-only phase comes first and adds
         # to the length.
         freeze_steps = epochs_to_steps(config.freeze_epochs, steps_per_epoch)
@@ -124,7 +126,7 @@ def resolve(config, steps_per_epoch: int) -> Plan:
         unfreeze_every_steps=unfreeze,
         checkpoint_every_steps=max(1, int(config.checkpoint_every_steps)),
         steps_per_loop=max(1, int(config.steps_per_loop)),
-        freeze_segments=int(config.freeze_segments),
+        freeze_segments=freeze_segments,
         freeze_steps=freeze_steps,
     )
 
@@ -136,8 +138,6 @@ def epoch_of(step: int, steps_per_epoch: int) -> float:
 
 def check_length(config) -> None:
     """Raises `UserError` unless exactly one of epochs / train_steps is given (for training)."""
-    if (config.epochs is None) == (config.train_steps is None):
-        raise UserError(
-            f"give exactly one of --epochs / --train_steps; got epochs={config.epochs}, "
-            f"train_steps={config.train_steps}"
-        )
+    error = length_error(config.epochs, config.train_steps)
+    if error:
+        raise UserError(error)

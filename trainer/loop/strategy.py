@@ -14,9 +14,10 @@ import os
 
 import tensorflow as tf
 
+from trainer.config import STRATEGIES
 from trainer.errors import UserError
 
-NAMES = ("auto", "mirrored", "one_device", "multi_worker")
+NAMES = STRATEGIES
 
 
 def _gpus() -> list[str]:

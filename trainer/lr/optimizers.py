@@ -15,6 +15,12 @@ step) whose update of variable v uses `lr_mults[segment_of[v.path]] * learning_r
   schedule's `momentum(step)` (e.g. `schedules.OneCycle`) replaces SGD's `momentum` or the
   Adam family's `beta_1` at every step, in the compiled step. Adam's bias correction then uses
   the current beta_1 (`1 - beta_1(t)**t`), as PyTorch's and fastai's Adam do.
+* Auto-RGN (`adaptive="rgn"`; Lee et al., "Surgical Fine-Tuning Improves Adaptation to
+  Distribution Shifts", ICLR 2023): at every step each updated variable i (or layer) gets
+  `m_i = max(floor, RGN_i / max_j RGN_j)`, `RGN_i = ||g_i|| / (||w_i|| + eps)`, and moves at
+  `m_i * lr_mults[segment] * learning_rate`. Computed in the compiled step from the gradients
+  the update uses (after Keras' clipping and cross-replica sum), with one norm of each
+  gradient and weight; stateless: nothing is checkpointed (see `segmented`).
 * The segmented classes are registered with Keras (``lrtech>SegmentedAdam`` ...), so a
   `model.fit` user can `model.save("m.keras")` and `keras.saving.load_model("m.keras")` with
   the optimizer and its state, once `trainer.lr.optimizers` is imported.
@@ -52,6 +58,12 @@ _MAKE_CLASSES = (
     keras.optimizers.Nadam,
 )
 _PACKAGE = "lrtech"
+
+ADAPTIVE = ("rgn",)
+GRANULARITIES = ("tensor", "layer")
+# Guards RGN's division for an all-zero weight (a fresh bias). Such a variable's RGN is
+# ||g|| / eps, far above every other: see `segmented` on zero-initialized variables.
+RGN_EPSILON = 1e-12
 
 
 def make(name, learning_rate, *, momentum=0.9, weight_decay=None, clipnorm=None, **kw):
@@ -125,12 +137,30 @@ def mults_from_spread(num_segments: int, spread: float) -> tuple[float, ...]:
 class _SegmentTable:
     """Plain holder so Keras / TF tracking does not wrap the dicts into trackables."""
 
-    def __init__(self, segment_of, lr_mults, aggregate_gradients, cycle_momentum=False):
+    def __init__(
+        self,
+        segment_of,
+        lr_mults,
+        aggregate_gradients,
+        cycle_momentum=False,
+        adaptive=None,
+        adaptive_floor=0.0,
+        adaptive_granularity="tensor",
+    ):
         self.segment_of = dict(segment_of)
         self.lr_mults = tuple(float(m) for m in lr_mults)
         self.aggregate_gradients = bool(aggregate_gradients)
         self.cycle_momentum = bool(cycle_momentum)
+        self.adaptive = adaptive
+        self.adaptive_floor = float(adaptive_floor)
+        self.adaptive_granularity = adaptive_granularity
         self.mults = []  # multiplier of the i-th variable the optimizer was built with
+        self.segments = []  # segment of the i-th built variable
+        self.groups = []  # Auto-RGN group (variable or layer) of the i-th built variable
+        # Auto-RGN: m_i of the i-th built variable at the last step (NaN if not updated). A
+        # plain attribute of this holder, so neither tf.train.Checkpoint nor Keras saving
+        # sees it: written before it is read in every step, it is not state.
+        self.adaptive_mults = None
         self._by_scope = {}  # path -> segment, for paths found by `_match_scopes`
 
     def segment(self, path: str) -> int | None:
@@ -168,11 +198,23 @@ class _SegmentedMixin:
         lr_mults,
         aggregate_gradients=True,
         cycle_momentum=False,
+        adaptive=None,
+        adaptive_floor=0.0,
+        adaptive_granularity="tensor",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         _check_mults(segment_of, lr_mults)
-        self._segments = _SegmentTable(segment_of, lr_mults, aggregate_gradients, cycle_momentum)
+        _check_adaptive(adaptive, adaptive_floor, adaptive_granularity)
+        self._segments = _SegmentTable(
+            segment_of,
+            lr_mults,
+            aggregate_gradients,
+            cycle_momentum,
+            adaptive,
+            adaptive_floor,
+            adaptive_granularity,
+        )
         if cycle_momentum:
             _check_cycle_momentum(self)
 
@@ -185,7 +227,10 @@ class _SegmentedMixin:
         self._check_known(variables)
         table = self._segments
         # Aligned with Keras' own variable index (the order of `variables`).
-        table.mults = [table.lr_mults[table.segment(v.path)] for v in variables]
+        table.segments = [table.segment(v.path) for v in variables]
+        table.mults = [table.lr_mults[s] for s in table.segments]
+        if table.adaptive is not None:
+            _build_adaptive(table, variables)
         super().build(variables)
 
     def apply(self, grads, trainable_variables=None):
@@ -195,9 +240,14 @@ class _SegmentedMixin:
         return super().apply(grads, trainable_variables)
 
     def update_step(self, gradient, variable, learning_rate):
-        mult = self._segments.mults[keras_private.variable_index(self, variable)]
+        index = keras_private.variable_index(self, variable)
+        mult = self._segments.mults[index]
         if mult != 1.0:
             learning_rate = learning_rate * mult
+        if self._segments.adaptive is not None:
+            # This step's m_i, written by `_all_reduce_sum_gradients` earlier in the step;
+            # under a strategy, read from this device's copy.
+            learning_rate = learning_rate * self._segments.adaptive_mults[index]
         if self.weight_decay is not None and keras_private.uses_weight_decay(self, variable):
             # Keras' decoupled decay (`variable * wd * lr`, before the update), at the
             # segment's learning rate. Here Keras already runs once per variable, in the
@@ -236,9 +286,63 @@ class _SegmentedMixin:
         del variables
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
+        # Keras calls this in replica context, after clipping and before update_step: the
+        # gradients it returns are exactly those the variables move with.
+        grads_and_vars = list(grads_and_vars)
+        if self._segments.adaptive is not None:
+            self._segments.adaptive_mults.assign(self._rgn_multipliers(grads_and_vars))
         if self._segments.aggregate_gradients:
-            return super()._all_reduce_sum_gradients(grads_and_vars)
-        return list(grads_and_vars)  # the caller has summed them across replicas already
+            grads_and_vars = super()._all_reduce_sum_gradients(grads_and_vars)
+        return grads_and_vars
+
+    def _rgn_multipliers(self, grads_and_vars):
+        """m_i of every built variable (NaN for those without a gradient in this step)."""
+        table = self._segments
+        indices, grad_sq, weight_sq = [], [], []
+        for grad, variable in grads_and_vars:
+            if grad is None:
+                continue
+            indices.append(keras_private.variable_index(self, variable))
+            grad_sq.append(_squared_norm(grad))
+            weight_sq.append(_squared_norm(variable))
+        # Groups among this step's variables, numbered 0..k-1 in order of first appearance.
+        local = {}
+        group_ids = [local.setdefault(table.groups[i], len(local)) for i in indices]
+        grad_sq, weight_sq = tf.stack(grad_sq), tf.stack(weight_sq)
+        if len(local) < len(indices):  # "layer": norms over all of the layer's variables
+            grad_sq = tf.math.unsorted_segment_sum(grad_sq, group_ids, len(local))
+            weight_sq = tf.math.unsorted_segment_sum(weight_sq, group_ids, len(local))
+        rgn = tf.sqrt(grad_sq) / (tf.sqrt(weight_sq) + RGN_EPSILON)
+        top = tf.reduce_max(rgn)
+        mults = tf.maximum(tf.constant(table.adaptive_floor, tf.float32), rgn / top)
+        # All gradients zero: no variable stands out, so none is slowed down.
+        mults = tf.where(top > 0, mults, tf.ones_like(mults))
+        if len(local) < len(indices):
+            mults = tf.gather(mults, group_ids)
+        unset = tf.fill([len(table.mults)], tf.constant(math.nan, tf.float32))
+        return tf.tensor_scatter_nd_update(unset, [[i] for i in indices], mults)
+
+    def adaptive_multipliers(self) -> list[float]:
+        """Auto-RGN's multiplier of each segment at the last step (call it eagerly).
+
+        The mean of m_i over the segment's variables updated in the last step, without the
+        static `lr_mults`; 0.0 for a segment none of whose variables was updated (frozen),
+        and for every segment before the first step (also the first step after a restore:
+        the multipliers are not checkpointed).
+
+        Raises:
+            UserError: The optimizer was made without `adaptive`.
+        """
+        table = self._segments
+        if table.adaptive is None:
+            raise UserError(f"adaptive_multipliers: optimizer {self.name!r} has adaptive=None")
+        sums, counts = [0.0] * len(table.lr_mults), [0] * len(table.lr_mults)
+        if table.adaptive_mults is not None:
+            for segment, m in zip(table.segments, table.adaptive_mults.numpy().tolist()):
+                if not math.isnan(m):
+                    sums[segment] += m
+                    counts[segment] += 1
+        return [total / count if count else 0.0 for total, count in zip(sums, counts)]
 
     def get_config(self):
         config = super().get_config()
@@ -246,7 +350,41 @@ class _SegmentedMixin:
         config["lr_mults"] = list(self._segments.lr_mults)
         config["aggregate_gradients"] = self._segments.aggregate_gradients
         config["cycle_momentum"] = self._segments.cycle_momentum
+        config["adaptive"] = self._segments.adaptive
+        config["adaptive_floor"] = self._segments.adaptive_floor
+        config["adaptive_granularity"] = self._segments.adaptive_granularity
         return config
+
+
+def _squared_norm(x):
+    """Sum of squares in float32; an IndexedSlices gradient's duplicate indices summed first."""
+    if isinstance(x, tf.IndexedSlices):
+        unique, position = tf.unique(x.indices)
+        x = tf.math.unsorted_segment_sum(x.values, position, tf.size(unique))
+    return tf.reduce_sum(tf.square(tf.cast(x, tf.float32)))
+
+
+def _layer_of(path: str) -> str:
+    """The layer part of a Keras variable path ("net/dense/kernel" -> "net/dense")."""
+    return path.rsplit("/", 1)[0]
+
+
+def _build_adaptive(table, variables):
+    if table.adaptive_granularity == "layer":
+        layers = {}
+        table.groups = [layers.setdefault(_layer_of(v.path), len(layers)) for v in variables]
+    else:
+        table.groups = list(range(len(variables)))
+    # Lifted out of any tf.function (Keras may build inside the first traced step); under
+    # a strategy's scope it is mirrored. ONLY_FIRST_REPLICA allows the write in replica
+    # context.
+    with tf.init_scope():
+        table.adaptive_mults = tf.Variable(
+            tf.fill([len(variables)], math.nan),
+            trainable=False,
+            name="adaptive_multipliers",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
 
 
 # The hyperparameter momentum cycling replaces, by Keras class (the segmented class's base).
@@ -309,6 +447,26 @@ def _segmented_class(base: type) -> type:
     return _CLASSES[base]
 
 
+def _check_adaptive(adaptive, floor, granularity):
+    # One line each, worded like Keras' own argument checks.
+    if adaptive is not None and adaptive not in ADAPTIVE:
+        choices = " or ".join(["None", *map(repr, ADAPTIVE)])
+        raise UserError(f"Argument `adaptive` must be {choices}. Received: adaptive={adaptive!r}")
+    if (
+        isinstance(floor, bool)
+        or not isinstance(floor, numbers.Real)
+        or not (math.isfinite(floor) and 0 <= floor <= 1)
+    ):
+        raise UserError(
+            f"Argument `adaptive_floor` must be in [0, 1]. Received: adaptive_floor={floor!r}"
+        )
+    if granularity not in GRANULARITIES:
+        raise UserError(
+            f"Argument `adaptive_granularity` must be {' or '.join(map(repr, GRANULARITIES))}. "
+            f"Received: adaptive_granularity={granularity!r}"
+        )
+
+
 def _check_mults(segment_of, lr_mults):
     if isinstance(lr_mults, (str, bytes)) or not isinstance(lr_mults, collections.abc.Sequence):
         raise UserError(f"lr_mults={lr_mults!r} must be a sequence of numbers")
@@ -331,11 +489,22 @@ def _check_mults(segment_of, lr_mults):
         )
 
 
-def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True, cycle_momentum=False):
+def segmented(
+    optimizer,
+    segment_of,
+    lr_mults,
+    *,
+    aggregate_gradients=True,
+    cycle_momentum=False,
+    adaptive=None,
+    adaptive_floor=0.0,
+    adaptive_granularity="tensor",
+):
     """Returns an optimizer like `optimizer` with a learning-rate multiplier per segment.
 
     Variable v moves exactly as `type(optimizer)` would move it at learning rate
-    `lr_mults[segment_of[v.path]] * learning_rate(step)`, decoupled weight decay included.
+    `lr_mults[segment_of[v.path]] * learning_rate(step)`, decoupled weight decay included;
+    with `adaptive="rgn"` at `m_v * lr_mults[...] * learning_rate(step)` (below).
     The result is a fresh optimizer of a subclass of `type(optimizer)`, with the same config
     (the schedule object itself is shared, not re-serialized); `optimizer` is not used again.
 
@@ -356,17 +525,37 @@ def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True, cycl
         cycle_momentum: Replace SGD's momentum (momentum / nesterov) or Adam's / AdamW's
             beta_1 at every step by the schedule's `momentum(step)` (fastai's one-cycle
             momentum, e.g. 0.95 -> 0.85 -> 0.95 against the learning rate).
+        adaptive: None, or "rgn" for Auto-RGN (Lee et al., Surgical Fine-Tuning, ICLR 2023):
+            at every step, each variable i that `apply` updates gets the multiplier
+            `m_i = max(adaptive_floor, RGN_i / max_j RGN_j)` with
+            `RGN_i = ||g_i||_2 / (||w_i||_2 + RGN_EPSILON)`, from the gradient it is updated
+            with (after Keras' clipping and cross-replica sum, or as given with
+            `aggregate_gradients=False`) and its weights before the step. The variable with
+            the largest RGN moves at its full segment rate; a single group always has m = 1
+            (exactly the non-adaptive optimizer). m is unchanged by a common factor on every
+            gradient (loss scale, global-norm clipping, sum vs mean over replicas). If every
+            gradient is zero, m = 1. An all-zero weight (a fresh bias) has RGN = ||g|| / eps:
+            it dominates and the other variables run at the floor until it has grown; a floor
+            or `adaptive_granularity="layer"` avoids that. Costs two squared norms per
+            variable (gradient, weight) and one small write per step; nothing is
+            checkpointed, so resume stays exact. `adaptive_multipliers()` reports the last
+            step's per-segment means.
+        adaptive_floor: Lower bound of m_i, in [0, 1] (1 switches adaptation off).
+        adaptive_granularity: "tensor" (one RGN per variable, the paper's) or "layer" (one
+            per layer: the norms over all the layer's variables in this step, a layer being
+            a variable path without its last component).
 
     Returns:
         The segmented optimizer, of a class registered with Keras as
         ``lrtech>Segmented{type(optimizer).__name__}``. `get_config()` includes `segment_of`,
-        `lr_mults`, `aggregate_gradients` and `cycle_momentum`, so a model compiled with it
-        saves and loads (`model.save`, `keras.saving.load_model`) with its optimizer state.
+        `lr_mults`, `aggregate_gradients`, `cycle_momentum` and the `adaptive*` arguments, so
+        a model compiled with it saves and loads (`model.save`, `keras.saving.load_model`)
+        with its optimizer state.
 
     Raises:
-        UserError: Bad multipliers, a built or loss-scale optimizer, momentum cycling for an
-            optimizer or schedule without momentum, or (at build / apply) a variable missing
-            from `segment_of`.
+        UserError: Bad multipliers or adaptive arguments, a built or loss-scale optimizer,
+            momentum cycling for an optimizer or schedule without momentum, or (at build /
+            apply) a variable missing from `segment_of`.
     """
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise UserError("segmented: wrap the segmented optimizer in LossScaleOptimizer instead")
@@ -375,6 +564,7 @@ def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True, cycl
             f"segmented: optimizer {optimizer.name!r} is built; its state would be lost"
         )
     _check_mults(segment_of, lr_mults)
+    _check_adaptive(adaptive, adaptive_floor, adaptive_granularity)
     config = optimizer.get_config()
     # Reuse the schedule object instead of a serialization round trip (custom schedules need
     # not be registered serializable).
@@ -387,6 +577,9 @@ def segmented(optimizer, segment_of, lr_mults, *, aggregate_gradients=True, cycl
         lr_mults=lr_mults,
         aggregate_gradients=aggregate_gradients,
         cycle_momentum=cycle_momentum,
+        adaptive=adaptive,
+        adaptive_floor=adaptive_floor,
+        adaptive_granularity=adaptive_granularity,
     )
     keras_private.copy_weight_decay_exclusions(optimizer, new)
     return new

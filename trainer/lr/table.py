@@ -1,4 +1,4 @@
-"""The run's one table of segments: split points, multipliers and the base schedule together.
+"""The run's one table of segments: split points and multipliers together.
 
 Everything that needs the segments reads them from here (STYLE 7 and 14): the segmented
 optimizer's multipliers, freezing, the start-up table, `--list_layers`, the learning rates in
@@ -93,16 +93,17 @@ class SegmentTable:
         split_at: Split points (layer indices or names), presets expanded.
         segment_of: `{variable.path: segment}` (`trainer.lr.segments.assign`).
         lr_mults: One multiplier per segment, input to head.
-        schedule: The base (head) learning rate: a float or a `LearningRateSchedule`.
+
+    The learning rate of segment s at step t is `lr_mults[s] * schedule(t)`, for the run's base
+    (head) schedule: a float or a `LearningRateSchedule`.
     """
 
     split_at: tuple
     segment_of: dict
     lr_mults: tuple[float, ...]
-    schedule: object
 
     @classmethod
-    def from_config(cls, config, model, schedule) -> SegmentTable:
+    def from_config(cls, config, model) -> SegmentTable:
         """Resolves --split_at or --layer_decay, the multipliers, and checks freezing."""
         if config.layer_decay is not None:
             split_at = layer_decay_split(model)
@@ -120,31 +121,20 @@ class SegmentTable:
                 f"--freeze_segments={config.freeze_segments} must be smaller than the number "
                 f"of segments ({num_segments}, from --split_at)"
             )
-        return cls(split_at, segment_of, resolve_lr_mults(config, num_segments), schedule)
+        return cls(split_at, segment_of, resolve_lr_mults(config, num_segments))
 
     @property
     def num_segments(self) -> int:
         return len(self.lr_mults)
 
-    def base_lr(self, step: int) -> float:
-        """The head segment's learning rate at global step `step`."""
-        base = self.schedule
-        return float(np.asarray(base(step))) if callable(base) else float(base)
-
-    def learning_rates(self, step: int) -> list[float]:
-        """Each segment's learning rate at global step `step`."""
-        lr = self.base_lr(step)
+    def learning_rates(self, schedule, step: int) -> list[float]:
+        """Each segment's learning rate at global step `step` of the base `schedule`."""
+        lr = float(np.asarray(schedule(step))) if callable(schedule) else float(schedule)
         return [m * lr for m in self.lr_mults]
 
-    @property
-    def peak_lr(self) -> float:
-        """The head segment's highest learning rate over the run."""
-        return peak_lr(self.schedule)
-
-    def format(self, model) -> str:
+    def format(self, model, peak: float) -> str:
         """Segment, layers, parameters, multiplier and peak learning rate, one row each."""
         rows = segments.layer_rows(model, self.split_at)
-        peak = self.peak_lr
         lines = ["segment  layers      params      lr_mult   peak lr"]
         for s in range(self.num_segments):
             mine = [r for r in rows if r.segment == s]
@@ -155,8 +145,8 @@ class SegmentTable:
             )
         return "\n".join(lines)
 
-    def layer_report(self, model) -> str:
+    def layer_report(self, model, peak: float) -> str:
         """The --list_layers table: every layer with its segment, then the per-segment lrs."""
         return segments.format_layer_table(
-            model, self.split_at, lr_mults=self.lr_mults, base_lr=self.peak_lr
+            model, self.split_at, lr_mults=self.lr_mults, base_lr=peak
         )

@@ -22,6 +22,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from trainer.loop import state
 from trainer.lr import keras_private, optimizers
 from trainer.lr_find.finder import RangeTest
 
@@ -97,11 +98,9 @@ class LRFinder(keras.callbacks.Callback):
         with model.distribute_strategy.scope():
             if not optimizer.built:
                 optimizer.build(model.trainable_variables)  # what fit's first step would do
-            opt_vars = {id(v): v for v in optimizer.variables + self._lr_owner.variables}
-            self._saved = [
-                (list(model.variables), [v.numpy() for v in model.variables]),
-                (list(opt_vars.values()), [v.numpy() for v in opt_vars.values()]),
-            ]
+            self._saved = state.VariableState(
+                model.variables + optimizer.variables + self._lr_owner.variables
+            )
             # The sweep starts from a fresh optimizer state, as lr_find's fresh optimizer does.
             optimizers.reset_slots(optimizer, keras_private.built_variables(self._lr_owner))
             self._lr_owner.iterations.assign(0)
@@ -149,9 +148,7 @@ class LRFinder(keras.callbacks.Callback):
         if self._saved is None:
             return
         with self.model.distribute_strategy.scope():
-            for variables, values in self._saved:
-                for v, value in zip(variables, values):
-                    v.assign(value)
+            self._saved.restore()
         self._saved = None
         if self._schedule is not None:
             self._lr_owner.learning_rate = self._schedule

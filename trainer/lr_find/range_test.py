@@ -19,47 +19,54 @@ import os
 
 from absl import logging
 
-from trainer.errors import NonFiniteError
-from trainer.loop import precision
+from trainer import layout
+from trainer.errors import NonFiniteError, Preempted
+from trainer.loop import precision, state
 from trainer.loop.runner import Trainer
 from trainer.lr import optimizers, segments
 from trainer.lr_find import finder as lr_finder
 
-JSON_FILE = "lr_find.json"
-PLOT_FILE = "lr_find.png"
+JSON_FILE = layout.LR_FIND_JSON
+PLOT_FILE = layout.LR_FIND_PLOT
 
 
-def run(experiment, *, start_step: int) -> lr_finder.LRFinderResult:
-    """Runs the range test on a built experiment from global step `start_step`.
+def run(
+    config, strategy, model, table, train_data, *, first_trainable: int, interrupted=None
+) -> lr_finder.LRFinderResult:
+    """Runs the range test on a built model.
 
     Args:
-        experiment: A built `trainer.experiment.Experiment` (model, table, data, plan).
-        start_step: The run's global step: the test reads the batches training would read
-            from there, and freezes the segments the plan freezes there.
+        config: The run's `Config` (lr_find_*, optimizer, batch, precision settings).
+        strategy: The strategy the model was built under.
+        model: The run's model; every variable and trainable flag is put back afterwards.
+        table: The run's `trainer.lr.table.SegmentTable` (split points, multipliers).
+        train_data: `step -> distributed dataset`: the batches training would read from the
+            run's current step on, `step` counted from there.
+        first_trainable: The first trainable segment at the run's current step.
+        interrupted: `() -> signal number or None`, asked between steps: a signal stops the
+            test within one step with `Preempted` (the model is put back first).
 
     Returns:
         The curve and the suggestions (`LRFinderResult`).
     """
-    config, model = experiment.config, experiment.model
     test = lr_finder.RangeTest(config.lr_find_start, config.lr_find_end, config.lr_find_steps)
-    layers = [model, *segments.flatten_layers(model)]
-    flags = [layer.trainable for layer in layers]
-    saved = [v.numpy() for v in model.variables]
-    try:
-        trainer = _trainer(experiment, start_step)
-        trainer.set_first_trainable(experiment.plan.first_trainable_segment(start_step))
+    layers = [model, *segments.flatten_layers(model)]  # pre-order, as segments.freeze sets them
+    with state.restored(model.variables, layers=layers):
+        trainer = _trainer(config, strategy, model, table, train_data)
+        trainer.set_first_trainable(first_trainable)
         for i in range(config.lr_find_steps):
+            signal = interrupted() if interrupted is not None else None
+            if signal is not None:
+                raise Preempted(
+                    f"signal {signal} during the LR range test (step {i} of "
+                    f"{config.lr_find_steps}): stopped before training"
+                )
             try:
                 loss = float(trainer.train(1)["loss"][0])
             except NonFiniteError:
                 loss = float("nan")
             if not test.record(test.lr(i), loss):
                 break
-    finally:
-        for v, value in zip(model.variables, saved):
-            v.assign(value)
-        for layer, flag in zip(layers, flags):  # pre-order, like segments.freeze sets them
-            layer.trainable = flag
     result = test.result()
     logging.info(
         "LR range test: %d steps from %.3g (%s); %s",
@@ -71,9 +78,7 @@ def run(experiment, *, start_step: int) -> lr_finder.LRFinderResult:
     return result
 
 
-def _trainer(experiment, start_step: int) -> Trainer:
-    config, table, model = experiment.config, experiment.table, experiment.model
-    strategy = experiment.strategy
+def _trainer(config, strategy, model, table, train_data) -> Trainer:
     schedule = lr_finder.ExponentialRange(
         config.lr_find_start, config.lr_find_end, config.lr_find_steps
     )
@@ -92,7 +97,7 @@ def _trainer(experiment, start_step: int) -> Trainer:
         strategy,
         model,
         optimizer,
-        lambda step: experiment.train_data(start_step + step),
+        train_data,
         split_at=table.split_at,
         global_batch_size=config.global_batch_size,
         clipnorm=config.clipnorm,

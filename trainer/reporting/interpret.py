@@ -23,20 +23,17 @@ import dataclasses
 import io
 import math
 import os
-import struct
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from tensorflow.core.framework import summary_pb2
 
 INSTALL_HINT = 'pip install -e ".[plots]" (or pip install matplotlib)'
 CONFUSION_FILE = "confusion_matrix.png"
 TOP_LOSSES_FILE = "top_losses.png"
 # Above this many classes the cells are too small for their counts.
 MAX_ANNOTATED_CLASSES = 30
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,28 +389,17 @@ def plot_top_losses(analysis: Analysis, class_names, path: str | None) -> bytes:
 # Records -------------------------------------------------------------------------------------
 
 
-def _png_size(png: bytes) -> tuple[int, int]:
-    if png[:8] != _PNG_MAGIC:
-        raise ValueError("not a PNG")
-    return struct.unpack(">II", png[16:24])  # IHDR: width, height
-
-
 def write_images(logdir: str, step: int, images: dict[str, bytes]) -> None:
     """Writes PNGs as TensorBoard image summaries (tag -> PNG bytes) at `step`.
 
-    The summary is what TensorBoard's `tf.summary.image` writes (plugin "images", a string
-    tensor [width, height, png]), made here from the PNG as it is, because `tf.summary.image`
-    needs the tensorboard package, which TensorFlow 2.21 does not install.
+    With `tf.summary.image` (the tensorboard package), which takes pixels: each PNG is decoded
+    and written as one image of its own size.
     """
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "images"
     writer = tf.summary.create_file_writer(logdir)
     try:
         with writer.as_default(step=step):
             for tag, png in images.items():
-                width, height = _png_size(png)
-                tensor = tf.constant([str(width).encode(), str(height).encode(), png])
-                tf.summary.write(tag, tensor, metadata=metadata)
+                tf.summary.image(tag, tf.io.decode_png(png)[tf.newaxis])
         writer.flush()
     finally:
         writer.close()

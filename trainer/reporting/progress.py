@@ -1,10 +1,14 @@
 """The training progress bar: per-epoch steps, elapsed time, ETA, time per step, metrics.
 
-Why not `keras.utils.Progbar`: it times *update calls*, and the driver calls once per compiled
-loop (many steps), so it reported "8/8 0s 2us/step" for a loop of hundreds of steps and never
-an ETA; it also printed img/s as 1815.0663. Here every number comes from this bar's own clock
-and the global step: time per step is the time between two updates divided by the steps run
-in between, and the ETA is the epoch's remaining steps times that.
+Why not `keras.utils.Progbar`: it does time per step from `current` (updates once per compiled
+loop are fine), but it has no start offset: resumed mid-epoch, its first `current` counts
+steps this process never ran and its clock starts at construction (tracing included), so time
+per step and ETA come out too small. It also takes every Linux stream for a terminal
+(`"posix" in sys.modules`), writing `\\b`/`\\r` and colour codes into log files, prints every
+value as %.4f (img/s as 1815.0663), and keeps its estimate private, which `max_loop_steps`
+needs. Here every number comes from this bar's own clock and the global step: time per step is
+the time between two updates divided by the steps run in between (from `start(step)` on), and
+the ETA is the epoch's remaining steps times that.
 
 On a terminal the bar is one line rewritten in place (`\\r`), ended at each epoch's end; on
 anything else (CI, log files, nohup) it prints exactly one plain line per finished epoch, and

@@ -1,108 +1,156 @@
 """What a run reports: log lines, TensorBoard, metrics.json and the closing summary.
 
-TensorBoard scalars go to model_dir/tensorboard/{train,eval} and the hyperparameters to
-model_dir/tensorboard; only the chief writes (the other workers get no-op writers). The
-progress bar is `trainer.reporting.progress`.
+TensorBoard scalars go to model_dir/tensorboard/{train,eval}, and the HParams experiment
+and session to the eval run beside its metrics; only the chief writes (the other workers get
+no-op writers). The progress bar is `trainer.reporting.progress`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 from absl import logging
-from tensorflow.core.framework import summary_pb2
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import summary as hparams_summary
 
+from trainer import layout
 from trainer.run_dir import files as run_dir
 
-
-def _scalar_metadata():
-    # What tensorboard's scalar plugin writes; `tf.summary.scalar` itself needs the tensorboard
-    # package, which a training machine need not have.
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = "scalars"
-    return metadata
+TRAIN, EVAL = "train", "eval"  # the runs under tensorboard/: its subdirectories
+EVAL_METRICS = ("loss", "accuracy", "top5")
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+def hparam_value(value) -> bool | int | float | str:
+    """A config value as the HParams plugin takes it: tuples joined by commas, None "none"."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(x) for x in value)
+    return "none" if value is None else str(value)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+def hparams_metrics(top5: bool, averaged: Sequence[str] = ()) -> list[hp.Metric]:
+    """The HParams dashboard's metrics: the scalars `Evaluate` and weight averaging write.
 
-
-def hparams_plugin_data(hparams: dict) -> bytes:
-    """TensorBoard's HParams `HParamsPluginData{version: 0, session_start_info}`, serialized.
-
-    Written by hand (protobuf wire format) because the tensorboard package, which holds the
-    message classes, is not a dependency of TensorFlow 2.21 nor of lrtech; TensorBoard reads
-    it the same. Values become numbers, booleans or strings (tuples joined by commas).
+    The evaluation's loss, accuracy (and top-5), and those of the averaged models as
+    `<name>/<metric>` (`averaged`: e.g. "swa", "ema", "ensemble", as
+    `trainer.averaging.weight_averaging` writes them), all in the eval run. A metric's
+    `group` is its run relative to the session's; the session is the eval run itself
+    (`Summaries.write_hparams`), so the group is empty.
     """
-    from google.protobuf import struct_pb2
-
-    entries = b""
-    for key, value in sorted(hparams.items()):
-        v = struct_pb2.Value()
-        if isinstance(value, bool):
-            v.bool_value = value
-        elif isinstance(value, (int, float)):
-            v.number_value = float(value)
-        elif isinstance(value, (tuple, list)):
-            v.string_value = ",".join(str(x) for x in value)
-        else:
-            v.string_value = "none" if value is None else str(value)
-        entries += _field(1, _field(1, key.encode()) + _field(2, v.SerializeToString()))
-    session_start_info = entries  # SessionStartInfo.hparams (field 1), a map
-    return _varint(1 << 3 | 0) + _varint(0) + _field(3, session_start_info)
+    names = [m for m in EVAL_METRICS if top5 or m != "top5"]
+    return [
+        hp.Metric(
+            f"{prefix}/{m}" if prefix else m,
+            display_name=f"{prefix or EVAL} {m}",
+            dataset_type=hp.Metric.VALIDATION,
+        )
+        for prefix in ("", *averaged)
+        for m in names
+    ]
 
 
 class Summaries:
-    """TensorBoard writers for train and eval scalars (no-ops off the chief)."""
+    """TensorBoard writers for train and eval scalars and the HParams (no-ops off the chief).
+
+    Everything is written with TensorBoard's own library (`tf.summary.scalar`, the HParams
+    plugin's `api`), which TensorFlow 2.21 no longer installs: `tensorboard` is a dependency.
+    """
 
     def __init__(self, model_dir: str, enabled: bool = True):
-        root = os.path.join(model_dir, "tensorboard")
-        self._root = root
+        root = os.path.join(model_dir, layout.TENSORBOARD_DIR)
         self._enabled = enabled
-        self._metadata = _scalar_metadata()
+        self._session = False  # write_hparams ran: end_session may end the session
         if enabled:
             self._writers = {
-                "train": tf.summary.create_file_writer(os.path.join(root, "train")),
-                "eval": tf.summary.create_file_writer(os.path.join(root, "eval")),
+                kind: tf.summary.create_file_writer(os.path.join(root, kind))
+                for kind in (TRAIN, EVAL)
             }
         else:
             noop = tf.summary.create_noop_writer()
-            self._writers = {"train": noop, "eval": noop}
+            self._writers = {TRAIN: noop, EVAL: noop}
 
-    def write_hparams(self, hparams: dict) -> None:
-        """Records the run's hyperparameters for TensorBoard's HParams dashboard.
+    def write_hparams(
+        self,
+        hparams: Mapping,
+        top5: bool,
+        averaged: Sequence[str] = (),
+        start_time: float | None = None,
+    ) -> None:
+        """Records the run for TensorBoard's HParams dashboard: the experiment and its session.
 
-        Written to tensorboard/ itself, the parent of the train and eval runs, so the
-        dashboard compares several model_dirs (`tensorboard --logdir_spec` or a common
-        parent) by their flags and eval metrics.
+        The experiment summary (`hp.hparams_config`) names the hyperparameters and the eval
+        metrics (`hparams_metrics`); the session (`hp.hparams`) holds this run's values. Both
+        go to the eval run (tensorboard/eval), where the metrics are: TensorBoard reads a
+        session's metrics from the run `os.path.join(session, group)`, and with the session
+        at tensorboard/ itself, the README's `--logdir MODEL_DIR/tensorboard` makes that
+        "./eval", which is no run: the dashboard listed the metrics without values. From the
+        eval run it finds them with that logdir and with a parent of several model_dirs.
+        A resumed run writes both again; TensorBoard keeps the first (the first start time).
+
+        Args:
+            hparams: Name -> value (`Config.to_dict()`); see `hparam_value`.
+            top5: Whether evaluations report top-5 (above 5 classes).
+            averaged: The averaged models this run evaluates ("swa", "ema", "ensemble").
+            start_time: When the run started, in seconds since the epoch (default: now).
         """
         if not self._enabled:
             return
-        metadata = summary_pb2.SummaryMetadata()
-        metadata.plugin_data.plugin_name = "hparams"
-        metadata.plugin_data.content = hparams_plugin_data(hparams)
-        writer = tf.summary.create_file_writer(self._root)
-        with writer.as_default(step=0):
-            tf.summary.write("_hparams_/session_start_info", tf.constant(""), metadata=metadata)
-        writer.close()
+        start_time = time.time() if start_time is None else float(start_time)
+        values = {name: hparam_value(v) for name, v in hparams.items()}
+        writer = self._writers[EVAL]
+        with writer.as_default():
+            hp.hparams_config(
+                hparams=[hp.HParam(name) for name in sorted(values)],
+                metrics=hparams_metrics(top5, averaged),
+                time_created_secs=start_time,
+            )
+            hp.hparams(values, start_time_secs=start_time)
+        writer.flush()
+        self._session = True
 
-    def write(self, kind: str, step: int, scalars: dict[str, float]) -> None:
-        """Writes `scalars` at `step` to the `train` or `eval` writer."""
+    def end_session(self, status: int = api_pb2.STATUS_SUCCESS) -> None:
+        """Records the end of the run's HParams session (after `write_hparams`), with `status`.
+
+        TensorBoard keeps the first end it reads, so call it once the run is over for good
+        (a preempted run that resumes is not over).
+        """
+        if not self._session:
+            return
+        pb = hparams_summary.session_end_pb(status, end_time_secs=time.time())
+        writer = self._writers[EVAL]
+        with writer.as_default():
+            tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
+        writer.flush()
+
+    def write(
+        self,
+        kind: str,
+        step: int,
+        scalars: Mapping[str, float],
+        series: Mapping[str, Mapping[int, float]] | None = None,
+    ) -> None:
+        """Writes `scalars` at `step`, and `series` point by point, to `train` or `eval`.
+
+        Args:
+            kind: "train" or "eval" (`TRAIN`, `EVAL`), the run under tensorboard/.
+            step: The step of `scalars`.
+            scalars: Name -> value.
+            series: Name -> {step: value}: several points of one tag (e.g. one per step of
+                a loop), written with the same single flush.
+        """
         writer = self._writers[kind]
         with writer.as_default(step=step):
             for name, value in scalars.items():
-                tf.summary.write(name, tf.constant(value, tf.float32), metadata=self._metadata)
+                tf.summary.scalar(name, value)
+            for name, points in (series or {}).items():
+                for at, value in points.items():
+                    tf.summary.scalar(name, value, step=at)
         writer.flush()
 
     def close(self) -> None:
@@ -124,12 +172,9 @@ def log_eval(step: int, epoch: float, results: dict, label: str | None = None) -
     logging.info("eval step %d (epoch %.2f)%s: %s", step, epoch, what, " ".join(parts))
 
 
-METRICS_FILE = "metrics.json"
-
-
 def write_metrics(model_dir: str, metrics: dict) -> str:
     """Writes model_dir/metrics.json atomically; returns its path."""
-    path = os.path.join(model_dir, METRICS_FILE)
+    path = os.path.join(model_dir, layout.METRICS_FILE)
     run_dir.write_text(path, json.dumps(metrics, indent=2, sort_keys=True))
     return path
 
@@ -153,7 +198,7 @@ class History:
         self.model_dir = model_dir
         self.write = write
         self.evals: list[dict] = []
-        path = os.path.join(model_dir, METRICS_FILE)
+        path = os.path.join(model_dir, layout.METRICS_FILE)
         if restored_step and tf.io.gfile.exists(path):
             try:
                 with tf.io.gfile.GFile(path) as f:
@@ -237,6 +282,8 @@ def closing_summary(metrics: dict, model_dir: str, export_dir: str | None) -> st
     rows.append(("wall time", timing))
     if export_dir:
         rows.append(("export", export_dir))
-    rows.append(("TensorBoard", f"tensorboard --logdir {os.path.join(model_dir, 'tensorboard')}"))
+    rows.append(
+        ("TensorBoard", f"tensorboard --logdir {os.path.join(model_dir, layout.TENSORBOARD_DIR)}")
+    )
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

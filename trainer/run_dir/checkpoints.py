@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer import layout
 from trainer.errors import IncompatibleCheckpointError, NonFiniteError, UserError
 from trainer.run_dir import faults
 from trainer.run_dir import files as run_dir
@@ -51,8 +52,8 @@ COMPAT_FIELDS = (
 )
 # Fields added after config.json existed: a record without one was made with the default.
 _DEFAULT_WHEN_ABSENT = {"swa_start_epoch": None, "swa_every_epochs": None, "ema_decay": None}
-CONFIG_FILE = "config.json"
-PREFIX = "ckpt"
+CONFIG_FILE = layout.CONFIG_FILE
+PREFIX = layout.CHECKPOINT_PREFIX
 _NAME = re.compile(rf"^{PREFIX}-(\d+)\.index$")
 _ANY = re.compile(rf"^{PREFIX}-(\d+)\.(index|data-\d+-of-\d+)$")
 _RESTART_HINT = "pass --restart to move the old run aside (nothing is deleted) and start over"
@@ -149,7 +150,7 @@ def _files_of(prefix: str) -> list[str]:
 
 def saved_steps(model_dir: str) -> list[int]:
     """Steps of model_dir's checkpoints whose index file exists, oldest first."""
-    directory = os.path.join(model_dir, PREFIX)
+    directory = os.path.join(model_dir, layout.CHECKPOINT_DIR)
     if not tf.io.gfile.isdir(directory):
         return []
     found = (_NAME.match(n) for n in tf.io.gfile.listdir(directory))
@@ -173,7 +174,7 @@ class Checkpointer:
 
     def __init__(self, model_dir: str, keep: int, *, is_chief=True, task_id=0, **objects):
         self.model_dir = model_dir
-        self.directory = os.path.join(model_dir, PREFIX)
+        self.directory = os.path.join(model_dir, layout.CHECKPOINT_DIR)
         self.keep = max(1, int(keep))
         self.is_chief = is_chief
         self.checkpoint = tf.train.Checkpoint(**objects)
@@ -252,7 +253,7 @@ class Checkpointer:
     def _set_aside(self, paths: list[str]) -> None:
         if not self.is_chief or not paths:
             return
-        target = os.path.join(self.directory, "broken")
+        target = os.path.join(self.directory, layout.BROKEN_DIR)
         tf.io.gfile.makedirs(target)
         for path in paths:
             for name in _files_of(path):
@@ -301,9 +302,9 @@ class Checkpointer:
 def save_snapshot(model_dir: str, model, cycle: int, step: int) -> str:
     """Saves the weights at the end of SGDR cycle `cycle` as snapshots/cycle_K.weights.h5."""
     check_finite_weights(model, step)
-    directory = os.path.join(model_dir, "snapshots")
+    directory = os.path.join(model_dir, layout.SNAPSHOT_DIR)
     tf.io.gfile.makedirs(directory)
-    path = os.path.join(directory, f"cycle_{cycle}.weights.h5")
+    path = os.path.join(directory, layout.snapshot_name(cycle))
     tmp = os.path.join(directory, f".cycle_{cycle}.tmp-{os.getpid()}.weights.h5")
     model.save_weights(tmp)
     tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -25,20 +25,12 @@ import socket
 
 from absl import logging
 
+from trainer import layout
 from trainer.errors import UserError
 
-LOCK_FILE = ".lock"
-PREVIOUS_DIR = "previous"
-# What a run writes into model_dir; `move_aside` moves these.
-RUN_FILES = (
-    "ckpt",
-    "config.json",
-    "flags.txt",
-    "metrics.json",
-    "tensorboard",
-    "snapshots",
-    "export",
-)
+LOCK_FILE = layout.LOCK_FILE
+PREVIOUS_DIR = layout.PREVIOUS_DIR
+RUN_FILES = layout.RUN_FILES  # what a run writes into model_dir; `move_aside` moves these
 
 
 def is_local(path: str) -> bool:

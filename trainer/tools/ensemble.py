@@ -25,14 +25,15 @@ import os
 from absl import flags
 
 from trainer import config as config_lib
-from trainer.averaging.ensemble import ensemble_evaluate, select_snapshots  # noqa: F401
+from trainer import layout
+from trainer.averaging.ensemble import ensemble_evaluate, select_snapshots
 from trainer.errors import UserError
 from trainer.run_dir import files as run_dir
 from trainer.tools import cli
 from trainer.tools import evaluate as evaluate_lib
 
 PROGRAM = "ensemble"
-ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_FILE = layout.ENSEMBLE_FILE
 
 
 def read_run_config(model_dir: str | None) -> config_lib.Config:
@@ -47,7 +48,7 @@ def read_run_config(model_dir: str | None) -> config_lib.Config:
         raise UserError("--model_dir is required (the directory of a training run)")
     if not evaluate_lib._isdir(model_dir):
         raise UserError(f"--model_dir={model_dir}: no such directory")
-    path = os.path.join(model_dir, "config.json")
+    path = os.path.join(model_dir, layout.CONFIG_FILE)
     if not evaluate_lib._exists(path):
         raise UserError(f"--model_dir={model_dir}: no config.json (not a training run directory)")
     try:

@@ -28,14 +28,15 @@ import os
 from absl import flags
 
 from trainer import config as config_lib
+from trainer import layout
 from trainer.errors import UserError
 from trainer.run_dir import files as run_dir
 from trainer.tools import cli
 
 PROGRAM = "evaluate"
-EVALUATION_FILE = "evaluation.json"
+EVALUATION_FILE = layout.EVALUATION_FILE
 SOURCES = ("export", "checkpoint")
-MAX_BATCH = 65536
+MAX_BATCH = config_lib.MAX_GLOBAL_BATCH
 _TUPLE_FIELDS = ("split_at", "lr_mults")
 
 
@@ -138,7 +139,7 @@ def _exists(path: str) -> bool:
 
 
 def _has_checkpoint(model_dir: str) -> bool:
-    pattern = os.path.join(model_dir, "ckpt", "ckpt-*.index")
+    pattern = os.path.join(model_dir, layout.CHECKPOINT_DIR, "ckpt-*.index")
     if run_dir.is_local(model_dir):
         return bool(glob.glob(pattern))
     tf = _tensorflow()
@@ -163,7 +164,7 @@ def config_from_record(record: dict, model_dir: str) -> config_lib.Config:
         UserError: The record has no usable "full" configuration.
     """
     full = record.get("full")
-    path = os.path.join(model_dir, "config.json")
+    path = os.path.join(model_dir, layout.CONFIG_FILE)
     if not isinstance(full, dict):
         raise UserError(f'{path} has no "full" configuration (made by an older lrtech?)')
     names = {f.name for f in dataclasses.fields(config_lib.Config)}
@@ -188,7 +189,7 @@ def locate(model_dir: str | None, source: str) -> Run:
         raise UserError("--model_dir is required (the directory of a training run)")
     if not _isdir(model_dir):
         raise UserError(f"--model_dir={model_dir}: no such directory")
-    path = os.path.join(model_dir, "config.json")
+    path = os.path.join(model_dir, layout.CONFIG_FILE)
     if not _exists(path):
         raise UserError(f"--model_dir={model_dir}: no config.json (not a training run directory)")
     try:
@@ -198,7 +199,7 @@ def locate(model_dir: str | None, source: str) -> Run:
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({e})") from None
     config = config_from_record(record, model_dir)
-    has_export = _exists(os.path.join(model_dir, "export", "model.keras"))
+    has_export = _exists(os.path.join(model_dir, layout.EXPORT_DIR, layout.EXPORT_MODEL))
     has_checkpoint = _has_checkpoint(model_dir)
     if source == "export" and has_export:
         return Run(model_dir, config, "export")
@@ -225,12 +226,12 @@ def load_export(run: Run) -> Loaded:
     """DIR/export/model.keras (built-in layers only) and the step labels.json records."""
     import keras
 
-    directory = os.path.join(run.model_dir, "export")
-    path = os.path.join(directory, "model.keras")
+    directory = os.path.join(run.model_dir, layout.EXPORT_DIR)
+    path = os.path.join(directory, layout.EXPORT_MODEL)
     model = keras.saving.load_model(path, compile=False)
     step = None
     try:
-        step = json.loads(_read_text(os.path.join(directory, "labels.json"))).get("step")
+        step = json.loads(_read_text(os.path.join(directory, layout.LABELS_FILE))).get("step")
     except (OSError, ValueError, AttributeError):
         pass  # the step is a label for TensorBoard, not needed to evaluate
     return Loaded(model, path, step)

@@ -32,25 +32,22 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from trainer import runtime
+from trainer import config as config_lib
+from trainer import layout, runtime
 from trainer.errors import UserError
 from trainer.run_dir import files as run_dir
 from trainer.tools import cli
 
-# trainer.data.sources.IMAGE_EXTENSIONS and trainer.experiment.EXPORT_DIR; not imported from
-# there because those modules import TensorFlow, and the command line checks its arguments
-# before the slow TensorFlow import (tests/test_predict.py keeps the copies equal).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-EXPORT_DIR = "export"
-# trainer.run_dir.checkpoints.CONFIG_FILE and the dataset specs held as decoded arrays
-# (trainer.data.arrays.is_spec, synthetic), copied for the same reason.
-CONFIG_FILE = "config.json"
-DECODED_PREFIXES = ("npz:", "idx:", "synthetic:")
-DECODED_NAMES = ("sklearn_digits", "synthetic")
-DEFAULT_EVAL_CROP = 0.875
-MAX_BATCH_SIZE = 65536
-# trainer.data.images.PREPROCESSING: the evaluation regimes export/labels.json names.
-PREPROCESSING = ("resize", "center_crop")
+# From the TF-free modules, so the command line checks its arguments before the slow
+# TensorFlow import.
+IMAGE_EXTENSIONS = config_lib.IMAGE_EXTENSIONS
+EXPORT_DIR = layout.EXPORT_DIR
+CONFIG_FILE = layout.CONFIG_FILE
+DECODED_PREFIXES = config_lib.DECODED_DATASET_PREFIXES
+DECODED_NAMES = config_lib.DECODED_DATASET_NAMES
+DEFAULT_EVAL_CROP = config_lib.Config.__dataclass_fields__["eval_crop"].default
+MAX_BATCH_SIZE = config_lib.MAX_GLOBAL_BATCH
+PREPROCESSING = config_lib.EVAL_PREPROCESSING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +110,8 @@ def read_labels(model_dir: str) -> dict:
     if not os.path.isdir(model_dir):
         raise UserError(f"model_dir {model_dir}: no such directory")
     export_dir = os.path.join(model_dir, EXPORT_DIR)
-    model_path = os.path.join(export_dir, "model.keras")
-    labels_path = os.path.join(export_dir, "labels.json")
+    model_path = os.path.join(export_dir, layout.EXPORT_MODEL)
+    labels_path = os.path.join(export_dir, layout.LABELS_FILE)
     if not os.path.isdir(export_dir):
         raise UserError(
             f"{model_path}: no export; run training first (python3 run_train.py "
@@ -196,7 +193,7 @@ def load_export(model_dir: str) -> Export:
     # labels.json records how evaluation viewed images (exports since it does): it decides.
     preprocessing = labels.get("preprocessing")
     eval_crop = float(labels.get("eval_crop", eval_crop))
-    model_path = os.path.join(os.fspath(model_dir), EXPORT_DIR, "model.keras")
+    model_path = os.path.join(os.fspath(model_dir), EXPORT_DIR, layout.EXPORT_MODEL)
     runtime.import_tensorflow()
     import keras
 
