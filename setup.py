@@ -26,6 +26,8 @@ setuptools.setup(
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9",
         "absl-py>=2.0",
+        # tf.summary.scalar/image and the HParams API live here; TF 2.21 no longer installs it.
+        f"tensorboard=={TF}",
         "numpy>=1.26",
     ],
     extras_require={
