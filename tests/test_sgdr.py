@@ -327,3 +327,23 @@ def test_invalid_arguments(kwargs, shown):
         f"Received: {shown}"
     )
     assert "\n" not in message
+
+
+def test_a_vector_of_steps_gives_each_steps_rate_bit_for_bit():
+    # TensorBoard's per-step learning-rate curve evaluates the schedule on a loop's steps at
+    # once (trainer.lr.table.schedule_values); it must equal step-by-step calls exactly.
+    import schedules
+    from trainer.lr.table import schedule_values
+
+    steps = np.arange(0, 700)
+    for schedule in (
+        SGDR(1e-2, 100, cycle_mult=2.0, min_lr=1e-5, warmup_steps=3, max_lr_decay=0.7),
+        schedules.OneCycle(1e-2, 700),
+        schedules.Cosine(1e-2, 700, warmup_steps=10),
+        schedules.Phases(
+            [(100, schedules.OneCycle(1e-2, 100)), (600, schedules.OneCycle(5e-3, 600))]
+        ),
+    ):
+        one_by_one = [float(np.asarray(schedule(int(s)))) for s in steps]
+        assert schedule_values(schedule, steps).tolist() == one_by_one
+    assert schedule_values(0.5, [0, 3]).tolist() == [0.5, 0.5]

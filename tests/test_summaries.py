@@ -119,13 +119,13 @@ def test_report_writes_each_steps_rates_and_momentum_and_the_bar_shows_the_last_
     sgdr = schedules.SGDR(0.01, first_cycle_steps=4)  # restarts at 4 and 8
     mults = (0.01, 0.1, 1.0)
 
-    def learning_rates(step):
-        return [m * float(sgdr(step)) for m in mults]
+    def learning_rates(steps):  # Report takes the vector of steps trained
+        return np.array([[m * float(sgdr(int(s))) for m in mults] for s in steps])
 
     one_cycle = schedules.OneCycle(0.01, total_steps=7)
 
-    def momentum(step):
-        return float(one_cycle.momentum(step))
+    def momentum(steps):
+        return np.array([float(one_cycle.momentum(int(s))) for s in steps])
 
     writer = summaries.Summaries(str(tmp_path))
     stream = io.StringIO()
@@ -145,7 +145,7 @@ def test_report_writes_each_steps_rates_and_momentum_and_the_bar_shows_the_last_
         np.testing.assert_allclose(values, [mult * float(sgdr(s)) for s in range(7)], rtol=1e-6)
     steps, values = _steps_and_values(board.scalars("train", "momentum"))
     assert steps == list(range(7))
-    np.testing.assert_allclose(values, [momentum(s) for s in range(7)], rtol=1e-6)
+    np.testing.assert_allclose(values, momentum(range(7)), rtol=1e-6)
     assert values[0] == pytest.approx(0.95) and min(values) < 0.9  # it cycles
     # Loss and accuracy stay one point per loop, at its last step.
     assert _steps_and_values(board.scalars("train", "loss"))[0] == [3, 4, 7]

@@ -35,7 +35,7 @@ from trainer.loop.interrupts import Interrupts
 from trainer.loop.runner import Evaluator, Trainer
 from trainer.lr import optimizers
 from trainer.lr import schedule as lr_schedule
-from trainer.lr.table import SegmentTable, peak_lr
+from trainer.lr.table import SegmentTable, peak_lr, schedule_values
 from trainer.lr_find import range_test
 from trainer.reporting import summaries
 from trainer.reporting.progress import ProgressBar
@@ -313,12 +313,12 @@ class Experiment:
         restarts = lr_schedule.boundaries(config, self.schedule, plan.total_steps)
         momentum = None
         if config.cycles_momentum:
-            momentum = lambda step: float(self.lr_schedule.momentum(step))  # noqa: E731
+            momentum = lambda steps: schedule_values(self.lr_schedule.momentum, steps)  # noqa: E731
         checkpoint = actions.Checkpoint(self.checkpointer, self.model, plan.checkpoint_every_steps)
         report = actions.Report(
             writer,
             progress,
-            self.learning_rates,
+            lambda steps: self.table.learning_rates_over(self.lr_schedule, steps),
             config.global_batch_size,
             plan.steps_per_epoch,
             restarts,

@@ -100,13 +100,10 @@ class Report(Action):
             scalars["skipped_steps"] = skipped
         # One point per step trained: rates[i] is the schedule at trained[i] (see above).
         trained = range(logs["start"], logs["end"])
-        rates = [self.learning_rates(s) for s in trained]
-        series = {
-            f"lr/segment_{k}": {s: r[k] for s, r in zip(trained, rates)}
-            for k in range(len(rates[-1]))
-        }
+        rates = np.asarray(self.learning_rates(np.asarray(trained)))
+        series = {f"lr/segment_{k}": (trained, rates[:, k]) for k in range(rates.shape[1])}
         if self.momentum is not None:
-            series["momentum"] = {s: self.momentum(s) for s in trained}
+            series["momentum"] = (trained, np.asarray(self.momentum(np.asarray(trained))))
         self.writer.write(summaries.TRAIN, step, scalars, series)
         if self.progress is not None:
             self.progress.update(

@@ -85,6 +85,25 @@ def peak_lr(schedule) -> float:
     return float(np.asarray(schedule(0)))
 
 
+def schedule_values(schedule, steps) -> np.ndarray:
+    """`schedule(s)` for every step s of `steps`, as float64 [len(steps)].
+
+    One call on the vector of steps when the schedule takes one (every schedule of
+    `schedules/` does; the values equal step-by-step calls bit for bit, tested), else one
+    call per step. A float is a constant schedule.
+    """
+    steps = np.asarray(steps, np.int64)
+    if not callable(schedule):
+        return np.full(steps.shape, float(schedule))
+    try:
+        values = np.asarray(schedule(steps), np.float64)
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.shape != steps.shape:
+        values = np.array([float(np.asarray(schedule(int(s)))) for s in steps], np.float64)
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentTable:
     """Segments of one model and their learning rates.
@@ -131,6 +150,10 @@ class SegmentTable:
         """Each segment's learning rate at global step `step` of the base `schedule`."""
         lr = float(np.asarray(schedule(step))) if callable(schedule) else float(schedule)
         return [m * lr for m in self.lr_mults]
+
+    def learning_rates_over(self, schedule, steps) -> np.ndarray:
+        """[len(steps), num_segments]: each segment's learning rate at each step."""
+        return np.outer(schedule_values(schedule, steps), np.asarray(self.lr_mults, np.float64))
 
     def format(self, model, peak: float) -> str:
         """Segment, layers, parameters, multiplier and peak learning rate, one row each."""

@@ -12,11 +12,13 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import summary as hparams_summary
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from trainer import layout
 from trainer.run_dir import files as run_dir
@@ -55,6 +57,23 @@ def hparams_metrics(top5: bool, averaged: Sequence[str] = ()) -> list[hp.Metric]
     ]
 
 
+def _series_writer(writer):
+    """A compiled loop writing a whole series of one tag with `writer` (eager writes cost
+    about 0.5 ms a point). One per writer: a trace captures the writer it ran under."""
+
+    # `tf.summary.write` with the scalar plugin's metadata: `tf.summary.scalar` would prefix
+    # the tag with the loop's name scope ("while/").
+    metadata = scalar_metadata.create_summary_metadata(display_name=None, description=None)
+
+    @tf.function(reduce_retracing=True)
+    def write_series(name, steps, values):
+        with writer.as_default():
+            for i in tf.range(tf.shape(steps)[0]):
+                tf.summary.write(name, values[i], step=steps[i], metadata=metadata)
+
+    return write_series
+
+
 class Summaries:
     """TensorBoard writers for train and eval scalars and the HParams (no-ops off the chief).
 
@@ -74,6 +93,7 @@ class Summaries:
         else:
             noop = tf.summary.create_noop_writer()
             self._writers = {TRAIN: noop, EVAL: noop}
+        self._series = {kind: _series_writer(w) for kind, w in self._writers.items()}
 
     def write_hparams(
         self,
@@ -133,7 +153,7 @@ class Summaries:
         kind: str,
         step: int,
         scalars: Mapping[str, float],
-        series: Mapping[str, Mapping[int, float]] | None = None,
+        series: Mapping[str, tuple] | None = None,
     ) -> None:
         """Writes `scalars` at `step`, and `series` point by point, to `train` or `eval`.
 
@@ -141,16 +161,20 @@ class Summaries:
             kind: "train" or "eval" (`TRAIN`, `EVAL`), the run under tensorboard/.
             step: The step of `scalars`.
             scalars: Name -> value.
-            series: Name -> {step: value}: several points of one tag (e.g. one per step of
-                a loop), written with the same single flush.
+            series: Name -> (steps, values): several points of one tag (e.g. one per step of
+                a loop), written by one compiled loop per tag and the same single flush.
         """
         writer = self._writers[kind]
         with writer.as_default(step=step):
             for name, value in scalars.items():
                 tf.summary.scalar(name, value)
-            for name, points in (series or {}).items():
-                for at, value in points.items():
-                    tf.summary.scalar(name, value, step=at)
+            for name, (steps, values) in (series or {}).items():
+                if len(steps):
+                    self._series[kind](
+                        name,
+                        tf.constant(np.asarray(steps, np.int64)),
+                        tf.constant(np.asarray(values, np.float32)),
+                    )
         writer.flush()
 
     def close(self) -> None:
