@@ -288,11 +288,14 @@ class _SegmentedMixin:
     def _all_reduce_sum_gradients(self, grads_and_vars):
         # Keras calls this in replica context, after clipping and before update_step: the
         # gradients it returns are exactly those the variables move with.
-        grads_and_vars = list(grads_and_vars)
-        if self._segments.adaptive is not None:
-            self._segments.adaptive_mults.assign(self._rgn_multipliers(grads_and_vars))
         if self._segments.aggregate_gradients:
             grads_and_vars = super()._all_reduce_sum_gradients(grads_and_vars)
+        else:
+            grads_and_vars = list(grads_and_vars)  # the caller has summed them already
+        if self._segments.adaptive is not None:
+            # ONLY_FIRST_REPLICA: replica 0's values (all replicas hold the same summed
+            # gradients and weights) reach every device's copy before update_step reads it.
+            self._segments.adaptive_mults.assign(self._rgn_multipliers(grads_and_vars))
         return grads_and_vars
 
     def _rgn_multipliers(self, grads_and_vars):
