@@ -152,6 +152,24 @@ def check_hook(name):
     assert name in opt.calls, f"Keras' apply() no longer calls {name}"
 
 
+def check_all_reduce_sum_gradients():
+    check_hook("_all_reduce_sum_gradients")
+    # It gets the clipped gradients and returns those update_step applies: Auto-RGN's
+    # multipliers are computed from its result.
+    received = []
+
+    class Doubling(keras.optimizers.SGD):
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            grads_and_vars = super()._all_reduce_sum_gradients(grads_and_vars)
+            received.extend(g.numpy() for g, _ in grads_and_vars)
+            return [(2 * g, v) for g, v in grads_and_vars]
+
+    w = keras.Variable([0.0, 0.0], name="w")
+    Doubling(1.0, global_clipnorm=1.0).apply([tf.constant([3.0, 4.0])], [w])
+    np.testing.assert_allclose(received[0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(w.numpy(), [-1.2, -1.6], rtol=1e-6)
+
+
 def check_layer_trainable_variables():
     layer = keras.layers.Dense(2)
     layer.build((None, 3))
@@ -198,7 +216,7 @@ CHECKS = {
     ("_exclude_from_weight_decay_pattern", None): check_exclude_from_weight_decay_pattern,
     ("_use_weight_decay", None): check_use_weight_decay,
     ("_apply_weight_decay", None): lambda: check_hook("_apply_weight_decay"),
-    ("_all_reduce_sum_gradients", None): lambda: check_hook("_all_reduce_sum_gradients"),
+    ("_all_reduce_sum_gradients", None): check_all_reduce_sum_gradients,
     ("_trainable_variables", "keras.layers.Layer"): check_layer_trainable_variables,
     ("_layers", None): check_layers,
     ("to_snake_case", None): check_to_snake_case,
@@ -243,7 +261,7 @@ _KERAS_SRC = re.compile(r"keras\.src(?:\.\w+)+")
 def test_every_private_use_in_our_modules_is_listed():
     listed = {token for row in keras_private.PRIVATE for token in row.name.split(", ")}
     owners = {row.owner for row in keras_private.PRIVATE}
-    files = [ROOT / "trainer" / "optimizers.py", ROOT / "trainer" / "segments.py"]
+    files = [ROOT / "trainer" / "lr" / "optimizers.py", ROOT / "trainer" / "lr" / "segments.py"]
     files += sorted((ROOT / "models").glob("*.py"))
     for path in files:
         code = path.read_text()

@@ -162,8 +162,11 @@ PRIVATE: tuple[PrivateUse, ...] = (
         "hook",
         _OPTIMIZERS,
         "overridden to skip the cross-replica sum when the caller summed the gradients"
-        " already (segmented(..., aggregate_gradients=False))",
-        "Keras 3 has no argument for it (Keras 2's skip_gradients_aggregation is gone)",
+        " already (segmented(..., aggregate_gradients=False)), and to compute Auto-RGN's"
+        " multipliers (adaptive='rgn') from the gradients it returns: clipped, summed,"
+        " exactly those update_step applies",
+        "Keras 3 has no argument for it (Keras 2's skip_gradients_aggregation is gone) and"
+        " no public hook between the cross-replica sum and the per-variable update_step",
     ),
     PrivateUse(
         "_trainable_variables",
