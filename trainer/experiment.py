@@ -253,12 +253,11 @@ class Experiment:
         if precision.needs_loss_scale(config.mixed_precision):
             self.loss_scale = precision.DynamicLossScale()
             objects["loss_scale"] = self.loss_scale
-        resolver = getattr(self.strategy, "cluster_resolver", None)
         self.checkpointer = checkpoints.Checkpointer(
             config.model_dir,
             config.keep_checkpoints,
             is_chief=self.is_chief,
-            task_id=getattr(resolver, "task_id", 0) or 0,
+            task_id=strategy_lib.task_id(self.strategy),
             **objects,
         )
 
@@ -334,7 +333,7 @@ class Experiment:
         out += self.averaging.actions(writer)  # SWA updates, ensemble evaluations
         out += [
             actions.Evaluate(
-                self.evaluator.evaluate,
+                self._evaluate,
                 self.history,
                 writer,
                 plan.steps_per_epoch,
@@ -387,11 +386,11 @@ class Experiment:
                     raise NonFiniteError(f"{e}; {self.checkpointer.describe_latest()}") from None
             final = self.history.final
             if final is None or final["step"] != self.step:
-                actions.Evaluate(
-                    self.evaluator.evaluate, self.history, writer, plan.steps_per_epoch, None
-                )(self.step)
+                actions.Evaluate(self._evaluate, self.history, writer, plan.steps_per_epoch, None)(
+                    self.step
+                )
             # A process that trained interprets its model; metrics.json is written once.
-            extra = self.interpret() if report is not None and self.is_chief else {}
+            extra = self.interpret() if self._interprets(report is not None) else {}
             extra.update(self.averaging.finish(writer, self.step))  # ensemble, SWA, EMA models
             writer.end_session()  # the HParams session's status: success
             return self._metrics(report, time.time() - started, extra)
@@ -400,22 +399,53 @@ class Experiment:
                 self._interrupts.uninstall()
             writer.close()
 
+    def _interprets(self, trained: bool) -> bool:
+        # A process that trained interprets its model at the end: the chief of one worker
+        # (interpretation reads the whole eval split on one device).
+        return trained and self.is_chief and strategy_lib.num_workers(self.strategy) == 1
+
+    def _evaluate(self, step: int) -> dict:
+        """The eval record at `step`. At the run's last step, where the run interprets its
+        model, the one pass of interpretation gives the record too: the eval split is read
+        once at the end (`trainer.reporting.eval_metrics` defines both the same way)."""
+        if step == self.plan.total_steps and self._interprets(True):
+            analysis = self._analysis_at(step)
+            top5 = {} if analysis.top5 is None else {"top5": analysis.top5}
+            return {
+                "loss": analysis.loss,
+                "accuracy": analysis.accuracy,
+                "examples": analysis.examples,
+                **top5,
+            }
+        return self.evaluator.evaluate()
+
+    def _analysis_at(self, step: int):
+        from trainer.reporting import interpret
+
+        if getattr(self, "_analysis", (None, None))[0] != step:
+            config = self.config
+            analysis = interpret.analyze(
+                self.model,
+                self.data.eval_dataset(config.global_batch_size),
+                config.num_classes,
+                class_names=self.info.class_names,
+            )
+            self._analysis = (step, analysis)
+        return self._analysis[1]
+
     def interpret(self) -> dict:
         """Confusion matrix, top losses and per-class precision/recall on the eval split.
 
         Writes confusion_matrix.png and top_losses.png into model_dir and TensorBoard
-        (`trainer.reporting.interpret`); returns the metrics.json record.
+        (`trainer.reporting.interpret`); returns the metrics.json record. Reuses the final
+        evaluation's pass when it made one at this step.
         """
         from trainer.reporting import interpret
 
-        config = self.config
-        analysis = interpret.analyze(
-            self.model,
-            self.data.eval_dataset(config.global_batch_size),
-            config.num_classes,
-            class_names=self.info.class_names,
+        analysis = self._analysis_at(self.step)
+        return interpret.write(
+            analysis, self.info.class_names, self.config.model_dir, step=self.step
         )
-        return interpret.write(analysis, self.info.class_names, config.model_dir, step=self.step)
 
     def _metrics(self, report, seconds: float, extra: dict) -> dict:
         metrics = {

@@ -21,6 +21,7 @@ import numpy as np
 from trainer import layout
 from trainer.errors import UserError
 from trainer.loop import state
+from trainer.reporting import eval_metrics
 from trainer.run_dir import files as run_dir
 
 SNAPSHOT_DIR = layout.SNAPSHOT_DIR
@@ -48,15 +49,15 @@ def metrics_from_probabilities(probabilities, labels, num_classes: int) -> dict:
     labels = np.asarray(labels, np.int64)
     count = len(labels)
     true = probabilities[np.arange(count), labels]
-    out = {
-        "loss": float(np.mean(-np.log(np.maximum(true, EPSILON)))) if count else 0.0,
-        "accuracy": float(np.mean(np.argmax(probabilities, axis=-1) == labels)) if count else 0.0,
-        "examples": int(count),
-    }
-    if num_classes > 5:
-        higher = np.sum(probabilities > true[:, None], axis=-1)
-        out["top5"] = float(np.mean(higher < 5)) if count else 0.0
-    return out
+    top_k = eval_metrics.top_k_of(num_classes)
+    higher = np.sum(probabilities > true[:, None], axis=-1)
+    return eval_metrics.record(
+        np.sum(-np.log(np.maximum(true, EPSILON))),
+        np.sum(np.argmax(probabilities, axis=-1) == labels),
+        np.sum(higher < top_k) if top_k else 0.0,
+        count,
+        top_k,
+    )
 
 
 class _ProbabilityPass:

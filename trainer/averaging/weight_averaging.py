@@ -48,6 +48,7 @@ from trainer import layout
 from trainer.averaging.ensemble import ensemble_evaluate
 from trainer.averaging.weights import WeightAverage, averaged_weights, update_bn
 from trainer.errors import UserError
+from trainer.loop import strategy as strategy_lib
 from trainer.loop.controller import Action, When
 from trainer.loop.runner import Evaluator
 from trainer.lr import keras_private
@@ -88,12 +89,6 @@ def swa_steps(config, plan, schedule) -> list[int]:
     return steps
 
 
-def _multi_worker(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
-    return sum(len(tasks) for tasks in spec.values()) > 1
-
-
 def _epochs(step: int, plan) -> str:
     return f"{step / plan.steps_per_epoch:g} epochs"
 
@@ -106,7 +101,7 @@ def check_plan(config, plan, schedule, strategy) -> None:
                 f"--ensemble_snapshots={config.ensemble_snapshots} ensembles the snapshots "
                 "taken at SGDR restarts; use --schedule=sgdr"
             )
-        if _multi_worker(strategy):
+        if strategy_lib.num_workers(strategy) > 1:
             raise UserError(
                 f"--ensemble_snapshots={config.ensemble_snapshots}: under multi_worker the "
                 "snapshots live on the chief only; evaluate them after training with "

@@ -137,7 +137,10 @@ class Report(Action):
 
 
 class Evaluate(Action):
-    """Evaluates every `every` steps and at the end; records into the run's `History`."""
+    """Evaluates every `every` steps and at the end; records into the run's `History`.
+
+    `evaluate_fn(step)` returns the record (`trainer.reporting.eval_metrics.record`).
+    """
 
     def __init__(self, evaluate_fn, history, writer, steps_per_epoch, every):
         self.evaluate_fn = evaluate_fn
@@ -147,7 +150,7 @@ class Evaluate(Action):
         self.when = When(every=every, at_end=True)
 
     def __call__(self, step, logs=None):
-        results = self.evaluate_fn()
+        results = self.evaluate_fn(step)
         epoch = step / self.steps_per_epoch
         summaries.log_eval(step, epoch, results)
         self.writer.write("eval", step, {k: v for k, v in results.items() if k != "examples"})

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.lr import segments
+from trainer.reporting import eval_metrics
 
 SUM = tf.distribute.ReduceOp.SUM
 MEAN = tf.distribute.ReduceOp.MEAN
@@ -256,27 +257,13 @@ class EvalLoop:
     def __init__(self, strategy, model, num_classes: int):
         self.strategy = strategy
         self.model = model
-        self.top_k = 5 if num_classes > 5 else 0
+        self.top_k = eval_metrics.top_k_of(num_classes)
         self._fn = tf.function(self._pass)
 
     def _replica(self, images, labels):
-        logits = tf.cast(self.model(images, training=False), tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        correct = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels, tf.float64)
-        if self.top_k:
-            top = tf.cast(tf.math.in_top_k(labels, logits, self.top_k), tf.float64)
-        else:
-            top = tf.zeros_like(correct)
-        count = tf.cast(tf.shape(labels)[0], tf.float64)
-        return tf.stack(
-            [
-                tf.reduce_sum(tf.cast(per_example, tf.float64)),
-                tf.reduce_sum(correct),
-                tf.reduce_sum(top),
-                count,
-            ]
-        )
+        logits = self.model(images, training=False)
+        loss, predicted, top = eval_metrics.per_example(logits, labels, self.top_k)
+        return eval_metrics.batch_sums(loss, predicted, top, labels)
 
     def _pass(self, dataset):
         totals = tf.zeros([4], tf.float64)
@@ -288,8 +275,4 @@ class EvalLoop:
     def run(self, dataset) -> dict[str, float]:
         """Evaluates on a distributed dataset; returns `loss`, `accuracy` (and `top5`)."""
         loss, correct, top, count = (float(x) for x in self._fn(dataset).numpy())
-        count = max(count, 1.0)
-        out = {"loss": loss / count, "accuracy": correct / count, "examples": int(count)}
-        if self.top_k:
-            out["top5"] = top / count
-        return out
+        return eval_metrics.record(loss, correct, top, count, self.top_k)

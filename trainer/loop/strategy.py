@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from trainer.config import STRATEGIES
 from trainer.errors import UserError
+from trainer.run_dir import files as run_dir
 
 NAMES = STRATEGIES
 
@@ -78,13 +79,31 @@ def _multi_worker() -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True on the worker that writes summaries, metrics and exports (worker 0)."""
+def _cluster(strategy) -> tuple[dict, object]:
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return spec, resolver
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the worker that writes summaries, metrics and exports (`run_dir.files.is_chief`:
+    the rule run_train.py applies to TF_CONFIG before TensorFlow is imported)."""
+    spec, resolver = _cluster(strategy)
+    if not spec:
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+    return run_dir.is_chief(resolver.task_type, resolver.task_id, bool(spec.get("chief")))
+
+
+def task_id(strategy: tf.distribute.Strategy) -> int:
+    """This worker's index in its task type (0 outside a cluster)."""
+    spec, resolver = _cluster(strategy)
+    return int(getattr(resolver, "task_id", 0) or 0) if spec else 0
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Processes of the cluster (1 outside one)."""
+    spec, _ = _cluster(strategy)
+    return max(1, sum(len(tasks) for tasks in spec.values()))
 
 
 def distribute_dataset(strategy, dataset):

@@ -24,10 +24,11 @@ import io
 import math
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from trainer.reporting import eval_metrics
 
 INSTALL_HINT = 'pip install -e ".[plots]" (or pip install matplotlib)'
 CONFUSION_FILE = "confusion_matrix.png"
@@ -172,15 +173,8 @@ def _concat(a: dict, b: dict) -> dict:
 def _forward_fn(model, top_k: int):
     def forward(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        # Exactly EvalLoop's per-example loss, prediction and top-k.
-        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        predicted = tf.argmax(logits, -1, output_type=tf.int32)
+        per_example, predicted, top = eval_metrics.per_example(logits, labels, top_k)
         probability = tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
-        if top_k:
-            top = tf.math.in_top_k(labels, logits, top_k)
-        else:
-            top = tf.zeros_like(labels, tf.bool)
         return per_example, predicted, probability, top, tf.shape(logits)[-1]
 
     # A last partial batch has another shape: one more trace, then no more.
@@ -213,7 +207,7 @@ def analyze(model, dataset, num_classes: int, *, top_losses: int = 9, class_name
         raise ValueError(
             f"Argument `top_losses` must be an integer >= 0. Received: top_losses={top_losses!r}"
         )
-    top_k = 5 if num_classes > 5 else 0
+    top_k = eval_metrics.top_k_of(num_classes)
     forward = _forward_fn(model, top_k)
     confusion = np.zeros([num_classes, num_classes], np.int64)
     sums = np.zeros([3], np.float64)  # loss, correct, in top-k
@@ -248,12 +242,12 @@ def analyze(model, dataset, num_classes: int, *, top_losses: int = 9, class_name
             }
         )
         count += len(labels)
-    total = max(count, 1)
+    metrics = eval_metrics.record(*sums, count, top_k)
     return Analysis(
         confusion=confusion,
-        loss=float(sums[0] / total),
-        accuracy=float(sums[1] / total),
-        top5=float(sums[2] / total) if top_k else None,
+        loss=metrics["loss"],
+        accuracy=metrics["accuracy"],
+        top5=metrics.get("top5"),
         examples=count,
         per_class=per_class(confusion, class_names),
         top_losses=worst.result(image_shape, image_dtype),

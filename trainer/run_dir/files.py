@@ -53,9 +53,15 @@ def is_chief_task(strategy_name: str, tf_config: str | None = None) -> bool:
         has_chief = bool(spec.get("cluster", {}).get("chief"))
     except (ValueError, AttributeError, TypeError):
         return True  # make_strategy reports the bad TF_CONFIG
+    return is_chief(kind, index, has_chief)
+
+
+def is_chief(task_type: str | None, task_index: int, has_chief: bool) -> bool:
+    """The one rule of who is the chief: task "chief", or worker 0 when the cluster has no
+    chief (TensorFlow's convention); a process outside any cluster (task_type None) is."""
     if has_chief:
-        return kind == "chief"
-    return kind in (None, "worker") and index == 0
+        return task_type == "chief"
+    return task_type in (None, "worker") and int(task_index or 0) == 0
 
 
 def check(model_dir: str) -> str:
