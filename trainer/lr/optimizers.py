@@ -331,7 +331,8 @@ class _SegmentedMixin:
         The mean of m_i over the segment's variables updated in the last step, without the
         static `lr_mults`; 0.0 for a segment none of whose variables was updated (frozen),
         and for every segment before the first step (also the first step after a restore:
-        the multipliers are not checkpointed).
+        the multipliers are not checkpointed). Wrapped in a `LossScaleOptimizer`:
+        `optimizer.inner_optimizer.adaptive_multipliers()`.
 
         Raises:
             UserError: The optimizer was made without `adaptive`.
@@ -538,11 +539,11 @@ def segmented(
             (exactly the non-adaptive optimizer). m is unchanged by a common factor on every
             gradient (loss scale, global-norm clipping, sum vs mean over replicas). If every
             gradient is zero, m = 1. An all-zero weight (a fresh bias) has RGN = ||g|| / eps:
-            it dominates and the other variables run at the floor until it has grown; a floor
-            or `adaptive_granularity="layer"` avoids that. Costs two squared norms per
-            variable (gradient, weight) and one small write per step; nothing is
-            checkpointed, so resume stays exact. `adaptive_multipliers()` reports the last
-            step's per-segment means.
+            it leads and every other variable runs at the floor until it has grown; a floor
+            bounds that slow-down, `adaptive_granularity="layer"` avoids it (the layer's
+            norm includes its kernel). Costs two squared norms per variable (gradient,
+            weight) and one small write per step; nothing is checkpointed, so resume stays
+            exact. `adaptive_multipliers()` reports the last step's per-segment means.
         adaptive_floor: Lower bound of m_i, in [0, 1] (1 switches adaptation off).
         adaptive_granularity: "tensor" (one RGN per variable, the paper's) or "layer" (one
             per layer: the norms over all the layer's variables in this step, a layer being
