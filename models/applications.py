@@ -1,18 +1,42 @@
 """keras.applications backbones by name, each with its preprocessing and split presets.
 
 Adding a backbone is one `Backbone` entry: its constructor, the preprocessing mode that
-matches its ``preprocess_input`` (see `models.preprocessing`), the file name of its no-top
-ImageNet weights (for the offline message and the ~/.keras/models cache), and where its
-stride-16 stage starts (the "conv4" of ResNet50, the article's middle split).
+matches its ``preprocess_input`` (see `models.preprocessing`; ``none`` where the keras model
+carries its own Rescaling / Normalization layers), the file name of its no-top ImageNet
+weights (for the offline message and the ~/.keras/models cache), where its stride-16 stage
+starts (the "conv4" of ResNet50, the article's middle split), the first layer of each stage
+after the stem, and the smallest input keras accepts for it. The stride-16 stage takes its
+input at stride 8 and downsamples in its first block, except in DenseNet and keras' ResNetV2,
+whose stage before it downsamples at its end (a DenseNet transition, the last ResNetV2 block):
+there conv4 starts at stride 16.
+
+Minimum input sizes (``--image_size``): 71 for ``xception``, 75 for ``inception_v3``, 32
+for every other backbone (keras.applications' own limits; smaller inputs shrink a feature
+map to nothing).
+
+Stages are runs of blocks that output one resolution: the stem ends where the first stage
+with a new resolution starts, so a block at the stem's resolution (EfficientNet's block1,
+MobileNetV2's first block, Xception's block1) belongs to the stem. `models.blocks` groups
+layers the same way (its ``stage`` granularity starts a group where the ``stages`` preset
+starts a segment).
+
+Layer names are keras.applications' own, except InceptionV3's: keras names its layers
+``conv2d_57``, ``batch_normalization_57`` ..., numbered by how many such layers the process
+has made before, so no split point could name them. `backbone` renames each to the block it
+belongs to: ``stem_conv2d``, ``mixed3_conv2d_4`` (the blocks end at keras' ``mixed0`` ...
+``mixed10``). The layers' variables keep their original paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable
 
 import keras
+
+from models.transfer import snake_case
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,34 +46,100 @@ class Backbone:
     weights_file: str  # keras' cache name of the no-top ImageNet weights
     middle: str  # first layer of the stride-16 stage
     stages: tuple[str, ...]  # first layer of each stage after the stem
+    min_size: int = 32  # smallest --image_size keras accepts
+    rename: Callable[[list], None] | None = None  # gives auto-named layers stable names
 
 
 _APPS = keras.applications
 _RESNET_STAGES = tuple(f"conv{i}_block1_1_conv" for i in (2, 3, 4, 5))
 _RESNET_V2_STAGES = tuple(f"conv{i}_block1_preact_bn" for i in (2, 3, 4, 5))
+_DENSENET_STAGES = tuple(f"conv{i}_block1_0_bn" for i in (2, 3, 4, 5))
+_VGG_STAGES = ("block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1")
+# EfficientNet V1 and V2 alike: block1 at the stem's stride 2, blocks 4-5 at 16, 6-7 at 32.
+_EFFICIENTNET_STAGES = tuple(f"block{i}a_expand_conv" for i in (2, 3, 4, 6))
 
 
 def _tf_file(name: str) -> str:
     return f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
+def _resnet(constructor, name):
+    return Backbone(constructor, "caffe", _tf_file(name), "conv4_block1_1_conv", _RESNET_STAGES)
+
+
+def _resnet_v2(constructor, name):
+    return Backbone(constructor, "tf", _tf_file(name), "conv4_block1_preact_bn", _RESNET_V2_STAGES)
+
+
+def _densenet(constructor, name):
+    return Backbone(constructor, "torch", _tf_file(name), "conv4_block1_0_bn", _DENSENET_STAGES)
+
+
+def _efficientnet(constructor, weights_name):
+    # The model normalizes its [0, 255] input itself (Rescaling and Normalization layers).
+    return Backbone(
+        constructor,
+        "none",
+        f"{weights_name}_notop.h5",
+        "block4a_expand_conv",
+        _EFFICIENTNET_STAGES,
+    )
+
+
+def _convnext(constructor, name):
+    # The model normalizes its [0, 255] input itself (a Normalization layer before its stem).
+    # Stride 4 after the stem; downsampling_block_i leads into the stage at stride 8 * 2**i.
+    first = f"{name}_stage_0_block_0_depthwise_conv"
+    downsample = tuple(f"{name}_downsampling_layernorm_{i}" for i in range(3))
+    return Backbone(constructor, "none", f"{name}_notop.h5", downsample[1], (first, *downsample))
+
+
+def _mobilenet_v3(constructor, kind, stage_blocks):
+    # The model rescales its [0, 255] input itself (a Rescaling layer to [-1, 1]).
+    first = {0: "expanded_conv_depthwise_pad"}  # block 0 of the small net has stride 2
+    stages = tuple(first.get(b, f"expanded_conv_{b}_expand") for b in stage_blocks)
+    return Backbone(
+        constructor,
+        "none",
+        f"weights_mobilenet_v3_{kind}_224_1.0_float_no_top_v2.h5",
+        stages[-2],
+        stages,
+    )
+
+
+def _auto_named(layer) -> str | None:
+    """The class part of a keras automatic name ("conv2d" of "conv2d_57"), else None."""
+    base = snake_case(type(layer).__name__)
+    return base if re.fullmatch(rf"{base}(_\d+)?", layer.name) else None
+
+
+def _rename_inception(layers: list) -> None:
+    """Names each auto-named InceptionV3 layer after its block: stem_*, mixed0_* ...
+
+    The stem ends with its second max-pooling; block N ends with keras' ``mixedN``.
+    """
+    prefix, pools, used = "stem", 0, {}
+    for layer in layers:
+        block_end = re.fullmatch(r"mixed(\d+)", layer.name)
+        base = _auto_named(layer)
+        if base is not None:
+            key = f"{prefix}_{base}"
+            used[key] = used.get(key, -1) + 1
+            layer.name = key if used[key] == 0 else f"{key}_{used[key]}"
+        if prefix == "stem" and isinstance(layer, keras.layers.MaxPooling2D):
+            pools += 1
+            prefix = "mixed0" if pools == 2 else prefix
+        elif block_end:
+            prefix = f"mixed{int(block_end.group(1)) + 1}"
+
+
 BACKBONES: dict[str, Backbone] = {
-    "resnet50": Backbone(
-        _APPS.ResNet50, "caffe", _tf_file("resnet50"), "conv4_block1_1_conv", _RESNET_STAGES
-    ),
-    "resnet101": Backbone(
-        _APPS.ResNet101, "caffe", _tf_file("resnet101"), "conv4_block1_1_conv", _RESNET_STAGES
-    ),
-    "resnet152": Backbone(
-        _APPS.ResNet152, "caffe", _tf_file("resnet152"), "conv4_block1_1_conv", _RESNET_STAGES
-    ),
-    "resnet50v2": Backbone(
-        _APPS.ResNet50V2,
-        "tf",
-        _tf_file("resnet50v2"),
-        "conv4_block1_preact_bn",
-        _RESNET_V2_STAGES,
-    ),
+    "resnet50": _resnet(_APPS.ResNet50, "resnet50"),
+    "resnet101": _resnet(_APPS.ResNet101, "resnet101"),
+    "resnet152": _resnet(_APPS.ResNet152, "resnet152"),
+    "resnet50v2": _resnet_v2(_APPS.ResNet50V2, "resnet50v2"),
+    "resnet101v2": _resnet_v2(_APPS.ResNet101V2, "resnet101v2"),
+    "resnet152v2": _resnet_v2(_APPS.ResNet152V2, "resnet152v2"),
     "mobilenet_v2": Backbone(
         _APPS.MobileNetV2,
         "tf",
@@ -57,32 +147,48 @@ BACKBONES: dict[str, Backbone] = {
         "block_6_expand",
         ("block_1_expand", "block_3_expand", "block_6_expand", "block_13_expand"),
     ),
-    "efficientnet_b0": Backbone(
-        _APPS.EfficientNetB0,
-        "none",
-        "efficientnetb0_notop.h5",
-        "block4a_expand_conv",
-        (
-            "block2a_expand_conv",
-            "block3a_expand_conv",
-            "block4a_expand_conv",
-            "block6a_expand_conv",
-        ),
+    # Small: block 0 at stride 4, 1-2 at 8, 3-7 at 16, 8-10 at 32 (the stem at 2).
+    "mobilenet_v3_small": _mobilenet_v3(_APPS.MobileNetV3Small, "small", (0, 1, 3, 8)),
+    # Large: block 0 at the stem's stride 2, 1-2 at 4, 3-5 at 8, 6-11 at 16, 12-14 at 32.
+    "mobilenet_v3_large": _mobilenet_v3(_APPS.MobileNetV3Large, "large", (1, 3, 6, 12)),
+    "efficientnet_b0": _efficientnet(_APPS.EfficientNetB0, "efficientnetb0"),
+    "efficientnet_b1": _efficientnet(_APPS.EfficientNetB1, "efficientnetb1"),
+    "efficientnet_b2": _efficientnet(_APPS.EfficientNetB2, "efficientnetb2"),
+    "efficientnet_b3": _efficientnet(_APPS.EfficientNetB3, "efficientnetb3"),
+    "efficientnetv2_b0": _efficientnet(_APPS.EfficientNetV2B0, "efficientnetv2-b0"),
+    "efficientnetv2_b1": _efficientnet(_APPS.EfficientNetV2B1, "efficientnetv2-b1"),
+    "efficientnetv2_b2": _efficientnet(_APPS.EfficientNetV2B2, "efficientnetv2-b2"),
+    "efficientnetv2_b3": _efficientnet(_APPS.EfficientNetV2B3, "efficientnetv2-b3"),
+    "efficientnetv2_s": _efficientnet(_APPS.EfficientNetV2S, "efficientnetv2-s"),
+    "convnext_tiny": _convnext(_APPS.ConvNeXtTiny, "convnext_tiny"),
+    "convnext_small": _convnext(_APPS.ConvNeXtSmall, "convnext_small"),
+    "convnext_base": _convnext(_APPS.ConvNeXtBase, "convnext_base"),
+    "densenet121": _densenet(_APPS.DenseNet121, "densenet121"),
+    "densenet169": _densenet(_APPS.DenseNet169, "densenet169"),
+    "densenet201": _densenet(_APPS.DenseNet201, "densenet201"),
+    # Entry flow: block1 (the stem, stride 2), block2 (4), block3 (8), block4 (16); middle
+    # flow blocks 5-12 (16); exit flow blocks 13-14 (32).
+    "xception": Backbone(
+        _APPS.Xception,
+        "tf",
+        _tf_file("xception"),
+        "block4_sepconv1_act",
+        ("block2_sepconv1", "block3_sepconv1_act", "block4_sepconv1_act", "block13_sepconv1_act"),
+        min_size=71,
     ),
-    "densenet121": Backbone(
-        _APPS.DenseNet121,
-        "torch",
-        _tf_file("densenet121"),
-        "conv4_block1_0_bn",
-        ("conv2_block1_0_bn", "conv3_block1_0_bn", "conv4_block1_0_bn", "conv5_block1_0_bn"),
+    # The stem reaches stride 8; mixed0-2 at 8 (35x35 at 299 pixels), mixed3-7 at 16
+    # (17x17), mixed8-10 at 32 (8x8). Names after `_rename_inception`.
+    "inception_v3": Backbone(
+        _APPS.InceptionV3,
+        "tf",
+        _tf_file("inception_v3"),
+        "mixed3_conv2d",
+        ("mixed0_conv2d", "mixed3_conv2d", "mixed8_conv2d"),
+        min_size=75,
+        rename=_rename_inception,
     ),
-    "vgg16": Backbone(
-        _APPS.VGG16,
-        "caffe",
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "block4_conv1",
-        ("block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1"),
-    ),
+    "vgg16": Backbone(_APPS.VGG16, "caffe", _tf_file("vgg16"), "block4_conv1", _VGG_STAGES),
+    "vgg19": Backbone(_APPS.VGG19, "caffe", _tf_file("vgg19"), "block4_conv1", _VGG_STAGES),
 }
 
 
@@ -111,7 +217,8 @@ def backbone(name: str, image: keras.KerasTensor, weights: str) -> keras.KerasTe
     """Builds a keras.applications trunk (include_top=False) on the preprocessed `image`.
 
     Its layers join the caller's functional graph directly (no nested model), keeping the
-    keras.applications layer names that split presets refer to.
+    keras.applications layer names that split presets refer to (see the module docstring for
+    InceptionV3's).
 
     Args:
       name: a key of `BACKBONES`.
@@ -140,4 +247,6 @@ def backbone(name: str, image: keras.KerasTensor, weights: str) -> keras.KerasTe
                 f"local copy with --weights=/path/to/{spec.weights_file} or use --weights=none"
             ) from None
         raise
+    if spec.rename is not None:
+        spec.rename(trunk.layers)
     return trunk.output

@@ -47,32 +47,46 @@ from models.preprocessing import (
     ImagePreprocess,
 )
 
-__all__ = ["portable"]
+__all__ = ["builtin_preprocess", "builtin_preprocess_weights", "portable"]
+
+
+def builtin_preprocess(mode: str, **kwargs) -> keras.layers.Layer:
+    """The built-in Keras layer that computes ``ImagePreprocess(mode)`` (table above).
+
+    Args:
+      mode: one of `models.preprocessing.MODES`.
+      **kwargs: layer arguments (name, dtype). The ``caffe`` layer is a Dense: set its
+        weights to `builtin_preprocess_weights("caffe")` once it is built.
+    """
+    if mode == "caffe":
+        return keras.layers.Dense(3, trainable=False, **kwargs)
+    if mode == "torch":
+        mean = [255.0 * m for m in IMAGENET_MEAN_UNIT]
+        variance = [(255.0 * s) ** 2 for s in IMAGENET_STD_UNIT]
+        return keras.layers.Normalization(axis=-1, mean=mean, variance=variance, **kwargs)
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, **kwargs)
+    if mode == "unit":
+        return keras.layers.Rescaling(1.0 / 255.0, **kwargs)
+    return keras.layers.Identity(**kwargs)
+
+
+def builtin_preprocess_weights(mode: str) -> list[np.ndarray] | None:
+    """The weights of `builtin_preprocess(mode)`; None when it has none to set."""
+    if mode != "caffe":
+        return None  # the replacement has no weights; its constants are in its config
+    reverse = np.eye(3, dtype="float32")[::-1]  # output channel c = input channel 2 - c
+    return [reverse, -np.asarray(IMAGENET_MEAN_RGB[::-1], dtype="float32")]
 
 
 def _preprocess_replacement(layer: ImagePreprocess) -> keras.layers.Layer:
     # The policy's name ("float32", "mixed_float16"): Identity's automatic config can only
     # record plain values.
-    kw = {"name": layer.name, "dtype": layer.dtype_policy.name}
-    mode = layer.mode
-    if mode == "caffe":
-        return keras.layers.Dense(3, trainable=False, **kw)
-    if mode == "torch":
-        mean = [255.0 * m for m in IMAGENET_MEAN_UNIT]
-        variance = [(255.0 * s) ** 2 for s in IMAGENET_STD_UNIT]
-        return keras.layers.Normalization(axis=-1, mean=mean, variance=variance, **kw)
-    if mode == "tf":
-        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, **kw)
-    if mode == "unit":
-        return keras.layers.Rescaling(1.0 / 255.0, **kw)
-    return keras.layers.Identity(**kw)
+    return builtin_preprocess(layer.mode, name=layer.name, dtype=layer.dtype_policy.name)
 
 
 def _preprocess_weights(layer: ImagePreprocess) -> list[np.ndarray] | None:
-    if layer.mode != "caffe":
-        return None  # the replacement has no weights; its constants are in its config
-    reverse = np.eye(3, dtype="float32")[::-1]  # output channel c = input channel 2 - c
-    return [reverse, -np.asarray(IMAGENET_MEAN_RGB[::-1], dtype="float32")]
+    return builtin_preprocess_weights(layer.mode)
 
 
 def _batch_norm_replacement(layer: BatchNormalization) -> keras.layers.Layer:

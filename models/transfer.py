@@ -24,7 +24,7 @@ from models.heads import HEAD_PREFIX
 TRANSFER_SUFFIXES = (".weights.h5", ".keras")
 
 
-def _snake_case(name: str) -> str:
+def snake_case(name: str) -> str:
     # Keras' naming.to_snake_case, which produces the keys of its weight files. Private (not
     # exported by Keras): listed in trainer/keras_private.py and checked by its test.
     from keras.src.utils import naming
@@ -36,7 +36,7 @@ def weight_keys(model: keras.Model, prefix: str = "layers") -> dict[str, keras.l
     """Maps each layer with variables to its key in a Keras 3 weights file, in layer order."""
     keys, used = {}, {}
     for layer in model.layers:
-        base = _snake_case(layer.__class__.__name__)
+        base = snake_case(layer.__class__.__name__)
         used[base] = used.get(base, -1) + 1
         key = f"{prefix}/{base}" if used[base] == 0 else f"{prefix}/{base}_{used[base]}"
         if isinstance(layer, keras.Model):

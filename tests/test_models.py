@@ -85,8 +85,10 @@ def test_bad_num_classes_and_image_size_name_the_flag():
         models.build("resnet8", 2.5)
     with pytest.raises(ValueError, match="--num_classes=0 must be a positive integer"):
         models.build("resnet8", 0)
-    with pytest.raises(ValueError, match="--image_size=16 must be >= 32"):
+    with pytest.raises(ValueError, match="--image_size=16: resnet8 needs at least 32 pixels"):
         models.build("resnet8", 10, image_size=16)
+    with pytest.raises(TypeError, match="--image_size=32.0 must be an integer"):
+        models.build("resnet8", 10, image_size=32.0)
 
 
 def test_article_head_layers():
