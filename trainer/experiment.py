@@ -37,7 +37,7 @@ from trainer.lr import optimizers
 from trainer.lr import schedule as lr_schedule
 from trainer.lr.table import SegmentTable, peak_lr, schedule_values
 from trainer.lr_find import range_test
-from trainer.reporting import summaries
+from trainer.reporting import interpret, summaries
 from trainer.reporting.progress import ProgressBar
 from trainer.run_dir import checkpoints
 from trainer.run_dir import export as export_lib
@@ -58,9 +58,7 @@ class Experiment:
     """
 
     def __init__(self, config, strategy, *, model_fn=None, interrupts=None):
-        self.config = config
-        self.strategy = strategy
-        self.model_fn = model_fn
+        self.config, self.strategy, self.model_fn = config, strategy, model_fn
         self.interrupts = interrupts
         self.is_chief = strategy_lib.is_chief(strategy)
         self.built = False
@@ -117,48 +115,37 @@ class Experiment:
             jit_compile=config.jit_compile,
         )
         self.evaluator = Evaluator(self.strategy, self.model, self.eval_data, config.num_classes)
+        self._final = interpret.Final(
+            self.model,
+            lambda: self.data.eval_dataset(config.global_batch_size),
+            config.num_classes,
+            self.info.class_names,
+            config.model_dir,
+        )
         self.built = True
         return self
 
     def train_data(self, start_step: int):
-        """The training stream from `start_step`, distributed: each worker reads its share.
-
-        A global batch that does not divide over the replicas falls back to every worker
-        reading the whole stream (`experimental_distribute_dataset`), as before.
-        """
-        global_batch = self.config.global_batch_size
-        if global_batch % self.strategy.num_replicas_in_sync:
-            dataset = self.data.train_dataset(global_batch, start_step=start_step)
-            return strategy_lib.distribute_dataset(self.strategy, dataset)
-
-        def per_worker(context):
-            per_replica = context.get_per_replica_batch_size(global_batch)
-            return self.data.train_dataset(
-                per_replica, start_step=start_step, input_context=context
-            )
-
-        return strategy_lib.distribute_dataset(self.strategy, per_worker)
+        """The training stream from `start_step`, distributed: each worker reads its share
+        (`trainer.loop.strategy.distribute_per_worker`)."""
+        return strategy_lib.distribute_per_worker(
+            self.strategy,
+            self.config.global_batch_size,
+            lambda batch, context: self.data.train_dataset(
+                batch, start_step=start_step, input_context=context
+            ),
+        )
 
     def eval_data(self):
-        """The eval split once, in order, distributed: each worker reads only its share.
-
-        Each input pipeline reads and decodes only its replicas' slices of every global batch
-        (`trainer.data.Data.eval_dataset` with input_context), the last partial batch
-        included; `trainer.loop.compiled.EvalLoop` sums over replicas, so the result is the
-        one-device evaluation's. Falls back to every worker reading the whole split
-        (`experimental_distribute_dataset`, as before) when the global batch does not divide
-        by the number of replicas.
-        """
-        global_batch = self.config.global_batch_size
-        if global_batch % self.strategy.num_replicas_in_sync:
-            dataset = self.data.eval_dataset(global_batch)
-            return strategy_lib.distribute_dataset(self.strategy, dataset)
-
-        def per_worker(context):
-            per_replica = context.get_per_replica_batch_size(global_batch)
-            return self.data.eval_dataset(per_replica, input_context=context)
-
-        return strategy_lib.distribute_dataset(self.strategy, per_worker)
+        """The eval split once, in order, distributed: each input pipeline reads and decodes
+        only its replicas' slices of every global batch, the last partial batch included;
+        `trainer.loop.compiled.EvalLoop` sums over replicas, so the result is the one-device
+        evaluation's."""
+        return strategy_lib.distribute_per_worker(
+            self.strategy,
+            self.config.global_batch_size,
+            lambda batch, context: self.data.eval_dataset(batch, input_context=context),
+        )
 
     def _bn_data(self):
         """One epoch of the training split in the run's epoch-0 order, whole global batches:
@@ -185,46 +172,37 @@ class Experiment:
 
     def _auto_max_lr(self) -> float:
         """--max_lr=auto: the number a resumed run chose, else the range test's valley."""
-        config = self.config
-        stored = (checkpoints.read_config(config.model_dir) or {}).get("full", {})
-        value = stored.get("max_lr")
-        if checkpoints.saved_steps(config.model_dir) and isinstance(value, (int, float)):
+        value = range_test.chosen_max_lr(self.config.model_dir)
+        if value is not None:
             logging.info("--max_lr=auto: %.4g, as chosen when this run started", value)
-        else:
-            self.lr_find_result = self._range_test(start_step=0)
-            self._write_lr_find()
-            value = self.lr_find_result.suggested_max_lr
-            logging.info("--max_lr=auto: the LR range test's valley suggestion %.4g", value)
-        return float(value)
+            return value
+        value = self.lr_find(start_step=0).suggested_max_lr
+        logging.info("--max_lr=auto: the LR range test's valley suggestion %.4g", value)
+        return value
 
-    def lr_find(self):
-        """Runs the LR range test from the current (restored) step; nothing else changes.
-
-        Writes lr_find.json and lr_find.png into model_dir (chief) and returns the
-        `trainer.lr_find.finder.LRFinderResult`. After `--max_lr=auto` ran it at build time, that
-        result is returned instead of a second test.
-        """
+    def lr_find(self, start_step: int | None = None):
+        """The LR range test (`trainer.lr_find.range_test`) from the restored step; nothing
+        else changes. A test recorded in model_dir/lr_find.json with these settings is kept;
+        else it runs and the chief writes lr_find.json and lr_find.png. Returns the
+        `trainer.lr_find.finder.LRFinderResult`."""
         if self.lr_find_result is None:
-            self.lr_find_result = self._range_test(start_step=self.step)
-            self._write_lr_find()
+            self.lr_find_result = range_test.recorded(self.config)
+        if self.lr_find_result is None:
+            start = self.step if start_step is None else start_step
+            interrupts = self.interrupts
+            self.lr_find_result = range_test.run(
+                self.config,
+                self.strategy,
+                self.model,
+                self.table,
+                lambda step: self.train_data(start + step),
+                first_trainable=self.plan.first_trainable_segment(start),
+                interrupted=(lambda: interrupts.pending) if interrupts is not None else None,
+            )
+            if self.is_chief:
+                os.makedirs(self.config.model_dir, exist_ok=True)
+                range_test.write(self.lr_find_result, self.config.model_dir)
         return self.lr_find_result
-
-    def _range_test(self, start_step: int):
-        interrupts = self.interrupts
-        return range_test.run(
-            self.config,
-            self.strategy,
-            self.model,
-            self.table,
-            lambda step: self.train_data(start_step + step),
-            first_trainable=self.plan.first_trainable_segment(start_step),
-            interrupted=(lambda: interrupts.pending) if interrupts is not None else None,
-        )
-
-    def _write_lr_find(self):
-        if self.is_chief:
-            os.makedirs(self.config.model_dir, exist_ok=True)
-            range_test.write(self.lr_find_result, self.config.model_dir)
 
     def _build_optimizer(self):
         config = self.config
@@ -261,8 +239,6 @@ class Experiment:
             **objects,
         )
 
-    # Reports -------------------------------------------------------------------------------
-
     @property
     def step(self) -> int:
         """The global step (the optimizer's `iterations`)."""
@@ -279,8 +255,6 @@ class Experiment:
     def layer_report(self) -> str:
         """The --list_layers table: every layer with its segment, then the per-segment lrs."""
         return self.table.layer_report(self.model, peak_lr(self.lr_schedule))
-
-    # Restore -------------------------------------------------------------------------------
 
     def restore(self) -> int:
         """Resumes from the newest readable checkpoint in model_dir/ckpt; returns the step.
@@ -405,47 +379,16 @@ class Experiment:
         return trained and self.is_chief and strategy_lib.num_workers(self.strategy) == 1
 
     def _evaluate(self, step: int) -> dict:
-        """The eval record at `step`. At the run's last step, where the run interprets its
-        model, the one pass of interpretation gives the record too: the eval split is read
-        once at the end (`trainer.reporting.eval_metrics` defines both the same way)."""
+        """The eval record at `step`; at the last step of a run that interprets its model,
+        from interpretation's pass, so the eval split is read once at the end."""
         if step == self.plan.total_steps and self._interprets(True):
-            analysis = self._analysis_at(step)
-            top5 = {} if analysis.top5 is None else {"top5": analysis.top5}
-            return {
-                "loss": analysis.loss,
-                "accuracy": analysis.accuracy,
-                "examples": analysis.examples,
-                **top5,
-            }
+            return self._final.record(step)
         return self.evaluator.evaluate()
 
-    def _analysis_at(self, step: int):
-        from trainer.reporting import interpret
-
-        if getattr(self, "_analysis", (None, None))[0] != step:
-            config = self.config
-            analysis = interpret.analyze(
-                self.model,
-                self.data.eval_dataset(config.global_batch_size),
-                config.num_classes,
-                class_names=self.info.class_names,
-            )
-            self._analysis = (step, analysis)
-        return self._analysis[1]
-
     def interpret(self) -> dict:
-        """Confusion matrix, top losses and per-class precision/recall on the eval split.
-
-        Writes confusion_matrix.png and top_losses.png into model_dir and TensorBoard
-        (`trainer.reporting.interpret`); returns the metrics.json record. Reuses the final
-        evaluation's pass when it made one at this step.
-        """
-        from trainer.reporting import interpret
-
-        analysis = self._analysis_at(self.step)
-        return interpret.write(
-            analysis, self.info.class_names, self.config.model_dir, step=self.step
-        )
+        """Confusion matrix, top losses and per-class figures (`trainer.reporting.interpret`):
+        the PNGs into model_dir and TensorBoard; returns the metrics.json record."""
+        return self._final.write(self.step)
 
     def _metrics(self, report, seconds: float, extra: dict) -> dict:
         metrics = {

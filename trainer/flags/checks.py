@@ -6,7 +6,6 @@ from absl import flags
 
 from trainer import config as config_lib
 
-
 # Pairs of flags of which at most one may be given: absl's own check, registered with the
 # definitions (`mark_exclusive`), names both flags and their values.
 MUTUALLY_EXCLUSIVE = (

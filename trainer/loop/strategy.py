@@ -106,6 +106,23 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return max(1, sum(len(tasks) for tasks in spec.values()))
 
 
+def distribute_per_worker(strategy, global_batch_size: int, make):
+    """`make(batch_size, input_context)`'s dataset, distributed so each worker reads its share.
+
+    Each input pipeline gets the per-replica batch size and its `tf.distribute.InputContext`
+    (`distribute_datasets_from_function`). A global batch that does not divide over the
+    replicas falls back to one pipeline of global batches, `make(global_batch_size, None)`,
+    that every worker reads whole (`experimental_distribute_dataset`).
+    """
+    if global_batch_size % strategy.num_replicas_in_sync:
+        return distribute_dataset(strategy, make(global_batch_size, None))
+
+    def per_worker(context):
+        return make(context.get_per_replica_batch_size(global_batch_size), context)
+
+    return distribute_dataset(strategy, per_worker)
+
+
 def distribute_dataset(strategy, dataset):
     """A dataset distributed over `strategy`'s replicas, global batch order kept exact.
 

@@ -371,6 +371,30 @@ class LRFinderResult:
         """The result as JSON-ready Python values."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, record) -> LRFinderResult:
+        """The result `to_dict` gave; ValueError naming what is wrong with `record`."""
+        if not isinstance(record, dict):
+            raise ValueError(f"not a JSON object but {type(record).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(
+            {"lrs", "losses", "raw_losses", "suggestions", "stop_reason"} - set(record)
+        )
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        values = {k: v for k, v in record.items() if k in names}
+        lrs, losses = values["lrs"], values["losses"]
+        if not (isinstance(lrs, list) and isinstance(losses, list) and len(lrs) == len(losses)):
+            raise ValueError("lrs and losses must be lists of one length")
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in lrs):
+            raise ValueError("lrs must be positive finite numbers")
+        suggested = values["suggestions"]
+        if not isinstance(suggested, dict) or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in suggested.values()
+        ):
+            raise ValueError("suggestions must map names to positive finite learning rates")
+        return cls(**values)
+
     def to_json(self, path: str) -> str:
         """Writes `to_dict()` as JSON to `path` atomically (temporary file, rename)."""
         from trainer.run_dir import files as run_dir
@@ -415,11 +439,7 @@ class LRFinderResult:
         fig.tight_layout()
         from trainer.run_dir import files as run_dir
 
-        if run_dir.is_local(path):
-            fig.savefig(path, format="png")
-        else:  # e.g. gs://: matplotlib writes local files only
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png")
-            with tf.io.gfile.GFile(path, "wb") as f:
-                f.write(buffer.getvalue())
+        buffer = io.BytesIO()  # matplotlib writes local files only, and not atomically
+        fig.savefig(buffer, format="png")
+        run_dir.write_file(path, buffer.getvalue())
         return path

@@ -15,16 +15,18 @@ lr_find.json and lr_find.png.
 
 from __future__ import annotations
 
+import json
 import os
 
 from absl import logging
 
 from trainer import layout
-from trainer.errors import NonFiniteError, Preempted
+from trainer.errors import NonFiniteError, Preempted, UserError
 from trainer.loop import precision, state
 from trainer.loop.runner import Trainer
 from trainer.lr import optimizers, segments
 from trainer.lr_find import finder as lr_finder
+from trainer.run_dir import checkpoints
 
 JSON_FILE = layout.LR_FIND_JSON
 PLOT_FILE = layout.LR_FIND_PLOT
@@ -104,6 +106,43 @@ def _trainer(config, strategy, model, table, train_data) -> Trainer:
         loss_scale=loss_scale,
         jit_compile=config.jit_compile,
     )
+
+
+def recorded(config) -> lr_finder.LRFinderResult | None:
+    """The range test recorded in model_dir/lr_find.json with this run's settings, or None.
+
+    A recorded test is kept: re-running a run (also a finished one, whose weights are trained)
+    does not repeat it. Other settings (--lr_find_start/end/steps) ask for a new test.
+
+    Raises:
+        UserError: lr_find.json exists but is unreadable (named, with what to do).
+    """
+    path = os.path.join(config.model_dir, JSON_FILE)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(path) as f:
+            result = lr_finder.LRFinderResult.from_dict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path} is unreadable ({str(e).splitlines()[0]}); delete it to run the LR range "
+            "test again"
+        ) from None
+    settings = (result.start, result.end, result.num_steps)
+    if settings != (config.lr_find_start, config.lr_find_end, config.lr_find_steps):
+        logging.info("LR range test: %s has other settings %s; testing again", path, settings)
+        return None
+    logging.info("LR range test: kept the one recorded in %s (delete it to test again)", path)
+    return result
+
+
+def chosen_max_lr(model_dir: str) -> float | None:
+    """The --max_lr a resumed --max_lr=auto run chose when it started (config.json), else None."""
+    stored = (checkpoints.read_config(model_dir) or {}).get("full", {})
+    value = stored.get("max_lr")
+    if checkpoints.saved_steps(model_dir) and isinstance(value, (int, float)):
+        return float(value)
+    return None
 
 
 def write(result, model_dir: str) -> list[str]:

@@ -5,10 +5,8 @@
     record = interpret.write(analysis, source.info.class_names, model_dir, step=step)
 
 `analyze` makes one pass over a finite dataset of (images, labels) batches and computes the
-training loop's eval metrics the way `trainer.loop.compiled.EvalLoop` does (mean sparse
-cross-entropy
-from logits, accuracy, top-5 above 5 classes, sums in float64 divided by the true example
-count), plus the confusion matrix and the k examples with the highest loss. It streams: only
+eval metrics of `trainer.reporting.eval_metrics` (as `trainer.loop.compiled.EvalLoop`),
+plus the confusion matrix and the k examples with the highest loss. It streams: only
 the k worst images are ever kept. `write` draws confusion_matrix.png and top_losses.png into
 model_dir, adds both as TensorBoard images under tensorboard/eval, and returns the per-class
 figures and the matrix for a JSON record. Without matplotlib it skips the pictures with one
@@ -20,21 +18,24 @@ Class names are per index; a class beyond the end of the list is named by its in
 from __future__ import annotations
 
 import dataclasses
-import io
-import math
 import os
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer import layout
 from trainer.reporting import eval_metrics
+from trainer.reporting.plots import (  # noqa: F401  (the pictures' public names stay here too)
+    INSTALL_HINT,
+    MissingMatplotlib,
+    class_name,
+    plot_confusion_matrix,
+    plot_top_losses,
+)
 
-INSTALL_HINT = 'pip install -e ".[plots]" (or pip install matplotlib)'
-CONFUSION_FILE = "confusion_matrix.png"
-TOP_LOSSES_FILE = "top_losses.png"
-# Above this many classes the cells are too small for their counts.
-MAX_ANNOTATED_CLASSES = 30
+CONFUSION_FILE = layout.CONFUSION_PLOT
+TOP_LOSSES_FILE = layout.TOP_LOSSES_PLOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +91,6 @@ class Analysis:
         if self.top5 is not None:
             out["top5"] = self.top5
         return out
-
-
-def class_name(class_names, index: int):
-    """The name of class `index`, or the index itself when `class_names` is too short."""
-    names = tuple(class_names or ())
-    return names[index] if 0 <= index < len(names) else int(index)
 
 
 def per_class(confusion: np.ndarray, class_names=()) -> list[dict]:
@@ -254,132 +249,6 @@ def analyze(model, dataset, num_classes: int, *, top_losses: int = 9, class_name
     )
 
 
-# Pictures ------------------------------------------------------------------------------------
-
-
-class MissingMatplotlib(ImportError):
-    """matplotlib is not installed."""
-
-
-def _figure(**kwargs):
-    # A bare Figure draws with Agg and touches no pyplot state (no global backend switch).
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise MissingMatplotlib(f"matplotlib is needed for the pictures: {INSTALL_HINT}") from e
-    return Figure(**kwargs)
-
-
-def _save(fig, path: str | None) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    png = buffer.getvalue()
-    if path:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(tmp, "wb") as f:
-            f.write(png)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    return png
-
-
-def plot_confusion_matrix(confusion, class_names, path: str | None) -> bytes:
-    """Draws the confusion matrix (rows actual, columns predicted) as a PNG.
-
-    Cells show their counts up to `MAX_ANNOTATED_CLASSES` classes; the title gives the
-    accuracy (the diagonal over the total).
-
-    Args:
-        confusion: int [K, K] counts, rows = actual class.
-        class_names: Names per index (see `class_name`).
-        path: Where to write the PNG (its directory must exist); None writes nothing.
-
-    Returns:
-        The PNG bytes.
-
-    Raises:
-        MissingMatplotlib: matplotlib is not installed.
-    """
-    confusion = np.asarray(confusion, np.int64)
-    k = confusion.shape[0]
-    total = int(confusion.sum())
-    correct = int(np.trace(confusion))
-    accuracy = correct / total if total else 0.0
-    side = min(4.0 + 0.45 * k, 24.0)  # inches
-    fig = _figure(figsize=(side + 1.5, side), dpi=100)
-    ax = fig.add_subplot()
-    image = ax.imshow(confusion, cmap="Blues", interpolation="nearest", vmin=0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    names = [str(class_name(class_names, i)) for i in range(k)]
-    fontsize = 10 if k <= 12 else 8 if k <= 30 else 5
-    ax.set_xticks(range(k), names, rotation=90 if k > 6 else 45, ha="center", fontsize=fontsize)
-    ax.set_yticks(range(k), names, fontsize=fontsize)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(f"Confusion matrix: accuracy {accuracy:.4f} ({correct}/{total})")
-    if k <= MAX_ANNOTATED_CLASSES:
-        threshold = confusion.max() / 2 if confusion.size else 0
-        for (row, col), value in np.ndenumerate(confusion):
-            ax.text(
-                col,
-                row,
-                str(value),
-                ha="center",
-                va="center",
-                fontsize=fontsize,
-                color="white" if value > threshold else "black",
-            )
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _displayable(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = np.rint(np.clip(image.astype(np.float64), 0, 255)).astype(np.uint8)
-    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-
-
-def plot_top_losses(analysis: Analysis, class_names, path: str | None) -> bytes:
-    """Draws the highest-loss examples in a grid, worst first, as a PNG.
-
-    Each image is titled "predicted / actual" and "probability / loss" (the probability of
-    the predicted class); misclassified ones in red.
-
-    Args:
-        analysis: From `analyze`.
-        class_names: Names per index (see `class_name`).
-        path: Where to write the PNG (its directory must exist); None writes nothing.
-
-    Returns:
-        The PNG bytes.
-
-    Raises:
-        MissingMatplotlib: matplotlib is not installed.
-    """
-    top = analysis.top_losses
-    n = len(top)
-    cols = max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / cols))
-    fig = _figure(figsize=(2.4 * cols, 2.5 * rows + 0.5), dpi=100)
-    fig.suptitle("predicted / actual / probability / loss")
-    if n == 0:
-        fig.text(0.5, 0.5, "no examples", ha="center", va="center")
-    for i in range(n):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        image = _displayable(top.images[i])
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
-        ax.set_axis_off()
-        predicted = class_name(class_names, int(top.predicted[i]))
-        actual = class_name(class_names, int(top.actual[i]))
-        ax.set_title(
-            f"{predicted} / {actual}\n{top.probability[i]:.2f} / {top.loss[i]:.2f}",
-            fontsize=9,
-            color="black" if top.predicted[i] == top.actual[i] else "red",
-        )
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 # Records -------------------------------------------------------------------------------------
 
 
@@ -428,8 +297,48 @@ def write(analysis: Analysis, class_names, model_dir: str, *, step=0, tensorboar
         )
         pictures = {}
     if tensorboard and pictures:
-        write_images(os.path.join(model_dir, "tensorboard", "eval"), int(step), pictures)
+        write_images(os.path.join(model_dir, layout.TENSORBOARD_DIR, "eval"), int(step), pictures)
     return {
         "per_class": per_class(analysis.confusion, class_names),
         "confusion_matrix": analysis.confusion.tolist(),
     }
+
+
+class Final:
+    """A run's interpretation at its end: one `analyze` pass per step, giving both the eval
+    record (`record`) and the pictures and figures (`write`), so the eval split is read once.
+
+    Args:
+        model: The run's model.
+        dataset_fn: `() -> dataset` of the eval split once, in order (global batches).
+        num_classes, class_names: The task's.
+        model_dir: Where the pictures go.
+    """
+
+    def __init__(self, model, dataset_fn, num_classes: int, class_names, model_dir: str):
+        self.model, self.dataset_fn = model, dataset_fn
+        self.num_classes, self.class_names = num_classes, class_names
+        self.model_dir = model_dir
+        self._analysis = (None, None)  # (step, Analysis)
+
+    def analysis(self, step: int) -> Analysis:
+        if self._analysis[0] != step:
+            analysis = analyze(
+                self.model, self.dataset_fn(), self.num_classes, class_names=self.class_names
+            )
+            self._analysis = (step, analysis)
+        return self._analysis[1]
+
+    def record(self, step: int) -> dict:
+        """The eval record at `step` (`trainer.reporting.eval_metrics.record`'s keys)."""
+        a = self.analysis(step)
+        return {
+            "loss": a.loss,
+            "accuracy": a.accuracy,
+            "examples": a.examples,
+            **({} if a.top5 is None else {"top5": a.top5}),
+        }
+
+    def write(self, step: int) -> dict:
+        """`write` of the analysis at `step` into model_dir; the metrics.json record."""
+        return write(self.analysis(step), self.class_names, self.model_dir, step=step)

@@ -202,22 +202,27 @@ def move_aside(model_dir: str) -> str | None:
     return target
 
 
-def write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` atomically (temporary file, fsync, rename)."""
-    import tensorflow as tf
-
+def write_file(path: str, data: str | bytes) -> None:
+    """Writes `data` (text or bytes) to `path` atomically: a temporary file (fsync'ed when
+    local), then a rename, so a kill leaves the old file or the new one. The one atomic write
+    of lrtech's files (JSON, flags, PNGs)."""
+    mode = "wb" if isinstance(data, bytes) else "w"
+    tmp = f"{path}.tmp-{os.getpid()}"
     if not is_local(path):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(tmp, mode) as f:
+            f.write(data)
         tf.io.gfile.rename(tmp, path, overwrite=True)
         return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, mode) as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+write_text = write_file  # text files read better at the call sites
 
 
 def replace_dir(tmp_dir: str, final_dir: str) -> None:
