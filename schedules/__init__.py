@@ -10,9 +10,14 @@
 `from schedules import OneCycle` gives a Keras `LearningRateSchedule` usable as the
 `learning_rate` of any Keras optimizer. TensorFlow is imported on first use of a schedule, so
 `python -m schedules.plot --help` and its flag errors answer without loading TensorFlow.
+
+Loading a saved model whose optimizer uses one of these schedules needs the classes
+registered with Keras: `import trainer.optimizers` registers them (and the segmented
+optimizers), so does `import schedules` once Keras is imported, and `schedules.register()`
+does it at any time.
 """
 
-__all__ = ["SGDR", "Cosine", "OneCycle", "Phases", "SWALR", "plot_schedule"]
+__all__ = ["SGDR", "Cosine", "OneCycle", "Phases", "SWALR", "plot_schedule", "register"]
 
 # Public name -> module defining it, imported on first access.
 _LAZY = {
@@ -23,6 +28,25 @@ _LAZY = {
     "SWALR": "schedules.swa",
     "plot_schedule": "schedules.plot",
 }
+
+
+def register() -> None:
+    """Registers every schedule class with Keras (`keras.saving.load_model` then finds them);
+    imports them, and with them Keras and TensorFlow."""
+    import importlib
+
+    for module in sorted(set(_LAZY.values()) - {"schedules.plot"}):
+        importlib.import_module(module)
+
+
+def _register_if_keras_is_loaded() -> None:
+    import sys
+
+    if "keras" in sys.modules:  # Keras is loaded already: registering costs nothing more
+        register()
+
+
+_register_if_keras_is_loaded()
 
 
 def __getattr__(name):

@@ -18,6 +18,7 @@ from tests.test_optimizers import BATCH, MULTS, data, make_train, sgdr, tiny_mod
 from trainer.errors import UserError
 from trainer.loop.strategy import make_strategy
 from trainer.lr import optimizers, segments
+from trainer.lr import rgn as rgn_lib
 
 STEPS = 8
 OPTIMIZER_ARGS = {
@@ -66,7 +67,7 @@ class Reference:
             g = self.groups[i]
             gsq[g] = gsq.get(g, 0.0) + np.sum(np.square(np.float64(grads[i])))
             wsq[g] = wsq.get(g, 0.0) + np.sum(np.square(self.w[i]))
-        rgn = {g: math.sqrt(gsq[g]) / (math.sqrt(wsq[g]) + optimizers.RGN_EPSILON) for g in gsq}
+        rgn = {g: math.sqrt(gsq[g]) / (math.sqrt(wsq[g]) + rgn_lib.RGN_EPSILON) for g in gsq}
         top = max(rgn.values())
         mults = [math.nan] * len(self.w)
         for i in active:

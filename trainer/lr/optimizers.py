@@ -1,4 +1,7 @@
-"""Optimizers by name, and the segmented optimizer behind differential learning rates.
+"""The segmented optimizer behind differential learning rates.
+
+Optimizers by name, the multipliers of a spread and the slot reset are in
+`trainer.lr.factory`; Auto-RGN's math in `trainer.lr.rgn`.
 
 `segmented(optimizer, segment_of, lr_mults)` returns an optimizer of a subclass of
 `type(optimizer)` (same config, one `iterations` counter, the schedule evaluated once per
@@ -43,95 +46,18 @@ import numbers
 import keras
 import tensorflow as tf
 
+import schedules
 from trainer.errors import UserError
-from trainer.lr import keras_private
-
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam")
-
-# The Keras classes `make` returns; their segmented subclasses are registered at import.
-_MAKE_CLASSES = (
-    keras.optimizers.SGD,
-    keras.optimizers.RMSprop,
-    keras.optimizers.Adam,
-    keras.optimizers.AdamW,
-    keras.optimizers.Adagrad,
-    keras.optimizers.Nadam,
+from trainer.lr import keras_private, rgn
+from trainer.lr.factory import (  # noqa: F401  (trainer.optimizers' public names)
+    _MAKE_CLASSES,
+    OPTIMIZERS,
+    make,
+    mults_from_spread,
+    reset_slots,
 )
+
 _PACKAGE = "lrtech"
-
-ADAPTIVE = ("rgn",)
-GRANULARITIES = ("tensor", "layer")
-# Guards RGN's division for an all-zero weight (a fresh bias). Such a variable's RGN is
-# ||g|| / eps, far above every other: see `segmented` on zero-initialized variables.
-RGN_EPSILON = 1e-12
-
-
-def make(name, learning_rate, *, momentum=0.9, weight_decay=None, clipnorm=None, **kw):
-    """Creates a Keras optimizer by name.
-
-    Args:
-        name: One of `OPTIMIZERS`. "momentum" and "nesterov" are SGD with momentum.
-        learning_rate: A float or a `LearningRateSchedule` (e.g. `schedules.SGDR`).
-        momentum: Momentum for "momentum", "nesterov" and "rmsprop" (ignored by the others).
-        weight_decay: Decoupled weight decay per unit learning rate, for every optimizer.
-            None keeps the Keras default of the class (AdamW: 0.004, the others: none).
-        clipnorm: Clip the global norm of all gradients passed to one `apply` to this value
-            (Keras' `global_clipnorm`). Under a multi-replica strategy this sees the summed
-            gradient only with `segmented(..., aggregate_gradients=False)`.
-        **kw: Further arguments of the Keras class (e.g. `beta_1`, `epsilon`).
-
-    Returns:
-        A new, unbuilt `keras.optimizers.Optimizer`. Create it inside `strategy.scope()`.
-
-    Raises:
-        UserError: Unknown name, or a negative / non-finite number.
-    """
-    if name not in OPTIMIZERS:
-        raise UserError(f"optimizer: unknown name {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
-        learning_rate = float(learning_rate)
-    if not 0 <= momentum < 1:
-        raise UserError(f"momentum={momentum!r} must be in [0, 1)")
-    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise UserError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
-    if clipnorm is not None and not (math.isfinite(clipnorm) and clipnorm > 0):
-        raise UserError(f"clipnorm={clipnorm!r} must be a finite number > 0")
-    if weight_decay is not None:
-        # 0 switches decay off; Keras would still add a multiply-by-zero per variable.
-        kw["weight_decay"] = weight_decay if (weight_decay or name == "adamw") else None
-    if clipnorm is not None:
-        kw["global_clipnorm"] = clipnorm
-    opt = keras.optimizers
-    if name in ("sgd", "momentum", "nesterov"):
-        m = 0.0 if name == "sgd" else momentum
-        return opt.SGD(learning_rate, momentum=m, nesterov=name == "nesterov", **kw)
-    if name == "rmsprop":
-        return opt.RMSprop(learning_rate, momentum=momentum, **kw)
-    cls = {"adam": opt.Adam, "adamw": opt.AdamW, "adagrad": opt.Adagrad, "nadam": opt.Nadam}
-    return cls[name](learning_rate, **kw)
-
-
-def mults_from_spread(num_segments: int, spread: float) -> tuple[float, ...]:
-    """Geometric multipliers from 1/spread (first segment) to 1 (last), like fastai's slice.
-
-    Args:
-        num_segments: Number of segments (>= 1).
-        spread: Ratio of the last segment's learning rate to the first's (>= 1).
-
-    Returns:
-        A tuple of `num_segments` floats; `(1.0,)` for one segment.
-
-    Raises:
-        UserError: num_segments < 1, or spread < 1 or not finite.
-    """
-    if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
-        raise UserError(f"number of segments {num_segments!r} must be an integer >= 1")
-    if not (isinstance(spread, numbers.Real) and math.isfinite(spread) and spread >= 1):
-        raise UserError(f"lr_spread={spread!r} must be a finite number >= 1")
-    if num_segments == 1:
-        return (1.0,)
-    last = num_segments - 1
-    return tuple(float(spread) ** ((i - last) / last) for i in range(num_segments))
 
 
 class _SegmentTable:
@@ -205,7 +131,7 @@ class _SegmentedMixin:
     ):
         super().__init__(*args, **kwargs)
         _check_mults(segment_of, lr_mults)
-        _check_adaptive(adaptive, adaptive_floor, adaptive_granularity)
+        rgn.check(adaptive, adaptive_floor, adaptive_granularity)
         self._segments = _SegmentTable(
             segment_of,
             lr_mults,
@@ -230,7 +156,7 @@ class _SegmentedMixin:
         table.segments = [table.segment(v.path) for v in variables]
         table.mults = [table.lr_mults[s] for s in table.segments]
         if table.adaptive is not None:
-            _build_adaptive(table, variables)
+            rgn.build(table, variables)
         super().build(variables)
 
     def apply(self, grads, trainable_variables=None):
@@ -295,35 +221,10 @@ class _SegmentedMixin:
         if self._segments.adaptive is not None:
             # ONLY_FIRST_REPLICA: replica 0's values (all replicas hold the same summed
             # gradients and weights) reach every device's copy before update_step reads it.
-            self._segments.adaptive_mults.assign(self._rgn_multipliers(grads_and_vars))
+            self._segments.adaptive_mults.assign(
+                rgn.multipliers(self._segments, grads_and_vars, self)
+            )
         return grads_and_vars
-
-    def _rgn_multipliers(self, grads_and_vars):
-        """m_i of every built variable (NaN for those without a gradient in this step)."""
-        table = self._segments
-        indices, grad_sq, weight_sq = [], [], []
-        for grad, variable in grads_and_vars:
-            if grad is None:
-                continue
-            indices.append(keras_private.variable_index(self, variable))
-            grad_sq.append(_squared_norm(grad))
-            weight_sq.append(_squared_norm(variable))
-        # Groups among this step's variables, numbered 0..k-1 in order of first appearance.
-        local = {}
-        group_ids = [local.setdefault(table.groups[i], len(local)) for i in indices]
-        grad_sq, weight_sq = tf.stack(grad_sq), tf.stack(weight_sq)
-        if len(local) < len(indices):  # "layer": norms over all of the layer's variables
-            grad_sq = tf.math.unsorted_segment_sum(grad_sq, group_ids, len(local))
-            weight_sq = tf.math.unsorted_segment_sum(weight_sq, group_ids, len(local))
-        rgn = tf.sqrt(grad_sq) / (tf.sqrt(weight_sq) + RGN_EPSILON)
-        top = tf.reduce_max(rgn)
-        mults = tf.maximum(tf.constant(table.adaptive_floor, tf.float32), rgn / top)
-        # All gradients zero: no variable stands out, so none is slowed down.
-        mults = tf.where(top > 0, mults, tf.ones_like(mults))
-        if len(local) < len(indices):
-            mults = tf.gather(mults, group_ids)
-        unset = tf.fill([len(table.mults)], tf.constant(math.nan, tf.float32))
-        return tf.tensor_scatter_nd_update(unset, [[i] for i in indices], mults)
 
     def adaptive_multipliers(self) -> list[float]:
         """Auto-RGN's multiplier of each segment at the last step (call it eagerly).
@@ -337,16 +238,9 @@ class _SegmentedMixin:
         Raises:
             UserError: The optimizer was made without `adaptive`.
         """
-        table = self._segments
-        if table.adaptive is None:
+        if self._segments.adaptive is None:
             raise UserError(f"adaptive_multipliers: optimizer {self.name!r} has adaptive=None")
-        sums, counts = [0.0] * len(table.lr_mults), [0] * len(table.lr_mults)
-        if table.adaptive_mults is not None:
-            for segment, m in zip(table.segments, table.adaptive_mults.numpy().tolist()):
-                if not math.isnan(m):
-                    sums[segment] += m
-                    counts[segment] += 1
-        return [total / count if count else 0.0 for total, count in zip(sums, counts)]
+        return rgn.segment_means(self._segments)
 
     def get_config(self):
         config = super().get_config()
@@ -358,37 +252,6 @@ class _SegmentedMixin:
         config["adaptive_floor"] = self._segments.adaptive_floor
         config["adaptive_granularity"] = self._segments.adaptive_granularity
         return config
-
-
-def _squared_norm(x):
-    """Sum of squares in float32; an IndexedSlices gradient's duplicate indices summed first."""
-    if isinstance(x, tf.IndexedSlices):
-        unique, position = tf.unique(x.indices)
-        x = tf.math.unsorted_segment_sum(x.values, position, tf.size(unique))
-    return tf.reduce_sum(tf.square(tf.cast(x, tf.float32)))
-
-
-def _layer_of(path: str) -> str:
-    """The layer part of a Keras variable path ("net/dense/kernel" -> "net/dense")."""
-    return path.rsplit("/", 1)[0]
-
-
-def _build_adaptive(table, variables):
-    if table.adaptive_granularity == "layer":
-        layers = {}
-        table.groups = [layers.setdefault(_layer_of(v.path), len(layers)) for v in variables]
-    else:
-        table.groups = list(range(len(variables)))
-    # Lifted out of any tf.function (Keras may build inside the first traced step); under
-    # a strategy's scope it is mirrored. ONLY_FIRST_REPLICA allows the write in replica
-    # context.
-    with tf.init_scope():
-        table.adaptive_mults = tf.Variable(
-            tf.fill([len(variables)], math.nan),
-            trainable=False,
-            name="adaptive_multipliers",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
 
 
 # The hyperparameter momentum cycling replaces, by Keras class (the segmented class's base).
@@ -449,26 +312,6 @@ def _segmented_class(base: type) -> type:
         )
         _CLASSES[base] = register(cls)
     return _CLASSES[base]
-
-
-def _check_adaptive(adaptive, floor, granularity):
-    # One line each, worded like Keras' own argument checks.
-    if adaptive is not None and adaptive not in ADAPTIVE:
-        choices = " or ".join(["None", *map(repr, ADAPTIVE)])
-        raise UserError(f"Argument `adaptive` must be {choices}. Received: adaptive={adaptive!r}")
-    if (
-        isinstance(floor, bool)
-        or not isinstance(floor, numbers.Real)
-        or not (math.isfinite(floor) and 0 <= floor <= 1)
-    ):
-        raise UserError(
-            f"Argument `adaptive_floor` must be in [0, 1]. Received: adaptive_floor={floor!r}"
-        )
-    if granularity not in GRANULARITIES:
-        raise UserError(
-            f"Argument `adaptive_granularity` must be {' or '.join(map(repr, GRANULARITIES))}. "
-            f"Received: adaptive_granularity={granularity!r}"
-        )
 
 
 def _check_mults(segment_of, lr_mults):
@@ -568,7 +411,7 @@ def segmented(
             f"segmented: optimizer {optimizer.name!r} is built; its state would be lost"
         )
     _check_mults(segment_of, lr_mults)
-    _check_adaptive(adaptive, adaptive_floor, adaptive_granularity)
+    rgn.check(adaptive, adaptive_floor, adaptive_granularity)
     config = optimizer.get_config()
     # Reuse the schedule object instead of a serialization round trip (custom schedules need
     # not be registered serializable).
@@ -589,49 +432,8 @@ def segmented(
     return new
 
 
-def reset_slots(optimizer, variables) -> int:
-    """Restarts the optimizer state (momentums, velocities, ...) of `variables`.
-
-    For gradual unfreezing: a segment that was frozen starts with clean state when it starts
-    to train. Keras optimizers keep each kind of state as a list aligned with the variables
-    they were built with (`_momentums[i]` belongs to variable i); every such list of the
-    optimizer's own variables is found and entry i is set to its initial value (zero; Adagrad
-    / Ftrl accumulators: `initial_accumulator_value`). State shared by all variables (the step
-    counter used for Adam's bias correction, Nadam's momentum-schedule product) is unchanged.
-    Call it outside the compiled step (eagerly, in the driver).
-
-    Args:
-        optimizer: A built optimizer (a `LossScaleOptimizer` is looked through).
-        variables: Model variables the optimizer was built with.
-
-    Returns:
-        The number of slot variables reset.
-
-    Raises:
-        UserError: The optimizer is not built, or was not built with one of the variables.
-    """
-    opt = getattr(optimizer, "inner_optimizer", optimizer)
-    if not opt.built:
-        raise UserError(f"reset_slots: optimizer {opt.name!r} is not built")
-    indices = []
-    for v in variables:
-        try:
-            indices.append(keras_private.variable_index(opt, v))
-        except KeyError:
-            raise UserError(
-                f"reset_slots: optimizer was not built with variable {v.path}"
-            ) from None
-    count = 0
-    for attr, slots in keras_private.slot_lists(opt):
-        value = keras_private.slot_initial_value(opt, attr)
-        for i in indices:
-            if slots[i] is not None:
-                slots[i].assign(tf.fill(slots[i].shape, tf.cast(value, slots[i].dtype)))
-                count += 1
-    return count
-
-
 # Registered at import, so `keras.saving.load_model` finds them in any process that imported
-# this module, whichever of them was saved.
+# this module, whichever of them was saved; the schedules they may hold too.
 for _base in _MAKE_CLASSES:
     _segmented_class(_base)
+schedules.register()

@@ -1,0 +1,69 @@
+"""model.fit users: a model compiled with a segmented optimizer and SGDR saves and loads in a
+fresh process that imports only Keras and trainer.optimizers (or Keras, then schedules)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+SAVE = """
+import keras, numpy as np
+from schedules import SGDR
+from trainer import optimizers, segments
+
+model = keras.Sequential(
+    [keras.Input((4,)), keras.layers.Dense(3, name="body"), keras.layers.Dense(2, name="head")]
+)
+segment_of = segments.assign(model, ["head"])
+model.compile(
+    optimizer=optimizers.segmented(keras.optimizers.SGD(SGDR(0.1, 10, cycle_mult=2.0)),
+                                   segment_of, (0.1, 1.0)),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+)
+model.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+model.save({path!r})
+print(int(model.optimizer.iterations.numpy()))
+"""
+
+LOAD = """
+import keras
+{imports}
+model = keras.saving.load_model({path!r})
+opt = model.optimizer
+sched = opt.get_config()["learning_rate"]
+print(type(opt).__name__, int(opt.iterations.numpy()), sched["class_name"],
+      opt.get_config()["lr_mults"])
+"""
+
+
+def _python(code):
+    env_code = "import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\n" + code
+    result = subprocess.run(
+        [sys.executable, "-c", env_code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("imports", ["import trainer.optimizers", "import schedules"])
+def test_a_compiled_model_loads_in_a_fresh_process(tmp_path, imports):
+    path = str(tmp_path / "fit.keras")
+    steps = _python(SAVE.format(path=path))
+    loaded = _python(LOAD.format(path=path, imports=imports))
+    assert loaded.split()[:3] == ["SegmentedSGD", steps, "SGDR"]
+    assert loaded.endswith("[0.1, 1.0]")
+
+
+def test_without_the_registration_keras_cannot_find_sgdr(tmp_path):
+    # The check above can fail: with neither import, Keras does not know the classes.
+    path = str(tmp_path / "fit.keras")
+    _python(SAVE.format(path=path))
+    code = "import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\n" + LOAD.format(
+        path=path, imports=""
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0 and "Could not locate class" in result.stderr
