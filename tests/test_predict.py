@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -15,12 +16,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer import experiment, runtime
+from tests import helpers
+from trainer import runtime
 from trainer.config import Config
 from trainer.data import arrays, pipeline, sources
 from trainer.errors import UserError
-from trainer.loop.strategy import make_strategy
-from trainer.tools import predict
+from trainer.tools import export_reader, predict
+from trainer.tools.paths import check_output_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
@@ -132,7 +134,7 @@ def _expected_probs(model_path, files):
 def test_evaluates_encoded_is_false_exactly_for_the_decoded_array_sources():
     for dataset in ("npz:a", "idx:b", "sklearn_digits", "synthetic", "synthetic:4", "cifar10"):
         held_decoded = dataset.startswith("synthetic") or arrays.is_spec(dataset)
-        assert predict.evaluates_encoded(dataset) is not held_decoded
+        assert export_reader.evaluates_encoded(dataset) is not held_decoded
 
 
 def test_full_resolution_predict_equals_the_model_on_the_eval_pipeline(tmp_path):
@@ -216,8 +218,7 @@ def test_decoded_tfds_run_at_full_size_predicts_as_it_evaluated(tmp_path):
         global_batch_size=4,
         progress=False,
     )
-    run = experiment.Experiment(config, make_strategy("one_device"), model_fn=_spatial_model)
-    run.build().restore()  # writes config.json; the export needs no training
+    run = helpers.restored(config, _spatial_model)  # writes config.json; no training needed
     labels_path = Path(run.export()) / "labels.json"
     labels = json.loads(labels_path.read_text())
     assert (labels["preprocessing"], labels["eval_crop"]) == ("resize", 0.875)
@@ -311,32 +312,81 @@ def test_unreadable_images_raise_or_are_skipped_and_stay_quiet(setup, capfd):
 def test_bad_exports_and_arguments_name_the_file(setup, tmp_path):
     root, good, _ = setup
     with pytest.raises(UserError, match="no such directory"):
-        predict.read_labels(tmp_path / "nope")
+        export_reader.read_labels(tmp_path / "nope")
     with pytest.raises(UserError, match="export/model.keras: no export; run training"):
-        predict.read_labels(tmp_path)
+        export_reader.read_labels(tmp_path)
     export = tmp_path / "export"
     export.mkdir()
     (export / "model.keras").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="labels.json: missing, the export is incomplete"):
-        predict.read_labels(tmp_path)
+        export_reader.read_labels(tmp_path)
     (export / "labels.json").write_text('{"class_names": ["a"]}')
     with pytest.raises(UserError, match="labels.json: unreadable .*image_size"):
-        predict.read_labels(tmp_path)
+        export_reader.read_labels(tmp_path)
     for bad, message in [({"preprocessing": "crop"}, "preprocessing='crop' is not one of"),
                          ({"eval_crop": 0}, r"eval_crop=0 is not in \(0, 1\]")]:  # fmt: skip
         labels = {"class_names": CLASSES, "image_size": SIZE, **bad}
         (export / "labels.json").write_text(json.dumps(labels))
         with pytest.raises(UserError, match=f"labels.json: unreadable .*{message}"):
-            predict.read_labels(tmp_path)
+            export_reader.read_labels(tmp_path)
     (export / "labels.json").write_text(json.dumps({"class_names": CLASSES, "image_size": SIZE}))
-    with pytest.raises(UserError, match="model.keras: cannot load"):
-        predict.load_export(tmp_path)
+    with pytest.raises(UserError, match=r"model.keras: not a Keras file \(9 bytes, no zip"):
+        export_reader.load_export(tmp_path)
     _write_export(tmp_path / "four", _model(4), {"class_names": CLASSES, "image_size": SIZE})
     with pytest.raises(UserError, match="outputs 4 classes but labels.json names 3"):
-        predict.load_export(tmp_path / "four")
+        export_reader.load_export(tmp_path / "four")
     for kwargs in ({"top_k": 0}, {"batch_size": 0}, {"batch_size": 2.5}):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             predict.predict(root / "run", good, **kwargs)
+
+
+def _garbage_weights(model_keras: Path, out: Path) -> None:
+    """A whole .keras archive whose weights file inside is garbage."""
+    with zipfile.ZipFile(model_keras) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            target.writestr(info, b"garbage" * 100 if info.filename.endswith(".h5") else data)
+
+
+def test_damaged_model_keras_is_named_not_file_not_found(setup, tmp_path):
+    """Keras reports an empty or cut-off model.keras as "File not found"; the export reader
+    says what it is (before TensorFlow is imported), and a whole archive with garbage weights
+    inside is one UserError naming the file."""
+    root, _, _ = setup
+    good = (root / "run" / "export" / "model.keras").read_bytes()
+    model_dir = tmp_path / "run"
+    _write_export(model_dir, _model(), {"class_names": CLASSES, "image_size": SIZE})
+    path = model_dir / "export" / "model.keras"
+    for data, message in [
+        (b"", r"empty \(0 bytes\), not a Keras file"),
+        (good[: len(good) // 2], rf"truncated \({len(good) // 2} bytes: a zip archive without"),
+        (b"\x89HDF" + bytes(500), r"not a Keras file \(504 bytes, no zip archive\)"),
+    ]:
+        path.write_bytes(data)
+        with pytest.raises(UserError, match=f"{path}: {message}.*re-run the same training"):
+            export_reader.read_labels(model_dir)
+    _garbage_weights(root / "run" / "export" / "model.keras", path)
+    export_reader.read_labels(model_dir)  # a whole zip archive...
+    with pytest.raises(UserError, match=f"{path}: cannot load \\(OSError: .*signature"):
+        export_reader.load_export(model_dir)  # ...whose weights do not load
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for path, message in [
+        ("/proc/preds.csv", "not a place for result files"),
+        (str(tmp_path), "is a directory, not a file"),
+        (str(tmp_path / "no" / "p.csv"), f"no such directory {tmp_path / 'no'}"),
+        (str(tmp_path / "file" / "p.csv"), f"{tmp_path / 'file'} is a file, not a directory"),
+    ]:
+        with pytest.raises(UserError, match=f"^--output={path}: {message}"):
+            check_output_file("--output", path)
+    check_output_file("--output", str(tmp_path / "p.csv"))
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # the check leaves nothing behind
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        with pytest.raises(UserError, match="cannot write in"):
+            check_output_file("--output", str(tmp_path / "ro" / "p.csv"))
 
 
 def test_lines_are_aligned_and_csv_round_trips(tmp_path):
@@ -346,10 +396,11 @@ def test_lines_are_aligned_and_csv_round_trips(tmp_path):
         "dir/y.png  frog 1.000",
     ]
     out = tmp_path / "p.csv"
-    predict.write_csv(str(out), results[:1])
+    predict.write_csv(str(out), results)
     assert list(csv.reader(out.open())) == [
-        ["path", "class", "prob", "class_1", "prob_1", "class_2", "prob_2"],
-        ["x.jpg", "cat", "0.912300", "cat", "0.912300", "frog", "0.050000"],
+        ["path", "class_1", "prob_1", "class_2", "prob_2"],  # each name once
+        ["x.jpg", "cat", "0.912300", "frog", "0.050000"],
+        ["dir/y.png", "frog", "1.000000"],
     ]
     assert os.listdir(tmp_path) == ["p.csv"]  # no temporary file left
 
@@ -380,6 +431,7 @@ def test_command_line(setup, tmp_path):
         "missing path": _cli(run, str(root / "nope")),
         "no export": _cli(f"--model_dir={tmp_path}", str(root / "images")),
         "bad flag": _cli(run, "--top_k=0", str(root / "images")),
+        "output in /proc": _cli(run, "--output=/proc/preds.csv", str(root / "images")),
     }  # fmt: skip
     done = {name: (*p.communicate(timeout=240), p.returncode) for name, p in started.items()}
 
@@ -389,17 +441,18 @@ def test_command_line(setup, tmp_path):
     assert stdout.splitlines() == predict.format_lines(expected)
     assert stderr == f"predict: skipped 2 unreadable images, e.g. {bad[0]}\n"
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["path", "class", "prob", "class_1", "prob_1", "class_2", "prob_2"]
+    assert rows[0] == ["path", "class_1", "prob_1", "class_2", "prob_2"]
     assert [r[0] for r in rows[1:]] == good
     for row, (_, top) in zip(rows[1:], expected):
-        assert row[1:3] == row[3:5] and row[1::2] == [top[0][0]] + [c for c, _ in top]
-        np.testing.assert_allclose([float(p) for p in row[4::2]], [p for _, p in top], atol=1e-6)
+        assert row[1::2] == [c for c, _ in top]
+        np.testing.assert_allclose([float(p) for p in row[2::2]], [p for _, p in top], atol=1e-6)
 
     for name, message in [
         ("corrupt", f"{bad[0]}: cannot read or decode the image"),
         ("missing path", f"{root / 'nope'}: no such file or directory"),
         ("no export", "no export; run training first"),
         ("bad flag", "--top_k=0: must be >= 1"),
+        ("output in /proc", "--output=/proc/preds.csv: not a place for result files"),
     ]:
         stdout, stderr, code = done[name]
         assert (code, stdout) == (2, ""), (name, code, stdout, stderr)

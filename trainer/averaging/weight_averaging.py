@@ -41,11 +41,10 @@ from __future__ import annotations
 import os
 
 import keras
-import tensorflow as tf
 from absl import logging
 
 from trainer import layout
-from trainer.averaging.ensemble import ensemble_evaluate
+from trainer.averaging.ensemble import Snapshot, check_snapshots, ensemble_evaluate, set_aside
 from trainer.averaging.weights import WeightAverage, averaged_weights, update_bn
 from trainer.errors import UserError
 from trainer.loop import strategy as strategy_lib
@@ -262,25 +261,59 @@ class WeightAveraging:
         writer.write("eval", step, scalars)
 
     def evaluate_ensemble(self, writer, step: int) -> dict | None:
-        """The ensemble of the last M snapshots taken up to `step`; None when one is missing."""
+        """The ensemble of the last M snapshots taken up to `step`; None when none is left.
+
+        A damaged snapshot (truncated, garbage, empty, a directory, weights that do not load)
+        is moved to snapshots/broken/ with one log line and left out, as a missing one is:
+        the ensemble goes on with fewer members and says so. It never stops training.
+        """
         m = self.config.ensemble_snapshots
         cycles = [k for k, end in enumerate(self.snapshot_steps) if end <= step][-m:]
-        directory = os.path.join(self.config.model_dir, SNAPSHOT_DIR)
-        paths = [os.path.join(directory, layout.snapshot_name(k)) for k in cycles]
-        missing = [p for p in paths if not tf.io.gfile.exists(p)]
-        if len(cycles) < m or missing:
+        if len(cycles) < m:
             logging.warning(
-                "Step %d: no snapshot ensemble of %d (missing: %s)", step, m, missing or cycles
+                "Step %d: no snapshot ensemble of %d (only cycles %s have ended)", step, m, cycles
             )
             return None
-        result = ensemble_evaluate(
-            self.strategy,
-            self.model,
-            paths,
-            self._eval_data,
-            self.config.num_classes,
-        )
+        directory = os.path.join(self.config.model_dir, SNAPSHOT_DIR)
+        snapshots = [Snapshot(k, os.path.join(directory, layout.snapshot_name(k))) for k in cycles]
+        readable, lines = check_snapshots(snapshots)
+        for line in lines:
+            logging.warning("Step %d: %s", step, line)
+
+        def unreadable(path, reason):
+            logging.warning("Step %d: %s", step, set_aside(path, reason))
+
+        result = None
+        if readable:
+            try:
+                result = ensemble_evaluate(
+                    self.strategy,
+                    self.model,
+                    [s.path for s in readable],
+                    self._eval_data,
+                    self.config.num_classes,
+                    on_unreadable=unreadable,
+                )
+            except UserError:  # no member loaded: each was named above
+                result = None
+        if result is None:
+            logging.warning(
+                "Step %d: no snapshot ensemble: none of cycles %s is readable", step, cycles
+            )
+            return None
         members = result.pop("per_member")
+        loaded = {member["source"] for member in members}
+        cycles = [s.cycle for s in readable if s.path in loaded]
+        result.pop("unreadable", None)  # named in the log lines; `cycles` holds the members
+        if len(cycles) < m:
+            left_out = [s.cycle for s in snapshots if s.cycle not in cycles]
+            logging.warning(
+                "Step %d: snapshot ensemble of %d, not %d (cycles %s left out)",
+                step,
+                len(cycles),
+                m,
+                left_out,
+            )
         result.update(
             step=step,
             cycles=cycles,

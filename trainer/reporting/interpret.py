@@ -268,31 +268,41 @@ def write_images(logdir: str, step: int, images: dict[str, bytes]) -> None:
         writer.close()
 
 
-def write(analysis: Analysis, class_names, model_dir: str, *, step=0, tensorboard=True) -> dict:
+def write(
+    analysis: Analysis,
+    class_names,
+    model_dir: str,
+    *,
+    step=0,
+    tensorboard=True,
+    confusion_path: str | None = None,
+    top_losses_path: str | None = None,
+) -> dict:
     """Writes the pictures into `model_dir` and TensorBoard; returns the JSON record.
 
-    Writes model_dir/confusion_matrix.png and model_dir/top_losses.png and, with
-    `tensorboard`, the same two pictures as images "confusion_matrix" and "top_losses" at
-    `step` in model_dir/tensorboard/eval. Without matplotlib the pictures are skipped with
-    one warning.
+    Writes model_dir/confusion_matrix.png and model_dir/top_losses.png (or `confusion_path`
+    and `top_losses_path`, e.g. `trainer.evaluate`'s own names, which never replace the run's
+    pictures) and, with `tensorboard`, the same two pictures as images "confusion_matrix"
+    and "top_losses" at `step` in model_dir/tensorboard/eval. Without matplotlib the
+    pictures are skipped with one warning.
 
     Returns:
         {"per_class": [...], "confusion_matrix": [[...], ...]} (rows = actual class).
     """
+    confusion_path = confusion_path or os.path.join(model_dir, CONFUSION_FILE)
+    top_losses_path = top_losses_path or os.path.join(model_dir, TOP_LOSSES_FILE)
     tf.io.gfile.makedirs(model_dir)
     pictures = {}
     try:
         pictures["confusion_matrix"] = plot_confusion_matrix(
-            analysis.confusion, class_names, os.path.join(model_dir, CONFUSION_FILE)
+            analysis.confusion, class_names, confusion_path
         )
-        pictures["top_losses"] = plot_top_losses(
-            analysis, class_names, os.path.join(model_dir, TOP_LOSSES_FILE)
-        )
+        pictures["top_losses"] = plot_top_losses(analysis, class_names, top_losses_path)
     except MissingMatplotlib:
         logging.warning(
             "matplotlib is not installed: no %s / %s (%s)",
-            CONFUSION_FILE,
-            TOP_LOSSES_FILE,
+            os.path.basename(confusion_path),
+            os.path.basename(top_losses_path),
             INSTALL_HINT,
         )
         pictures = {}

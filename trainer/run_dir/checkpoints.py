@@ -300,11 +300,21 @@ class Checkpointer:
 
 
 def save_snapshot(model_dir: str, model, cycle: int, step: int) -> str:
-    """Saves the weights at the end of SGDR cycle `cycle` as snapshots/cycle_K.weights.h5."""
+    """Saves the weights at the end of SGDR cycle `cycle` as snapshots/cycle_K.weights.h5.
+
+    A damaged file is simply replaced; a directory in its place (which a rename cannot
+    replace) is moved to snapshots/broken/ first, with one log line.
+    """
     check_finite_weights(model, step)
     directory = os.path.join(model_dir, layout.SNAPSHOT_DIR)
     tf.io.gfile.makedirs(directory)
     path = os.path.join(directory, layout.snapshot_name(cycle))
+    if tf.io.gfile.isdir(path):
+        broken = os.path.join(directory, layout.BROKEN_DIR)
+        tf.io.gfile.makedirs(broken)
+        target = os.path.join(broken, f"{layout.snapshot_name(cycle)}.dir-{os.getpid()}")
+        tf.io.gfile.rename(path, target)
+        logging.warning("Snapshot %s is a directory; moved to %s", path, target)
     tmp = os.path.join(directory, f".cycle_{cycle}.tmp-{os.getpid()}.weights.h5")
     model.save_weights(tmp)
     tf.io.gfile.rename(tmp, path, overwrite=True)

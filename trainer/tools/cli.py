@@ -47,6 +47,15 @@ def flags_parser(program: str, cross_check=None):
     return parse
 
 
+def non_empty(fv, name: str, message: str) -> None:
+    """A validator beside a flag's definition: a value given must not be blank."""
+    from absl import flags
+
+    flags.register_validator(
+        name, lambda v: v is None or bool(v.strip()), message=message, flag_values=fv
+    )
+
+
 def guarded(program: str, body, argv) -> int:
     """Runs `body(argv)`; the one place that turns errors into exit codes.
 

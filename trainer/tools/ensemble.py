@@ -10,7 +10,10 @@ keeps them as DIR/snapshots/cycle_K.weights.h5 (`trainer.loop.actions.Snapshot`)
 The command rebuilds the run's model and evaluation split from DIR/config.json (as
 `python3 -m trainer.evaluate --source=checkpoint` does), takes the last M snapshots by cycle
 (default: all), evaluates each one alone and their ensemble, prints a table and writes
-DIR/ensemble.json (atomically). Nothing of the run itself is changed.
+DIR/ensemble.json (atomically). Nothing of the run itself is changed, except that a damaged
+snapshot (truncated, garbage, empty, a directory, weights that do not load) is moved to
+DIR/snapshots/broken/ with one log line and left out: the ensemble says it has fewer
+members, and with none left the command says so in one line.
 
 The library is `trainer.averaging.ensemble`.
 
@@ -22,42 +25,16 @@ from __future__ import annotations
 import json
 import os
 
-from absl import flags
+from absl import flags, logging
 
-from trainer import config as config_lib
 from trainer import layout
-from trainer.averaging.ensemble import ensemble_evaluate, select_snapshots
-from trainer.errors import UserError
+from trainer.averaging.ensemble import ensemble_evaluate, select_snapshots, set_aside
 from trainer.run_dir import files as run_dir
-from trainer.tools import cli
-from trainer.tools import evaluate as evaluate_lib
+from trainer.tools import cli, paths
+from trainer.tools.runs import read_run_config
 
 PROGRAM = "ensemble"
 ENSEMBLE_FILE = layout.ENSEMBLE_FILE
-
-
-def read_run_config(model_dir: str | None) -> config_lib.Config:
-    """The run's configuration from DIR/config.json.
-
-    Raises:
-        UserError: No such directory, or no readable config.json.
-    """
-    # trainer.tools.evaluate.locate does these checks too but also demands an export or a
-    # checkpoint, which an ensemble does not use; its private file helpers are reused.
-    if not model_dir:
-        raise UserError("--model_dir is required (the directory of a training run)")
-    if not evaluate_lib._isdir(model_dir):
-        raise UserError(f"--model_dir={model_dir}: no such directory")
-    path = os.path.join(model_dir, layout.CONFIG_FILE)
-    if not evaluate_lib._exists(path):
-        raise UserError(f"--model_dir={model_dir}: no config.json (not a training run directory)")
-    try:
-        record = json.loads(evaluate_lib._read_text(path))
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable ({e})") from None
-    return evaluate_lib.config_from_record(record, model_dir)
 
 
 # The command ------------------------------------------------------------------------------
@@ -81,13 +58,26 @@ def evaluate_snapshots(config, snapshots: list, strategy_name: str = "auto") -> 
         dataset = exp.data.eval_dataset(config.global_batch_size)
         return strategy_lib.distribute_dataset(strategy, dataset)
 
+    def unreadable(path, reason):
+        logging.warning("%s", set_aside(path, reason))
+
     result = ensemble_evaluate(
-        strategy, exp.model, [s.path for s in snapshots], dataset_fn, config.num_classes
+        strategy,
+        exp.model,
+        [s.path for s in snapshots],
+        dataset_fn,
+        config.num_classes,
+        on_unreadable=unreadable,
     )
+    cycle_of = {s.path: s.cycle for s in snapshots}
     members = [
-        {"cycle": s.cycle, **{("path" if k == "source" else k): v for k, v in m.items()}}
-        for s, m in zip(snapshots, result.pop("per_member"))
+        {
+            "cycle": cycle_of[m["source"]],
+            **{("path" if k == "source" else k): v for k, v in m.items()},
+        }
+        for m in result.pop("per_member")
     ]
+    left_out = [cycle_of[path] for path in result.pop("unreadable", [])]
     record = {
         "model_dir": config.model_dir,
         "dataset": config.dataset,
@@ -96,6 +86,8 @@ def evaluate_snapshots(config, snapshots: list, strategy_name: str = "auto") -> 
         "ensemble": result,
         "snapshots": members,
     }
+    if left_out:
+        record["unreadable_cycles"] = left_out
     run_dir.write_text(
         os.path.join(config.model_dir, ENSEMBLE_FILE), json.dumps(record, indent=2, sort_keys=True)
     )
@@ -114,6 +106,7 @@ def summary(record: dict) -> str:
 
     rows = [header] + [row(f"cycle_{m['cycle']}", m) for m in record["snapshots"]]
     rows.append(row(f"ensemble of {record['ensemble']['members']}", record["ensemble"]))
+    left_out = record.get("unreadable_cycles", [])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
     def line(cells):
@@ -124,7 +117,12 @@ def summary(record: dict) -> str:
     lines = [line(r) for r in rows]
     data = f"{record['dataset']}, split {record['eval_split']}, {record['examples']} examples"
     path = os.path.join(record["model_dir"], ENSEMBLE_FILE)
-    return "\n".join([f"  data: {data}", *lines, f"  results: {path}"])
+    notes = []
+    if left_out:
+        cycles = ", ".join(f"cycle_{k}" for k in left_out)
+        broken = os.path.join(layout.SNAPSHOT_DIR, layout.BROKEN_DIR)
+        notes = [f"  left out: {cycles} (unreadable, moved to {broken}/)"]
+    return "\n".join([f"  data: {data}", *lines, *notes, f"  results: {path}"])
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -135,7 +133,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "The training run's directory (config.json, snapshots/cycle_K.weights.h5).",
         flag_values=fv,
     )
-    evaluate_lib._non_empty(fv, "model_dir", "must name the training run's directory")
+    cli.non_empty(fv, "model_dir", "must name the training run's directory")
     flags.DEFINE_integer(
         "snapshots",
         None,
@@ -149,6 +147,7 @@ def main(argv):
     """flags -> run directory and snapshots -> TensorFlow -> model, data -> evaluate -> table."""
     fv = flags.FLAGS
     config = read_run_config(fv.model_dir)
+    paths.check_output_dir("--model_dir", fv.model_dir)  # ensemble.json goes there
     snapshots = select_snapshots(fv.model_dir, fv.snapshots)
     cli.start()
     record = evaluate_snapshots(config, snapshots)

@@ -3,17 +3,26 @@
     python3 -m trainer.evaluate --model_dir=DIR [--dataset=SPEC] [--data_dir=PATH] \\
         [--eval_split=test] [--batch_size=128] [--source=export|checkpoint] [--output_dir=DIR]
 
-By default the exported model (DIR/export/model.keras) is evaluated; `--source=checkpoint`,
-or a run without an export, rebuilds the model from DIR/config.json and restores the newest
-readable checkpoint. The data are the run's own evaluation split (config.json) unless the
-flags say otherwise, and the metrics are the training loop's (`trainer.loop.compiled.EvalLoop`), so
-on the run's data they equal metrics.json's final evaluation.
+By default the exported model (DIR/export/model.keras) is evaluated, loaded and checked as
+`trainer.predict` loads it (`trainer.tools.export_reader`: a damaged export is one line);
+`--source=checkpoint`, or a run without an export, rebuilds the model from DIR/config.json
+and restores the newest readable checkpoint. The data are the run's own evaluation split
+(config.json) unless the flags say otherwise, and the metrics are the training loop's
+(`trainer.loop.compiled.EvalLoop`), so on the run's data they equal metrics.json's final
+evaluation.
 
-Writes, into DIR (or --output_dir): evaluation.json (metrics, per-class precision / recall /
-support, the confusion matrix, the top losses), confusion_matrix.png and top_losses.png
-(with matplotlib), and both pictures as TensorBoard images in tensorboard/eval. Nothing of
-the run itself (checkpoints, config, metrics.json) is changed, so it can run beside a live
-training run.
+Classes are matched by name: the run's class names (export/labels.json, or the run's data for
+a checkpoint) against the dataset's. Every class of the dataset must be one of the model's;
+a dataset with fewer classes, or the same ones in another order, has its labels mapped to
+the model's outputs by name, and the summary and evaluation.json ("class_mapping") say so.
+A dataset with a class the model does not know is refused in one line: its accuracy would
+mean nothing.
+
+Writes, into --output_dir (default DIR): evaluation.json (metrics, per-class precision /
+recall / support, the confusion matrix, the top losses), evaluation_confusion_matrix.png and
+evaluation_top_losses.png (with matplotlib). Nothing of the run itself (checkpoints, config,
+metrics.json, its own pictures, tensorboard/) is changed, so it can run beside a live
+training run. The output directory is checked before anything heavy.
 
 Exit codes: 0 done; 2 bad input (one line on stderr, nothing printed before it).
 """
@@ -21,7 +30,6 @@ Exit codes: 0 done; 2 bad input (one line on stderr, nothing printed before it).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 
@@ -31,20 +39,13 @@ from trainer import config as config_lib
 from trainer import layout
 from trainer.errors import UserError
 from trainer.run_dir import files as run_dir
-from trainer.tools import cli
+from trainer.tools import cli, export_reader, paths
+from trainer.tools.runs import Run, locate
 
 PROGRAM = "evaluate"
 EVALUATION_FILE = layout.EVALUATION_FILE
 SOURCES = ("export", "checkpoint")
 MAX_BATCH = config_lib.MAX_GLOBAL_BATCH
-_TUPLE_FIELDS = ("split_at", "lr_mults")
-
-
-def _non_empty(fv, name: str, message: str) -> None:
-    """A validator beside the definition: a value given must not be blank."""
-    flags.register_validator(
-        name, lambda v: v is None or bool(v.strip()), message=message, flag_values=fv
-    )
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -56,7 +57,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "The training run's directory (config.json, ckpt/, export/).",
         flag_values=fv,
     )
-    _non_empty(fv, "model_dir", "must name the training run's directory")
+    cli.non_empty(fv, "model_dir", "must name the training run's directory")
     flags.DEFINE_enum(
         "source",
         "export",
@@ -79,7 +80,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "eval_split", None, "Split to evaluate; default: the run's.", flag_values=fv
     )
     for name in ("dataset", "data_dir", "eval_split"):
-        _non_empty(fv, name, "must not be empty (leave the flag out for the run's value)")
+        cli.non_empty(fv, name, "must not be empty (leave the flag out for the run's value)")
     flags.DEFINE_integer(
         "batch_size",
         128,
@@ -91,124 +92,18 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "top_losses",
         9,
-        "Highest-loss examples to show in top_losses.png and evaluation.json.",
+        "Highest-loss examples to show in evaluation_top_losses.png and evaluation.json.",
         lower_bound=0,
         upper_bound=1000,
         flag_values=fv,
     )
     flags.DEFINE_string(
-        "output_dir", None, "Where the results go; default: --model_dir.", flag_values=fv
+        "output_dir",
+        None,
+        "Where evaluation.json and its pictures go (created if needed); default: --model_dir.",
+        flag_values=fv,
     )
-    _non_empty(fv, "output_dir", "must not be empty (leave the flag out for --model_dir)")
-
-
-# Locating the run (no TensorFlow) ----------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What evaluation needs from a run directory, found before TensorFlow is imported."""
-
-    model_dir: str
-    config: config_lib.Config  # the run's own configuration
-    source: str  # "export" or "checkpoint"
-    note: str = ""  # why the source differs from the one asked for
-
-
-def _tensorflow():
-    # Only for paths with a URL scheme (gs://...); runtime.configure() has run by then.
-    from trainer import runtime
-
-    return runtime.import_tensorflow()
-
-
-def _isdir(path: str) -> bool:
-    if run_dir.is_local(path):
-        return os.path.isdir(path)
-    tf = _tensorflow()
-
-    return tf.io.gfile.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    if run_dir.is_local(path):
-        return os.path.exists(path)
-    tf = _tensorflow()
-
-    return tf.io.gfile.exists(path)
-
-
-def _has_checkpoint(model_dir: str) -> bool:
-    pattern = os.path.join(model_dir, layout.CHECKPOINT_DIR, "ckpt-*.index")
-    if run_dir.is_local(model_dir):
-        return bool(glob.glob(pattern))
-    tf = _tensorflow()
-
-    return bool(tf.io.gfile.glob(pattern))
-
-
-def _read_text(path: str) -> str:
-    if run_dir.is_local(path):
-        with open(path) as f:
-            return f.read()
-    tf = _tensorflow()
-
-    with tf.io.gfile.GFile(path) as f:
-        return f.read()
-
-
-def config_from_record(record: dict, model_dir: str) -> config_lib.Config:
-    """The run's `Config` from config.json's "full" record (unknown keys are ignored).
-
-    Raises:
-        UserError: The record has no usable "full" configuration.
-    """
-    full = record.get("full")
-    path = os.path.join(model_dir, layout.CONFIG_FILE)
-    if not isinstance(full, dict):
-        raise UserError(f'{path} has no "full" configuration (made by an older lrtech?)')
-    names = {f.name for f in dataclasses.fields(config_lib.Config)}
-    values = {k: v for k, v in full.items() if k in names}
-    for key in _TUPLE_FIELDS:
-        if isinstance(values.get(key), list):
-            values[key] = tuple(values[key])
-    values["model_dir"] = model_dir  # where the run is now, wherever it was trained
-    try:
-        return config_lib.Config(**values)
-    except TypeError as e:
-        raise UserError(f"{path}: unusable configuration ({e})") from None
-
-
-def locate(model_dir: str | None, source: str) -> Run:
-    """Checks the run directory and picks the model to evaluate; reads no tensor.
-
-    Raises:
-        UserError: No such directory, no readable config.json, or nothing to evaluate.
-    """
-    if not model_dir:
-        raise UserError("--model_dir is required (the directory of a training run)")
-    if not _isdir(model_dir):
-        raise UserError(f"--model_dir={model_dir}: no such directory")
-    path = os.path.join(model_dir, layout.CONFIG_FILE)
-    if not _exists(path):
-        raise UserError(f"--model_dir={model_dir}: no config.json (not a training run directory)")
-    try:
-        record = json.loads(_read_text(path))
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable ({e})") from None
-    config = config_from_record(record, model_dir)
-    has_export = _exists(os.path.join(model_dir, layout.EXPORT_DIR, layout.EXPORT_MODEL))
-    has_checkpoint = _has_checkpoint(model_dir)
-    if source == "export" and has_export:
-        return Run(model_dir, config, "export")
-    if has_checkpoint:
-        note = "" if source == "checkpoint" else "no export/model.keras; newest checkpoint"
-        return Run(model_dir, config, "checkpoint", note)
-    if source == "checkpoint":
-        raise UserError(f"--model_dir={model_dir}: no checkpoint in {model_dir}/ckpt")
-    raise UserError(f"--model_dir={model_dir}: no export/model.keras and no checkpoint in ckpt/")
+    cli.non_empty(fv, "output_dir", "must not be empty (leave the flag out for --model_dir)")
 
 
 # Loading the model -------------------------------------------------------------------------
@@ -219,22 +114,18 @@ class Loaded:
     model: object  # keras.Model giving logits
     path: str
     step: int | None
+    class_names: tuple[str, ...]  # the run's, per output (may be fewer than the outputs)
     data: object = None  # the run's `trainer.data.Data`, when loading needed it anyway
 
 
 def load_export(run: Run) -> Loaded:
-    """DIR/export/model.keras (built-in layers only) and the step labels.json records."""
-    import keras
+    """DIR/export/model.keras and labels.json (class names, step), as predict loads them.
 
-    directory = os.path.join(run.model_dir, layout.EXPORT_DIR)
-    path = os.path.join(directory, layout.EXPORT_MODEL)
-    model = keras.saving.load_model(path, compile=False)
-    step = None
-    try:
-        step = json.loads(_read_text(os.path.join(directory, layout.LABELS_FILE))).get("step")
-    except (OSError, ValueError, AttributeError):
-        pass  # the step is a label for TensorBoard, not needed to evaluate
-    return Loaded(model, path, step)
+    Raises:
+        UserError: A missing, incomplete or damaged export (`export_reader.load_export`).
+    """
+    export = export_reader.load_export(run.model_dir)
+    return Loaded(export.model, export.path, export.step, export.class_names)
 
 
 def load_checkpoint(run: Run) -> Loaded:
@@ -257,7 +148,7 @@ def load_checkpoint(run: Run) -> Loaded:
     path = reader.restore()
     if path is None:
         raise UserError(f"--model_dir={run.model_dir}: no checkpoint in {reader.directory}")
-    return Loaded(exp.model, path, exp.step, exp.data)
+    return Loaded(exp.model, path, exp.step, tuple(exp.data.info.class_names), exp.data)
 
 
 # The evaluation ----------------------------------------------------------------------------
@@ -276,6 +167,55 @@ def _output_width(model) -> int | None:
         return None
 
 
+def class_mapping(model_names, data_names, dataset: str) -> list[int] | None:
+    """The model output of each of the dataset's classes, matched by name.
+
+    Returns:
+        None when the dataset's classes are the model's first ones in the same order (labels
+        need no change), else the model's index of each dataset class.
+
+    Raises:
+        UserError: A dataset class that none of the model's outputs is named.
+    """
+    index = {}
+    for i, name in enumerate(model_names):
+        index.setdefault(name, i)
+    unknown = [name for name in data_names if name not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        known = ", ".join(list(model_names)[:10]) + (", ..." if len(model_names) > 10 else "")
+        raise UserError(
+            f"--dataset={dataset}: {len(unknown)} of its {len(data_names)} classes ({shown}) "
+            f"are not among the model's {len(model_names)} ({known}); classes are matched by "
+            "name, so its accuracy would mean nothing"
+        )
+    mapping = [index[name] for name in data_names]
+    return None if mapping == list(range(len(mapping))) else mapping
+
+
+def _mapping_note(model_names, data_names, mapping) -> str:
+    """'' when the dataset has exactly the model's classes in its order, else what was done."""
+    if len(data_names) < len(model_names):
+        return (
+            f"the dataset has {len(data_names)} of the model's {len(model_names)} classes, "
+            "matched by name"
+        )
+    if mapping is not None:
+        return f"the model's {len(model_names)} classes in another order, mapped by name"
+    return ""
+
+
+def _mapped(dataset, mapping):
+    """`dataset` of (images, labels) with each label replaced by the model's index of it."""
+    if mapping is None:
+        return dataset
+    from trainer import runtime
+
+    tf = runtime.import_tensorflow()
+    table = tf.constant(mapping, tf.int32)
+    return dataset.map(lambda images, labels: (images, tf.gather(table, labels)))
+
+
 def evaluate(run: Run, config, *, batch_size=128, top_losses=9, output_dir=None) -> dict:
     """Evaluates `run`'s model on `config`'s eval split; writes and returns the record.
 
@@ -284,10 +224,12 @@ def evaluate(run: Run, config, *, batch_size=128, top_losses=9, output_dir=None)
         config: The configuration whose data to use (`eval_config(run.config, ...)`).
         batch_size: Examples per batch.
         top_losses: Highest-loss examples to keep.
-        output_dir: Where the files go; default run.model_dir.
+        output_dir: Where the files go (evaluation.json, evaluation_*.png); default
+            run.model_dir.
 
     Raises:
-        UserError: The data cannot be loaded or have more classes than the model predicts.
+        UserError: The data or the model cannot be loaded, the data have a class the model
+            does not know (see `class_mapping`), or the results cannot be written.
     """
     from trainer import data
     from trainer.reporting import interpret
@@ -301,22 +243,46 @@ def evaluate(run: Run, config, *, batch_size=128, top_losses=9, output_dir=None)
     if source is None:
         source = loaded.data
     num_classes = _output_width(loaded.model) or config.num_classes
-    if source.info.num_classes > num_classes:
-        raise UserError(
-            f"--dataset={config.dataset} has {source.info.num_classes} classes; the model "
-            f"predicts {num_classes}"
-        )
-    names = list(source.info.class_names)
+    names, data_names = list(loaded.class_names), list(source.info.class_names)
+    mapping = class_mapping(names, data_names, config.dataset)
+    note = _mapping_note(names, data_names, mapping)
     analysis = interpret.analyze(
         loaded.model,
-        source.eval_dataset(batch_size),
+        _mapped(source.eval_dataset(batch_size), mapping),
         num_classes,
         top_losses=top_losses,
         class_names=names,
     )
-    record = interpret.write(analysis, names, output_dir, step=loaded.step or 0)
+    try:
+        record = interpret.write(
+            analysis,
+            names,
+            output_dir,
+            step=loaded.step or 0,
+            tensorboard=False,  # the run's tensorboard/ holds the run's own pictures
+            confusion_path=os.path.join(output_dir, layout.EVALUATION_CONFUSION_PLOT),
+            top_losses_path=os.path.join(output_dir, layout.EVALUATION_TOP_LOSSES_PLOT),
+        )
+        result = _result(run, config, loaded, analysis, record, names)
+        if note:
+            indices = mapping or range(len(data_names))
+            result["class_mapping"] = {
+                "note": note,
+                "dataset_to_model": dict(zip(data_names, indices)),
+            }
+        run_dir.write_text(
+            os.path.join(output_dir, EVALUATION_FILE), json.dumps(result, indent=2, sort_keys=True)
+        )
+    except OSError as e:
+        raise UserError(f"{output_dir}: cannot write the results ({e.strerror or e})") from None
+    return result
+
+
+def _result(run: Run, config, loaded: Loaded, analysis, record: dict, names) -> dict:
+    from trainer.reporting import interpret
+
     top = analysis.top_losses
-    result = {
+    return {
         "model": loaded.path,
         "source": run.source,
         "step": loaded.step,
@@ -336,10 +302,6 @@ def evaluate(run: Run, config, *, batch_size=128, top_losses=9, output_dir=None)
             for i in range(len(top))
         ],
     }
-    run_dir.write_text(
-        os.path.join(output_dir, EVALUATION_FILE), json.dumps(result, indent=2, sort_keys=True)
-    )
-    return result
 
 
 def summary(result: dict, run: Run, output_dir: str) -> str:
@@ -351,6 +313,10 @@ def summary(result: dict, run: Run, output_dir: str) -> str:
             "data",
             f"{result['dataset']}, split {result['eval_split']}, {result['examples']} examples",
         ),
+    ]
+    if "class_mapping" in result:
+        rows.append(("classes", result["class_mapping"]["note"]))
+    rows += [
         ("loss", f"{result['loss']:.4f}"),
         ("accuracy", f"{result['accuracy']:.4f}"),
     ]
@@ -375,8 +341,9 @@ def main(argv):
     fv = flags.FLAGS
     run = locate(fv.model_dir, fv.source)
     config = eval_config(run.config, fv.dataset, fv.data_dir, fv.eval_split)
-    cli.start()
     output_dir = fv.output_dir or run.model_dir
+    paths.check_output_dir("--output_dir" if fv.output_dir else "--model_dir", output_dir)
+    cli.start()
     result = evaluate(
         run,
         config,

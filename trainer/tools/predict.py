@@ -3,21 +3,16 @@
     python3 -m trainer.predict --model_dir=DIR [--top_k=5] [--batch_size=64] \\
         [--output=preds.csv] [--skip_corrupt] IMAGE_OR_FOLDER...
 
-DIR is a `run_train.py --model_dir`; its export/ holds model.keras (built-in Keras layers,
-float32 RGB pixels in [0, 255] in, logits out) and labels.json (class names, image size).
-Folders are searched recursively for .jpg .jpeg .png .bmp .gif files (any case), in sorted
-order. Each image is fed exactly as the run's evaluation fed its images, by the same function
-(`trainer.data.images.eval_view`), in the regime labels.json records ("preprocessing"):
-"center_crop", the centered square of side eval_crop x the shorter side resized bilinearly,
-or "resize", the whole image resized with antialiasing (e.g. a TFDS run whose fixed-size
-images were held decoded, even at image_size >= 128); clipped to [0, 255]. An export written
-before labels.json recorded it: center_crop at image_size >= 128 (eval_crop from
-DIR/config.json, 0.875 without it), resize below 128 or for a run trained on arrays or
-synthetic data. One line per image: the path, then the top-k class names with their
-probabilities (softmax of the logits). `--output` also writes them as CSV.
+DIR is a `run_train.py --model_dir`; its export/ holds model.keras and labels.json, read and
+checked by `trainer.tools.export_reader`, which also feeds each image exactly as the run's
+evaluation fed its images (see there). Folders are searched recursively for .jpg .jpeg .png
+.bmp .gif files (any case), in sorted order. One line per image: the path, then the top-k
+class names with their probabilities (softmax of the logits). `--output` also writes them as
+CSV: path, class_1, prob_1, ..., class_k, prob_k (most probable first).
 
 Exit codes: 0 done; 2 bad input (one line on stderr naming the flag, file or value: a missing
-path or export, an unreadable image without --skip_corrupt).
+path or export, a damaged export, an unreadable image without --skip_corrupt, an --output
+that cannot be written, checked before predicting).
 
 Library use: `predict(model_dir, paths, top_k=5)` returns [(path, [(class, prob), ...])].
 """
@@ -25,43 +20,21 @@ Library use: `predict(model_dir, paths, top_k=5)` returns [(path, [(class, prob)
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from trainer import config as config_lib
-from trainer import layout, runtime
+from trainer import runtime
 from trainer.errors import UserError
 from trainer.run_dir import files as run_dir
 from trainer.tools import cli
+from trainer.tools.export_reader import Export, load_export, preprocess
+from trainer.tools.paths import check_output_file
 
-# From the TF-free modules, so the command line checks its arguments before the slow
-# TensorFlow import.
-IMAGE_EXTENSIONS = config_lib.IMAGE_EXTENSIONS
-EXPORT_DIR = layout.EXPORT_DIR
-CONFIG_FILE = layout.CONFIG_FILE
-DECODED_PREFIXES = config_lib.DECODED_DATASET_PREFIXES
-DECODED_NAMES = config_lib.DECODED_DATASET_NAMES
-DEFAULT_EVAL_CROP = config_lib.Config.__dataclass_fields__["eval_crop"].default
 MAX_BATCH_SIZE = config_lib.MAX_GLOBAL_BATCH
-PREPROCESSING = config_lib.EVAL_PREPROCESSING
-
-
-@dataclasses.dataclass(frozen=True)
-class Export:
-    """A loaded export: the Keras model and how to feed it."""
-
-    model: object
-    class_names: tuple[str, ...]
-    image_size: int
-    eval_crop: float = DEFAULT_EVAL_CROP  # the run's --eval_crop
-    encoded: bool = True  # False: the run evaluated decoded arrays (never center-cropped)
-    # labels.json's "resize" or "center_crop"; None (an older export): decided by `encoded`
-    # and image_size, as evaluation decides for encoded files.
-    preprocessing: str | None = None
+IMAGE_EXTENSIONS = config_lib.IMAGE_EXTENSIONS
 
 
 def find_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -97,144 +70,6 @@ def find_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
             f"no images ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(paths) or '(nothing)'}"
         )
     return files
-
-
-def read_labels(model_dir: str) -> dict:
-    """export/labels.json of `model_dir`, checked; also checks that model.keras exists.
-
-    Raises:
-        UserError: no model_dir, no export (training has not finished), an incomplete
-            export or an unreadable labels.json; the message names the file and the remedy.
-    """
-    model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir):
-        raise UserError(f"model_dir {model_dir}: no such directory")
-    export_dir = os.path.join(model_dir, EXPORT_DIR)
-    model_path = os.path.join(export_dir, layout.EXPORT_MODEL)
-    labels_path = os.path.join(export_dir, layout.LABELS_FILE)
-    if not os.path.isdir(export_dir):
-        raise UserError(
-            f"{model_path}: no export; run training first (python3 run_train.py "
-            f"--model_dir={model_dir} ...), which writes it when it finishes"
-        )
-    for path in (model_path, labels_path):
-        if not os.path.isfile(path):
-            raise UserError(
-                f"{path}: missing, the export is incomplete; re-running the same training "
-                "command writes it"
-            )
-    try:
-        with open(labels_path, encoding="utf-8") as f:
-            labels = json.load(f)
-        names, size = labels["class_names"], labels["image_size"]
-        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-            raise ValueError(f"class_names={names!r} is not a non-empty list of strings")
-        if not (isinstance(size, int) and size >= 1):
-            raise ValueError(f"image_size={size!r} is not an integer >= 1")
-        regime = labels.get("preprocessing")
-        if regime is not None and regime not in PREPROCESSING:
-            raise ValueError(f"preprocessing={regime!r} is not one of {', '.join(PREPROCESSING)}")
-        if "eval_crop" in labels:
-            _check_crop(labels["eval_crop"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{labels_path}: unreadable ({_one_line(e)}); {_REWRITE}") from None
-    return labels
-
-
-_REWRITE = "delete the export/ folder and re-run the same training command to write it again"
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
-def read_eval_view(model_dir: str) -> tuple[float, bool]:
-    """(eval_crop, encoded) of the run's evaluation view, from model_dir/config.json.
-
-    Without config.json (an export copied alone): the defaults, (0.875, True).
-
-    Raises:
-        UserError: config.json unreadable, or its eval_crop not in (0, 1].
-    """
-    path = os.path.join(os.fspath(model_dir), CONFIG_FILE)
-    if not os.path.isfile(path):
-        return DEFAULT_EVAL_CROP, True
-    try:
-        with open(path, encoding="utf-8") as f:
-            full = json.load(f).get("full", {})
-        crop = full.get("eval_crop", DEFAULT_EVAL_CROP)
-        dataset = str(full.get("dataset", ""))
-        _check_crop(crop)
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"{path}: unreadable ({_one_line(e)})") from None
-    return float(crop), evaluates_encoded(dataset)
-
-
-def _check_crop(crop) -> None:
-    if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
-        raise ValueError(f"eval_crop={crop!r} is not in (0, 1]")
-
-
-def evaluates_encoded(dataset: str) -> bool:
-    """Whether a run on `dataset` (--dataset) evaluated encoded images, not decoded arrays."""
-    return not (dataset.startswith(DECODED_PREFIXES) or dataset in DECODED_NAMES)
-
-
-def load_export(model_dir: str) -> Export:
-    """Loads export/model.keras with plain Keras and export/labels.json, and checks they fit.
-
-    Raises:
-        UserError: see `read_labels`; also a model.keras that does not load or whose input
-            size or number of outputs disagrees with labels.json.
-    """
-    labels = read_labels(model_dir)
-    eval_crop, encoded = read_eval_view(model_dir)
-    # labels.json records how evaluation viewed images (exports since it does): it decides.
-    preprocessing = labels.get("preprocessing")
-    eval_crop = float(labels.get("eval_crop", eval_crop))
-    model_path = os.path.join(os.fspath(model_dir), EXPORT_DIR, layout.EXPORT_MODEL)
-    runtime.import_tensorflow()
-    import keras
-
-    try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as e:  # a damaged zip, a missing layer class, a truncated weights file...
-        raise UserError(f"{model_path}: cannot load ({_one_line(e)}); {_REWRITE}") from None
-    names, size = tuple(labels["class_names"]), labels["image_size"]
-    input_shape = tuple(getattr(model, "input_shape", None) or ())
-    output_shape = tuple(getattr(model, "output_shape", None) or ())
-    if len(input_shape) == 4 and None not in input_shape[1:3] and input_shape[1:3] != (size,) * 2:
-        raise UserError(
-            f"{model_path}: takes {input_shape[1]}x{input_shape[2]} images but labels.json "
-            f"says image_size={size}; {_REWRITE}"
-        )
-    if output_shape and output_shape[-1] not in (None, len(names)):
-        raise UserError(
-            f"{model_path}: outputs {output_shape[-1]} classes but labels.json names "
-            f"{len(names)}; {_REWRITE}"
-        )
-    return Export(model, names, size, eval_crop, encoded, preprocessing)
-
-
-def preprocess(
-    contents,
-    image_size: int,
-    eval_crop=DEFAULT_EVAL_CROP,
-    encoded: bool = True,
-    preprocessing: str | None = None,
-):
-    """Encoded image bytes -> float32 [S, S, 3] RGB in [0, 255], as training evaluates.
-
-    `trainer.data.images.eval_view`, the function of the evaluation pipeline (the first frame
-    of an animated GIF; any input size): `preprocessing` ("resize" or "center_crop") as
-    labels.json records it; without it `encoded` (False for a run trained on decoded arrays)
-    and image_size decide, as for encoded files.
-    """
-    runtime.import_tensorflow()
-    from trainer.data import images
-
-    return images.eval_view(contents, image_size, eval_crop, encoded, preprocessing)
 
 
 def _dataset(files: list[str], export: Export, batch_size: int):
@@ -379,19 +214,15 @@ def format_lines(results: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> 
 def write_csv(path: str, results: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> None:
     """Writes the results as CSV, atomically (temporary file, rename).
 
-    Columns: path, class, prob (the top-1), then class_1, prob_1, ..., class_k, prob_k.
+    Columns: path, then class_1, prob_1, ..., class_k, prob_k, most probable first (k: the
+    longest top-k list; shorter rows end early).
     """
     k = max((len(top) for _, top in results), default=0)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(
-        ["path", "class", "prob"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")]
-    )
+    writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")])
     for image, top in results:
-        cells = [image, top[0][0], f"{top[0][1]:.6f}"]
-        for name, prob in top:
-            cells += [name, f"{prob:.6f}"]
-        writer.writerow(cells)
+        writer.writerow([image] + [cell for name, prob in top for cell in (name, f"{prob:.6f}")])
     run_dir.write_text(path, text.getvalue())
 
 
@@ -431,8 +262,8 @@ def define_flags(fv) -> None:
     flags.DEFINE_string(
         "output",
         None,
-        "Also write the predictions to this CSV file (path, class, prob, then class_i, prob_i "
-        "for i = 1..k), atomically.",
+        "Also write the predictions to this CSV file (columns path, class_1, prob_1, ..., "
+        "class_k, prob_k, most probable first), atomically; checked before predicting.",
         flag_values=fv,
     )
     flags.register_validator(
@@ -447,21 +278,18 @@ def define_flags(fv) -> None:
     )
 
 
-def _check_output(path: str) -> None:
-    """Fails before any heavy work when the CSV cannot be written where asked."""
-    if os.path.isdir(path):
-        raise UserError(f"--output={path}: is a directory")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UserError(f"--output={path}: no such directory {parent}")
+def check_arguments(fv, paths: Sequence[str]) -> None:
+    """What the command checks before TensorFlow's slow import: images given, --output
+    writable (a run of minutes must not end in an error about the output file)."""
+    if not paths:
+        raise UserError("no images given: pass image files or folders after the flags")
+    if fv.output:
+        check_output_file("--output", fv.output)
 
 
 def run(fv, paths: Sequence[str]) -> int:
     """The command: predicts, prints one line per image and writes --output; returns 0."""
-    if not paths:
-        raise UserError("no images given: pass image files or folders after the flags")
-    if fv.output:
-        _check_output(fv.output)
+    check_arguments(fv, paths)
     skipped: list[str] = []
     results = predict(
         fv.model_dir,
@@ -472,7 +300,10 @@ def run(fv, paths: Sequence[str]) -> int:
         on_skip=skipped.append,
     )
     if fv.output:
-        write_csv(fv.output, results)
+        try:
+            write_csv(fv.output, results)
+        except OSError as e:  # e.g. the directory went away while predicting
+            raise UserError(f"--output={fv.output}: cannot write ({e.strerror or e})") from None
     sys.stdout.write("".join(f"{line}\n" for line in format_lines(results)))
     sys.stdout.flush()
     if skipped:
@@ -484,6 +315,7 @@ def main(argv) -> int:
     """The command's body, after flag parsing (`trainer.tools.cli`)."""
     from absl import flags, logging
 
+    check_arguments(flags.FLAGS, argv[1:])
     cli.start(quiet_unless_verbosity=False)
     logging.set_verbosity(logging.WARNING)
     return run(flags.FLAGS, argv[1:])
