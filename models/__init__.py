@@ -191,6 +191,26 @@ def _check_sizes(num_classes, image_size) -> None:
         raise TypeError(f"--image_size={image_size!r} must be an integer")
 
 
+DEFAULT_IMAGE_SIZE = 32
+
+
+def input_size(name: str, custom_objects: str | None = None) -> int:
+    """The input size a model is built at when --image_size is not given: a saved
+    ``PATH.keras`` model's own fixed (square) input size, else 32 (also for a builder, which
+    receives it). Loads a ``.keras`` file once to read it.
+
+    Raises:
+      ValueError: as `models.user.load_file`.
+    """
+    if isinstance(name, str) and name.endswith(".keras"):
+        shape = user.load_file(name, custom_objects).input_shape
+        if isinstance(shape, list):
+            shape = shape[0]
+        if len(shape) == 4 and shape[1] is not None and shape[1] == shape[2]:
+            return int(shape[1])
+    return DEFAULT_IMAGE_SIZE
+
+
 def build(
     name: str,
     num_classes: int,

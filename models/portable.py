@@ -104,11 +104,39 @@ def _is_keras(module: object) -> bool:
     return isinstance(module, str) and module.split(".")[0] == "keras"
 
 
+# lrtech's own packages: an export must not need them. A user model's custom layers come
+# from the user's modules, which loading its export needs anyway (`--custom_objects`): they
+# stay when Keras can find them by name (registered with register_keras_serializable).
+_OURS = ("models", "trainer", "schedules")
+
+
+def _is_ours(module: object) -> bool:
+    return isinstance(module, str) and module.split(".")[0] in _OURS
+
+
+def _loadable(config: dict) -> bool:
+    """A serialized object plain Keras finds: its own, or a registered one of the user's."""
+    if _is_keras(config["module"]):
+        return True
+    if _is_ours(config["module"]):
+        return False
+    registered = config.get("registered_name")
+    return bool(registered) and keras.saving.get_registered_object(registered) is not None
+
+
+def _is_loadable_class(cls: type) -> bool:
+    if _is_keras(cls.__module__):
+        return True
+    if _is_ours(cls.__module__):
+        return False
+    return keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is cls
+
+
 def _foreign_objects(config) -> list[str]:
-    """Names of the serialized objects in `config` whose module is not Keras' own."""
+    """Names of the serialized objects in `config` that plain Keras cannot load."""
     found = []
     if isinstance(config, dict):
-        if "module" in config and "class_name" in config and not _is_keras(config["module"]):
+        if "module" in config and "class_name" in config and not _loadable(config):
             # Functions serialize as class "function" with their name as the config.
             name = config["config"] if config["class_name"] == "function" else config["class_name"]
             found.append(f"{config['module']}.{name}")
@@ -158,12 +186,13 @@ def _portable_config(model: keras.Model) -> dict:
             )
         else:
             foreign = _foreign_objects(entry)
-            if not _is_keras(type(layer).__module__) or foreign:
+            if not _is_loadable_class(type(layer)) or foreign:
                 what = ", ".join(foreign) or f"{type(layer).__module__}.{type(layer).__qualname__}"
                 raise ValueError(
                     f"portable: layer {layer.name!r} ({type(layer).__qualname__}) uses custom "
-                    f"code ({what}) that plain Keras cannot load and models.portable cannot "
-                    "replace by built-in layers"
+                    f"code ({what}) that plain Keras cannot load (neither built-in nor "
+                    "registered with keras.saving.register_keras_serializable) and "
+                    "models.portable cannot replace by built-in layers"
                 )
     return config
 

@@ -16,12 +16,23 @@ CYCLE_MOMENTUM_OPTIMIZERS = ("momentum", "nesterov", "adam", "adamw")
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 CACHE_POLICIES = ("auto", "memory", "none")
+ADAPTIVE_LR = ("none", "rgn")
+ADAPTIVE_GRANULARITIES = ("tensor", "layer")
+INPUT_SCALES = ("raw", "unit", "minus_one_one", "imagenet_caffe", "imagenet_torch")
+LAYER_DECAY_GROUPS = ("layer", "block", "stage")
 
 # Upper bounds that turn would-be overflows, huge allocations and out-of-memory errors minutes
 # into a run into one line at parse time (also the batch limit of predict and evaluate).
 MAX_GLOBAL_BATCH = 65536
 MAX_SYNTHETIC = 1_000_000
 MAX_IMAGE_SIZE = 1024
+
+# The fewest LR range test steps whose curve gives every suggestion: 16 points remain after
+# fastai's trimming (the first 10%, the last 5); tests/test_lr_find.py checks 23 and 22.
+LR_FIND_MIN_STEPS = 23
+
+# --image_size when neither the flag nor the model (a saved .keras input) gives one.
+DEFAULT_IMAGE_SIZE = 32
 
 # Image files read from folders and given to predict.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -69,10 +80,13 @@ class Config:
     synthetic_train_size: int = 2048  # examples
     synthetic_test_size: int = 512  # examples
     # Model.
-    model: str = "resnet20"
+    model: str = "resnet20"  # a name of models/, PATH.keras, or package.module:function
     weights: str = "none"  # imagenet | none | PATH to a .weights.h5 / .keras file
     head: str = "default"  # classification head variant, see models/
-    image_size: int = 32  # pixels (square)
+    image_size: int | None = None  # pixels (square); None: the model's (32, or a .keras input)
+    new_head: bool | None = None  # user model: a fresh head (None: when the width differs)
+    custom_objects: str | None = None  # user model: module(s) defining its custom layers
+    input_scale: str = "raw"  # user model: what it expects of [0, 255] pixels
     num_classes: int | None = None  # inferred from the dataset when None
     # Length.
     global_batch_size: int = 128  # examples per step, summed over replicas
@@ -108,7 +122,12 @@ class Config:
     split_at: tuple[str, ...] = ()  # layer indices / names / "preset[:NAME]"
     lr_mults: tuple[float, ...] | None = None  # one per segment
     lr_spread: float | None = None  # geometric from max_lr/R to max_lr
-    layer_decay: float | None = None  # every weighted layer a segment at D**(L - l)
+    layer_decay: float | None = None  # every weighted layer (or block) a segment at D**(L - l)
+    layer_decay_groups: str = "layer"  # layer | block | stage | name patterns (";"-separated)
+    adaptive_lr: str = "none"  # none | rgn: per-variable multipliers from relative grad norms
+    adaptive_lr_floor: float = 0.0  # the smallest adaptive multiplier
+    adaptive_lr_granularity: str = "tensor"  # tensor | layer: one RGN per variable or layer
+    train_bn: bool | None = None  # frozen segments' BatchNorm trains (None: on in fine_tune)
     freeze_segments: int = 0  # train only segments >= K at first
     unfreeze_every: float | None = None  # epochs between unfreezing one more segment
     # Execution.
@@ -136,9 +155,22 @@ class Config:
             object.__setattr__(self, "schedule", "one_cycle")
 
     @property
+    def input_size(self) -> int:
+        """--image_size, or the default 32 before a model resolved it (trainer.experiment)."""
+        return self.image_size or DEFAULT_IMAGE_SIZE
+
+    @property
     def has_restarts(self) -> bool:
         """Whether the schedule restarts (plain SGDR; a recipe's phases are not restarts)."""
         return self.schedule == "sgdr" and self.recipe == "none"
+
+    @property
+    def trains_bn(self) -> bool:
+        """Whether frozen segments' BatchNorm layers train (--train_bn resolved: fastai's
+        `train_bn`, on by default in the fine_tune recipe)."""
+        if self.train_bn is not None:
+            return self.train_bn
+        return self.recipe == "fine_tune"
 
     @property
     def cycles_momentum(self) -> bool:

@@ -44,6 +44,12 @@ from trainer.run_dir import export as export_lib
 from trainer.run_dir import files as run_dir
 
 
+def _input_size(config) -> int:
+    import models
+
+    return models.input_size(config.model, config.custom_objects)
+
+
 class Experiment:
     """A training run described by a `trainer.config.Config`.
 
@@ -70,6 +76,9 @@ class Experiment:
     def build(self) -> Experiment:
         """Loads the data and builds model, optimizer, trainer and checkpointer under scope."""
         config = self.config
+        if config.image_size is None:  # the model's own (32, or a saved model's input size)
+            size = 32 if self.model_fn is not None else _input_size(config)
+            config = self.config = config.replace(image_size=size)
         self.data = data.load(config)
         self.info = self.data.info
         if config.num_classes is None:
@@ -113,6 +122,7 @@ class Experiment:
             clipnorm=config.clipnorm,
             loss_scale=self.loss_scale,
             jit_compile=config.jit_compile,
+            train_bn=config.trains_bn,
         )
         self.evaluator = Evaluator(self.strategy, self.model, self.eval_data, config.num_classes)
         self._final = interpret.Final(
@@ -168,6 +178,9 @@ class Experiment:
             image_size=config.image_size,
             weights=config.weights,
             head=config.head,
+            new_head=config.new_head,
+            input_scale=config.input_scale,
+            custom_objects=config.custom_objects,
         )
 
     def _auto_max_lr(self) -> float:
@@ -219,6 +232,7 @@ class Experiment:
             self.lr_mults,
             aggregate_gradients=False,
             cycle_momentum=config.cycles_momentum,
+            **optimizers.adaptive_args(config),
         )
         # Every variable that can ever train, before the first trace (see DESIGN pitfalls).
         self.optimizer.build(self.model.trainable_variables)
@@ -296,6 +310,7 @@ class Experiment:
             plan.steps_per_epoch,
             restarts,
             momentum,
+            self.optimizer.adaptive_multipliers if config.adaptive_lr != "none" else None,
         )
         out = [actions.Unfreeze(self.trainer, plan), report]
         if self.averaging.snapshot_steps and self.is_chief:

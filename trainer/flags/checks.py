@@ -54,8 +54,36 @@ def cross_check(fv: flags.FlagValues) -> None:
             f"--lr_find_start must be < --lr_find_end; got lr_find_start={v['lr_find_start']},"
             f" lr_find_end={v['lr_find_end']}"
         )
+    _model_checks(v, fail)
     _schedule_checks(fv, v, fail)
     _averaging_checks(v, fail)
+
+
+def _model_checks(v, fail):
+    user_model = v["model"].endswith(".keras") or ":" in v["model"]
+    if not user_model:
+        for name, default in (("new_head", None), ("custom_objects", None), ("input_scale", "raw")):
+            if v[name] != default:
+                fail(
+                    f"--{name}={v[name]} applies to --model=PATH.keras or module:function; "
+                    f"--model={v['model']} has its own preprocessing and a new head"
+                )
+    elif v["model"].endswith(".keras") and v["weights"] != "none":
+        fail(
+            f"--weights={v['weights']}: --model={v['model']} brings its own weights; drop --weights"
+        )
+    if v["layer_decay_groups"].strip() != "layer" and v["layer_decay"] is None:
+        fail(f"--layer_decay_groups={v['layer_decay_groups']} needs --layer_decay")
+    if v["adaptive_lr"] == "none":
+        for name, default in (("adaptive_lr_floor", 0.0), ("adaptive_lr_granularity", "tensor")):
+            if v[name] != default:
+                fail(f"--{name}={v[name]} is an --adaptive_lr setting; give --adaptive_lr=rgn")
+    frozen = v["freeze_segments"] or v["recipe"] != "none"
+    if v["train_bn"] and not frozen:
+        fail(
+            "--train_bn keeps the BatchNorm of frozen segments training, but nothing is frozen; "
+            "give --freeze_segments or --recipe=fine_tune"
+        )
 
 
 def _schedule_checks(fv, v, fail):

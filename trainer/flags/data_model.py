@@ -6,6 +6,7 @@ import math
 
 from absl import flags
 
+from trainer import config as config_lib
 from trainer.config import MAX_GLOBAL_BATCH, MAX_IMAGE_SIZE, MAX_SYNTHETIC
 from trainer.flags.validators import _default, _positive, _register
 
@@ -97,7 +98,35 @@ def _define_model(fv):
     flags.DEFINE_string(
         "model",
         _default("model"),
-        "Model builder name (resnet20, resnet50, ...; see models/).",
+        "The model: a name of models/ (resnet20, resnet50, convnext_tiny, efficientnetv2_b0, "
+        "...; --helpfull lists them under models), PATH.keras (a whole saved Keras model: "
+        "its own weights, its input size) or package.module:function (a builder "
+        "function(num_classes, image_size) -> keras.Model importable from PYTHONPATH).",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "new_head",
+        _default("new_head"),
+        "--model=PATH.keras or module:function: replace the last Dense classifier with a fresh "
+        "--num_classes head (default: when the model's output width differs).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "custom_objects",
+        _default("custom_objects"),
+        "--model=PATH.keras: Python module(s), comma-separated, defining the model's custom "
+        "layers; imported before loading.",
+        flag_values=fv,
+    )
+    flags.DEFINE_enum(
+        "input_scale",
+        _default("input_scale"),
+        config_lib.INPUT_SCALES,
+        "--model=PATH.keras or module:function: what the model expects of the pipeline's "
+        "float [0, 255] RGB pixels: raw (as they are, the default), unit ([0, 1]), "
+        "minus_one_one ([-1, 1]), imagenet_caffe (BGR minus ImageNet means), imagenet_torch "
+        "([0, 1] standardized by ImageNet mean/std). Added as a built-in Keras layer and "
+        "recorded in labels.json, so exports and predict match.",
         flag_values=fv,
     )
     flags.DEFINE_string(
@@ -118,7 +147,9 @@ def _define_model(fv):
     flags.DEFINE_integer(
         "image_size",
         _default("image_size"),
-        "Input size in pixels (square, 8..1024); images are resized to it.",
+        "Input size in pixels (square, 8..1024); images are resized to it. Default: 32 for "
+        "the named models, a saved model's own input size for --model=PATH.keras. Each "
+        "model has a minimum (e.g. xception 71, inception_v3 75).",
         lower_bound=8,
         upper_bound=MAX_IMAGE_SIZE,
         flag_values=fv,

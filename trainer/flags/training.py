@@ -155,39 +155,52 @@ def _define_schedule(fv):
     )
 
 
+def _float32_rate(x):
+    return math.isfinite(x) and 1e-30 <= x <= 1e30
+
+
 def _define_lr_find(fv):
     flags.DEFINE_bool(
         "lr_find",
         _default("lr_find"),
-        "Run Smith's LR range test before training (fastai's lr_find): the head's learning rate "
-        "grows exponentially from --lr_find_start to --lr_find_end over --lr_find_steps steps, "
-        "the segment multipliers fixed; writes lr_find.png and lr_find.json to --model_dir and "
-        "prints the suggested --max_lr. Weights, optimizer state, step and data position are "
-        "restored afterwards. Without --epochs / --train_steps only the test runs.",
+        "Run Smith's LR range test and stop (fastai's lr_find, its own step): the head's "
+        "learning rate grows exponentially from --lr_find_start to --lr_find_end over "
+        "--lr_find_steps steps, the segment multipliers fixed; writes lr_find.png and "
+        "lr_find.json to --model_dir and prints the suggested --max_lr. No training, "
+        "checkpoint or export, whatever the flagfile sets (--epochs etc. are ignored). A test "
+        "recorded in --model_dir with the same settings is shown again, not repeated (delete "
+        "lr_find.json to repeat it). --max_lr=auto tests and then trains.",
         flag_values=fv,
     )
     flags.DEFINE_float(
         "lr_find_start",
         _default("lr_find_start"),
-        "LR range test: first learning rate (> 0).",
+        "LR range test: first learning rate, in [1e-30, 1e30] (float32 rates).",
         flag_values=fv,
     )
-    _register(fv, "lr_find_start", _positive, "> 0")
+    _register(fv, "lr_find_start", _float32_rate, "in [1e-30, 1e30]")
     flags.DEFINE_float(
         "lr_find_end",
         _default("lr_find_end"),
-        "LR range test: last learning rate (> --lr_find_start).",
+        "LR range test: last learning rate (> --lr_find_start), in [1e-30, 1e30].",
         flag_values=fv,
     )
-    _register(fv, "lr_find_end", _positive, "> 0")
+    _register(fv, "lr_find_end", _float32_rate, "in [1e-30, 1e30]")
     flags.DEFINE_integer(
         "lr_find_steps",
         _default("lr_find_steps"),
-        "LR range test: steps (batches) from start to end (>= 5; it stops early once the "
-        "smoothed loss exceeds 4x its minimum).",
+        f"LR range test: steps (batches) from start to end, at least "
+        f"{config_lib.LR_FIND_MIN_STEPS} (the suggestions need 16 points after fastai's "
+        "trimming of the first 10% and last 5); it stops early once the smoothed loss exceeds "
+        "4x its minimum.",
         flag_values=fv,
     )
-    _register(fv, "lr_find_steps", lambda x: x >= 5, ">= 5")
+    _register(
+        fv,
+        "lr_find_steps",
+        lambda x: x >= config_lib.LR_FIND_MIN_STEPS,
+        f">= {config_lib.LR_FIND_MIN_STEPS} (the suggestions need 16 points after trimming)",
+    )
 
 
 def _define_recipe(fv):
@@ -238,11 +251,57 @@ def _define_segments(fv):
         "layer_decay",
         _default("layer_decay"),
         "Layer-wise learning-rate decay D in (0, 1] (BEiT / MAE / timm fine-tuning, typically "
-        "0.65-0.75): every layer with weights is its own segment, the l-th of L+1 at "
-        "multiplier D**(L - l), the head at 1. Replaces --split_at / --lr_mults / --lr_spread.",
+        "0.65-0.75): every layer with weights (or block, --layer_decay_groups) is its own "
+        "segment, the l-th of L+1 at multiplier D**(L - l), the head at 1. Replaces "
+        "--split_at / --lr_mults / --lr_spread.",
         flag_values=fv,
     )
     _register(fv, "layer_decay", lambda x: 0 < x <= 1, "in (0, 1]")
+    flags.DEFINE_string(
+        "layer_decay_groups",
+        _default("layer_decay_groups"),
+        "What one --layer_decay step is: layer (every layer with weights), block (the "
+        "backbone's residual/stage blocks, timm's and ConvNeXt's grouping: a BatchNorm or a "
+        "depthwise conv shares its block's rate), stage, or layer-name regular expressions "
+        "separated by ';' for your own model (each match starts a group; e.g. "
+        "'encoder_layer_\\d+'). --list_layers shows each layer's group and multiplier.",
+        flag_values=fv,
+    )
+    _register(
+        fv, "layer_decay_groups", lambda v: bool(v.strip()), "layer, block, stage or patterns"
+    )
+    flags.DEFINE_enum(
+        "adaptive_lr",
+        _default("adaptive_lr"),
+        config_lib.ADAPTIVE_LR,
+        "rgn: choose each variable's rate at every step from its relative gradient norm "
+        "(Auto-RGN, Lee et al. ICLR 2023): m = RGN / max RGN, RGN = ||grad|| / ||weight||, "
+        "times the segment's static multiplier; none: only the static multipliers.",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "adaptive_lr_floor",
+        _default("adaptive_lr_floor"),
+        "--adaptive_lr: the smallest multiplier, in [0, 1] (0: a variable may stand still).",
+        flag_values=fv,
+    )
+    _register(fv, "adaptive_lr_floor", lambda x: math.isfinite(x) and 0 <= x <= 1, "in [0, 1]")
+    flags.DEFINE_enum(
+        "adaptive_lr_granularity",
+        _default("adaptive_lr_granularity"),
+        config_lib.ADAPTIVE_GRANULARITIES,
+        "--adaptive_lr: one relative gradient norm per variable (tensor, the paper's) or per "
+        "layer (all its variables together).",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "train_bn",
+        _default("train_bn"),
+        "Keep the BatchNorm layers of frozen segments training (their scale/offset train and "
+        "their statistics follow the data; fastai's train_bn). Default: on with "
+        "--recipe=fine_tune, off otherwise (Keras freezes BatchNorm into inference mode).",
+        flag_values=fv,
+    )
     flags.DEFINE_integer(
         "freeze_segments",
         _default("freeze_segments"),

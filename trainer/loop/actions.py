@@ -63,11 +63,13 @@ class Report(Action):
         steps_per_epoch,
         restarts=(),
         momentum=None,
+        adaptive=None,
     ):
         self.writer = writer
         self.progress = progress
         self.learning_rates = learning_rates
         self.momentum = momentum  # step -> cycled momentum / beta_1, or None
+        self.adaptive = adaptive  # () -> Auto-RGN's mean multiplier per segment, or None
         self.global_batch_size = global_batch_size
         self.when = When(every=steps_per_epoch, steps=tuple(restarts), each_loop=True)
         self.steps_per_epoch = steps_per_epoch
@@ -95,6 +97,8 @@ class Report(Action):
             "accuracy": float(np.sum(logs["correct"]) / (n * self.global_batch_size)),
         }
         scalars = dict(self.last, images_per_sec=images_per_sec, step_time=seconds / n)
+        if self.adaptive is not None:  # the last step's, per segment (trainer.lr.rgn)
+            scalars.update({f"adaptive_lr/segment_{k}": m for k, m in enumerate(self.adaptive())})
         skipped = int(np.sum(~logs["applied"]))
         if skipped:
             scalars["skipped_steps"] = skipped

@@ -40,6 +40,8 @@ class Trainer:
         global_batch_size: Examples per step summed over replicas.
         learning_rates: Optional `step -> [lr per segment]`, for error messages.
         clipnorm, loss_scale, jit_compile: See `trainer.loop.compiled.TrainLoop`.
+        train_bn: Frozen segments keep their BatchNormalization training
+            (`trainer.lr.segments.freeze`).
     """
 
     def __init__(
@@ -55,11 +57,13 @@ class Trainer:
         clipnorm=None,
         loss_scale=None,
         jit_compile=False,
+        train_bn=False,
     ):
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.split_at = tuple(split_at)
+        self.train_bn = bool(train_bn)
         self.global_batch_size = int(global_batch_size)
         self._dataset_fn = dataset_fn
         self._learning_rates = learning_rates
@@ -106,7 +110,9 @@ class Trainer:
         if segment == self.first_trainable:
             return []
         before = {id(v) for v in self.trainable_variables}
-        self.trainable_variables = segments.freeze(self.model, self.split_at, segment)
+        self.trainable_variables = segments.freeze(
+            self.model, self.split_at, segment, train_bn=self.train_bn
+        )
         newly = [v for v in self.trainable_variables if id(v) not in before]
         if reset_new and self.first_trainable is not None and newly:
             optimizers.reset_slots(self.optimizer, newly)

@@ -336,6 +336,17 @@ def _check_mults(segment_of, lr_mults):
         )
 
 
+def adaptive_args(config) -> dict:
+    """`segmented`'s Auto-RGN arguments from a run's --adaptive_lr* flags."""
+    if config.adaptive_lr == "none":
+        return {}
+    return dict(
+        adaptive=config.adaptive_lr,
+        adaptive_floor=float(config.adaptive_lr_floor),
+        adaptive_granularity=config.adaptive_lr_granularity,
+    )
+
+
 def segmented(
     optimizer,
     segment_of,

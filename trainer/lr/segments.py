@@ -257,18 +257,21 @@ def _check_nonempty(flat, segments, used):
             )
 
 
-def freeze(model, split_at, first_trainable_segment: int) -> list:
+def freeze(model, split_at, first_trainable_segment: int, *, train_bn: bool = False) -> list:
     """Freezes segments `< first_trainable_segment` and unfreezes the others.
 
     Sets `layer.trainable` on every flattened layer (after `model.trainable = True`), so this
     function owns the trainable flags of the model. Frozen BatchNormalization layers run in
     inference mode (the Keras 3 rule for `trainable=False`): their moving statistics stay put.
-    Retrace any compiled step after calling it.
+    With `train_bn` (fastai's `Learner(train_bn=True)`) the BatchNormalization layers of frozen
+    segments stay trainable: their scale and offset train and their statistics follow the
+    data; every other frozen weight stays put. Retrace any compiled step after calling it.
 
     Args:
         model: A built `keras.Model`.
         split_at: Split points, as for `layer_segments`.
         first_trainable_segment: K; segments 0..K-1 are frozen. 0 unfreezes everything.
+        train_bn: Keep the BatchNormalization layers of frozen segments training.
 
     Returns:
         `model.trainable_variables` after the change: the variables to differentiate.
@@ -286,7 +289,8 @@ def freeze(model, split_at, first_trainable_segment: int) -> list:
     # Pre-order: a container with its own variables comes before its sublayers, so setting the
     # sublayers afterwards overrides what the container's setter propagated to them.
     for layer, segment in zip(flatten_layers(model), segments):
-        layer.trainable = segment >= k
+        bn = train_bn and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = segment >= k or bn
     return list(model.trainable_variables)
 
 

@@ -15,8 +15,9 @@ from trainer.errors import UserError
 from trainer.lr import optimizers, segments
 
 
-def resolve_split_at(config) -> tuple:
-    """`config.split_at` with `preset` / `preset:NAME` entries expanded to layer names."""
+def resolve_split_at(config, model=None) -> tuple:
+    """`config.split_at` with `preset` / `preset:NAME` entries expanded to layer names (a
+    user model's presets come from its built `model`)."""
     out = []
     for entry in config.split_at:
         entry = str(entry).strip()
@@ -24,28 +25,52 @@ def resolve_split_at(config) -> tuple:
             import models  # the model zoo is only needed for presets and `build`
 
             name = entry.partition(":")[2] or "default"
-            out.extend(models.split_preset(config.model, name))
+            out.extend(models.split_preset(config.model, name, model=model))
         else:
             out.append(entry)
     return tuple(out)
 
 
-def layer_decay_split(model) -> tuple[int, ...]:
-    """Split points making every layer with trainable weights its own segment.
+def layer_decay_split(model, groups: str = "layer") -> tuple[int, ...]:
+    """Split points making every layer with trainable weights (or every block) a segment.
 
-    Layers without weights join the segment of the weighted layer before them (the first
-    segment for those in front of the first weighted layer).
+    Args:
+        model: The built model.
+        groups: "layer": every layer with trainable weights is a segment; layers without
+            weights join the segment of the weighted layer before them (the first segment for
+            those in front of the first weighted layer). "block" / "stage": the backbone's
+            residual blocks or stages (`models.block_starts`: timm's and ConvNeXt-V2's
+            grouping), stem first and head last; or layer-name regular expressions separated
+            by ";" (each match starts a group), for a user's own model.
     """
-    weighted = [r.index for r in segments.layer_rows(model, ()) if r.trainable_params]
+    rows = segments.layer_rows(model, ())
+    weighted = [r.index for r in rows if r.trainable_params]
     if not weighted:
         raise UserError("--layer_decay: the model has no layer with trainable weights")
-    return tuple(weighted[1:])
+    groups = groups.strip()
+    if groups == "layer":
+        return tuple(weighted[1:])
+    import models
+
+    paths = [f"{r.scope}/{r.name}" if r.scope else r.name for r in rows]
+    spec = groups if groups in ("block", "stage") else [p for p in groups.split(";") if p]
+    return tuple(models.block_starts(paths, spec, [r.trainable_params > 0 for r in rows]))
 
 
 def layer_decay_mults(num_segments: int, decay: float) -> tuple[float, ...]:
-    """`decay ** (L - l)` for segment l of L + 1: the head at 1 (timm's layer-wise decay)."""
+    """`decay ** (L - l)` for segment l of L + 1: the head at 1 (timm's layer-wise decay).
+
+    Raises:
+        UserError: The first segment's multiplier underflows float32 (naming --layer_decay).
+    """
     last = num_segments - 1
-    return tuple(float(decay) ** (last - i) for i in range(num_segments))
+    mults = tuple(float(decay) ** (last - i) for i in range(num_segments))
+    if mults[0] < np.finfo(np.float32).tiny:
+        raise UserError(
+            f"--layer_decay={decay:g}: {decay:g}**{last} (the first of {num_segments} segments) "
+            "is below float32's smallest normal number; use a decay closer to 1"
+        )
+    return mults
 
 
 def resolve_lr_mults(config, num_segments: int) -> tuple[float, ...]:
@@ -125,9 +150,9 @@ class SegmentTable:
     def from_config(cls, config, model) -> SegmentTable:
         """Resolves --split_at or --layer_decay, the multipliers, and checks freezing."""
         if config.layer_decay is not None:
-            split_at = layer_decay_split(model)
+            split_at = layer_decay_split(model, config.layer_decay_groups)
         else:
-            split_at = resolve_split_at(config)
+            split_at = resolve_split_at(config, model)
         segment_of = segments.assign(model, split_at)
         num_segments = max(segment_of.values()) + 1
         if config.recipe != "none" and num_segments < 2:

@@ -89,7 +89,11 @@ def _trainer(config, strategy, model, table, train_data) -> Trainer:
             config.optimizer, schedule, momentum=config.momentum, weight_decay=config.weight_decay
         )
         optimizer = optimizers.segmented(
-            base, table.segment_of, table.lr_mults, aggregate_gradients=False
+            base,
+            table.segment_of,
+            table.lr_mults,
+            aggregate_gradients=False,
+            **optimizers.adaptive_args(config),
         )
         optimizer.build(segments.freeze(model, table.split_at, 0))
         loss_scale = None
@@ -105,6 +109,7 @@ def _trainer(config, strategy, model, table, train_data) -> Trainer:
         clipnorm=config.clipnorm,
         loss_scale=loss_scale,
         jit_compile=config.jit_compile,
+        train_bn=config.trains_bn,
     )
 
 

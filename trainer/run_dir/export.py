@@ -34,7 +34,7 @@ def labels_record(config, class_names, step: int, preprocessing: str | None) -> 
     [0, 255] either way. `preprocessing` None (unknown, e.g. a test's own data) leaves the
     key out.
     """
-    size, crop = config.image_size, config.eval_crop
+    size, crop = config.input_size, config.eval_crop
     if preprocessing == "center_crop":
         view = (
             f"the centered square of side {crop:g} x the shorter side, resized (bilinear) "
@@ -48,6 +48,9 @@ def labels_record(config, class_names, step: int, preprocessing: str | None) -> 
         "input": f"float32 RGB pixels in [0, 255]: {view}",
         "dataset": config.dataset,
         "step": step,
+        # A model's own input scaling is a built-in layer inside model.keras (models.adapt):
+        # predict feeds [0, 255] either way; recorded so a reader knows what the model does.
+        "input_scale": config.input_scale,
     }
     if preprocessing is not None:
         record.update(preprocessing=preprocessing, eval_crop=crop)
