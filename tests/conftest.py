@@ -60,14 +60,14 @@ def _free_tf_data_iterators_promptly():
 
 @pytest.fixture(scope="session")
 def bn_straight(tmp_path_factory):
-    """test_checkpoints' default run (tiny BatchNorm model, 12 steps) without interruption:
-    (its state: weights, BN statistics and optimizer variables; its metrics).
+    """test_checkpoints' default run (helpers.BN_RUN, tiny BatchNorm model, 12 steps) without
+    interruption: (its state: weights, BN statistics and optimizer variables; its metrics).
 
     The reference that the resume tests of test_checkpoints and test_lr_tools compare with.
     """
-    from tests.test_checkpoints import config, experiment, state
+    from tests.helpers import bn_config, bn_experiment, state
 
-    exp = experiment(config(tmp_path_factory.mktemp("bn_straight") / "run"))
+    exp = bn_experiment(bn_config(tmp_path_factory.mktemp("bn_straight") / "run"))
     metrics = exp.train()
     return state(exp), metrics
 
@@ -76,9 +76,9 @@ def bn_straight(tmp_path_factory):
 def bn_nine_steps(tmp_path_factory):
     """The same run trained to step 9 with its checkpoints 3, 6 and 9 kept:
     (model_dir, the model's weights at step 9). Tests copy model_dir before changing it."""
-    from tests.test_checkpoints import config, experiment
+    from tests.helpers import bn_config, bn_experiment
 
     model_dir = tmp_path_factory.mktemp("bn_nine") / "run"
-    exp = experiment(config(model_dir, train_steps=9, keep_checkpoints=3))
+    exp = bn_experiment(bn_config(model_dir, train_steps=9, keep_checkpoints=3))
     exp.train()
     return model_dir, [v.numpy() for v in exp.model.weights]

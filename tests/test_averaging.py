@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from models.layers import BatchNormalization as FusedBatchNormalization
+from tests import helpers
 from trainer.averaging.weights import WeightAverage, averaged_weights, batch_norm_layers, update_bn
-from trainer.loop.strategy import make_strategy
 
 EPSILON = 1e-3  # both BN layers' epsilon (Keras' default)
 
@@ -165,7 +165,7 @@ def test_checkpoint_round_trip_mid_average_continues_exactly(tmp_path):
 
 
 def test_two_replicas_average_like_one_device():
-    mirrored = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    mirrored = helpers.two_replicas()
     one = bn_model()
     one_average = WeightAverage(averaged_weights(one))
     with mirrored.scope():
@@ -247,7 +247,7 @@ def test_update_bn_equals_the_numpy_reference_and_changes_nothing_else():
 
 
 def test_update_bn_on_two_replicas_equals_one_device():
-    mirrored = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    mirrored = helpers.two_replicas()
     one = bn_model()
     _randomize(one, 3)
     with mirrored.scope():

@@ -8,7 +8,7 @@ import tensorflow as tf
 import models
 from models.layers import MIN_FUSED_EPSILON, BatchNormalization
 from schedules import SGDR
-from trainer.loop.strategy import make_strategy
+from tests import helpers
 from trainer.lr import optimizers, segments
 
 CHANNELS = 6
@@ -150,7 +150,7 @@ def _train_on_two_replicas(build, steps=8, global_batch=16):
     A plain compiled loop (segmented Adam with SGDR, segments split at layer 2): what the
     trainer runs, without depending on its driver.
     """
-    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    strategy = helpers.two_replicas()
     rng = np.random.default_rng(5)
     images = rng.uniform(0, 255, (steps * global_batch, 8, 8, 3)).astype("float32")
     labels = rng.integers(0, 3, steps * global_batch)

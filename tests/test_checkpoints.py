@@ -1,69 +1,22 @@
 """Checkpoints: exact resume, compatibility, NaN, SIGTERM, snapshots at SGDR restarts."""
 
 import json
+import logging
 import os
 import signal
 
-import keras
 import numpy as np
 import pytest
 
-from trainer.config import Config
+from tests import helpers
+from tests.helpers import bn_config as config
+from tests.helpers import bn_experiment as experiment
+from tests.helpers import state
+from tests.helpers import tiny_bn_model as tiny_model
 from trainer.errors import IncompatibleCheckpointError, NonFiniteError, Preempted, UserError
 from trainer.experiment import Experiment
 from trainer.loop.strategy import make_strategy
 from trainer.run_dir import checkpoints
-
-
-def tiny_model(num_classes):
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(4, 3, name="conv"),
-            keras.layers.BatchNormalization(name="bn"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(num_classes, name="head"),
-        ]
-    )
-
-
-def config(model_dir, **kw):
-    base = dict(
-        model_dir=str(model_dir),
-        image_size=8,
-        synthetic_train_size=64,
-        synthetic_test_size=16,
-        global_batch_size=16,
-        train_steps=12,
-        optimizer="adam",
-        max_lr=0.01,
-        first_cycle_steps=3,
-        cycle_mult=2.0,
-        split_at=("bn",),
-        lr_mults=(0.1, 1.0),
-        steps_per_loop=4,
-        checkpoint_every_steps=3,
-        keep_checkpoints=2,
-        progress=False,
-    )
-    base.update(kw)
-    return Config(**base)
-
-
-def experiment(cfg, devices=None):
-    strategy = (
-        make_strategy("mirrored", devices=devices) if devices else make_strategy("one_device")
-    )
-    exp = Experiment(cfg, strategy, model_fn=tiny_model).build()
-    exp.interpret = lambda: {}  # plots cost seconds a run and are tested in test_experiment
-    exp.restore()
-    return exp
-
-
-def state(exp):
-    values = [v.numpy() for v in exp.model.weights] + [v.numpy() for v in exp.optimizer.variables]
-    return values
 
 
 def test_interrupted_and_resumed_equals_straight_through(tmp_path, bn_straight):
@@ -181,19 +134,8 @@ DAMAGE_STEPS = 9  # checkpoints at 3, 6, 9 (keep 3)
 @pytest.fixture
 def absl_warnings():
     """The messages of absl warnings logged during the test."""
-    import logging
-
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Keep(logging.WARNING)
-    logger = logging.getLogger("absl")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    with helpers.absl_messages(logging.WARNING) as records:
+        yield records
 
 
 @pytest.fixture
@@ -277,7 +219,7 @@ def test_no_readable_checkpoint_is_a_user_error_naming_them(tmp_path, damaged_so
     model_dir = _copy(source, tmp_path)
     for data in (model_dir / "ckpt").glob("ckpt-*.data-*"):
         _flip_byte(data)
-    exp = Experiment(config(model_dir), make_strategy("one_device"), model_fn=tiny_model).build()
+    exp = helpers.build(config(model_dir), tiny_model)
     with pytest.raises(UserError) as info:
         exp.restore()
     message = str(info.value)
@@ -297,9 +239,7 @@ def test_unreadable_or_missing_config_beside_checkpoints_is_a_user_error(
     else:
         path.write_text("{not json" if kind == "garbage" else "")
     # Even a different optimizer must not slip through once the record is gone.
-    exp = Experiment(
-        config(model_dir, optimizer="sgd"), make_strategy("one_device"), model_fn=tiny_model
-    ).build()
+    exp = helpers.build(config(model_dir, optimizer="sgd"), tiny_model)
     with pytest.raises(UserError, match="config.json") as info:
         exp.restore()
     assert "--restart" in str(info.value)

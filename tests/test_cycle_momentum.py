@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 from schedules import OneCycle
+from tests import helpers
 from tests.test_optimizers import BATCH, MULTS, data, make_train, segment_of, tiny_model
 from trainer.errors import UserError
-from trainer.loop.strategy import make_strategy
 from trainer.lr import optimizers
 
 STEPS = 20
@@ -108,7 +108,7 @@ def test_cycling_changes_the_result(name):
 
 @pytest.fixture(scope="module")
 def mirrored():
-    return make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    return helpers.two_replicas()
 
 
 @pytest.mark.parametrize("name", ["nesterov", "adamw"])

@@ -12,13 +12,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tests import helpers
 from tests.test_data_stream import LrtechTinyImages
-from tests.tiny import tiny_model
 from trainer import data
 from trainer.config import Config
 from trainer.data import pipeline
 from trainer.errors import UserError
-from trainer.experiment import Experiment
 from trainer.loop.strategy import make_strategy
 
 CLASSES = ("c0", "c1", "c2", "c3", "c4", "c5")  # > 5 classes: top-5 is reported
@@ -108,7 +107,7 @@ def test_each_eval_pipeline_reads_only_its_share(tmp_path):
 
 
 def _evaluate(config, strategy):
-    experiment = Experiment(config, strategy, model_fn=tiny_model).build()
+    experiment = helpers.build(config, strategy=strategy)
     return experiment.evaluator.evaluate(), experiment.eval_data()
 
 
@@ -128,7 +127,7 @@ def test_sharded_evaluation_equals_one_device(tmp_path, global_batch, cache, cor
         root, tmp_path / "run", cache=cache, skip_corrupt=corrupt, global_batch_size=global_batch
     )
     one, _ = _evaluate(config, make_strategy("one_device"))
-    two, dataset = _evaluate(config, make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"]))
+    two, dataset = _evaluate(config, helpers.two_replicas())
     assert type(dataset).__name__ == "DistributedDatasetsFromFunction"  # the sharded path
     assert one["examples"] == 11 - corrupt
     assert set(one) == {"loss", "accuracy", "examples", "top5"}
@@ -145,7 +144,7 @@ def test_evaluation_falls_back_when_the_batch_does_not_divide(tmp_path):
     root = _write_folder(tmp_path / "data")
     config = _config(root, tmp_path / "run", cache="none", global_batch_size=5)
     one, _ = _evaluate(config, make_strategy("one_device"))
-    two, dataset = _evaluate(config, make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"]))
+    two, dataset = _evaluate(config, helpers.two_replicas())
     assert type(dataset).__name__ != "DistributedDatasetsFromFunction"
     assert two["examples"] == one["examples"] == 11
     assert two == pytest.approx(one, rel=1e-6)

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from tests.test_checkpoints import config, tiny_model
+from tests import helpers
+from tests.helpers import bn_config as config
+from tests.helpers import tiny_bn_model as tiny_model
 from trainer.averaging.weights import averaged_weights, batch_norm_layers
-from trainer.experiment import Experiment
-from trainer.loop.strategy import make_strategy
 from trainer.lr import keras_private
 
 DECAY = 0.7
@@ -21,9 +21,7 @@ def test_ema_equals_the_numpy_reference_with_float16_loss_scaling(tmp_path):
     cfg = config(
         tmp_path, mixed_precision="mixed_float16", ema_decay=DECAY, train_steps=6, steps_per_loop=1
     )
-    exp = Experiment(cfg, make_strategy("one_device"), model_fn=tiny_model).build()
-    exp.interpret = lambda: {}  # plots are tested in test_experiment
-    exp.restore()
+    exp = helpers.restored(cfg, tiny_model)
     config_of = exp.optimizer.get_config()
     assert type(exp.optimizer).__name__ == "SegmentedAdam"
     assert config_of["use_ema"] and config_of["ema_momentum"] == DECAY
@@ -80,11 +78,7 @@ def test_ema_equals_the_numpy_reference_with_float16_loss_scaling(tmp_path):
 
 
 def test_ema_decay_maps_to_keras_use_ema(tmp_path):
-    exp = Experiment(
-        config(tmp_path, ema_decay=0.999, optimizer="momentum"),
-        make_strategy("one_device"),
-        model_fn=tiny_model,
-    ).build()
+    exp = helpers.build(config(tmp_path, ema_decay=0.999, optimizer="momentum"), tiny_model)
     assert exp.optimizer.use_ema and exp.optimizer.ema_momentum == pytest.approx(0.999)
     assert exp.averaging.names == ["ema"] and exp.averaging.checkpoint_objects() == {}
     # The EMA copies start at the weights (Keras starts them at zero).
@@ -93,7 +87,5 @@ def test_ema_decay_maps_to_keras_use_ema(tmp_path):
     assert len(built) == len(copies) == len(exp.model.trainable_variables)
     for variable, copy in zip(built, copies):
         np.testing.assert_array_equal(copy.numpy(), variable.numpy())
-    without = Experiment(
-        config(tmp_path / "plain"), make_strategy("one_device"), model_fn=tiny_model
-    )
-    assert not without.build().optimizer.use_ema and without.averaging.names == []
+    without = helpers.build(config(tmp_path / "plain"), tiny_model)
+    assert not without.optimizer.use_ema and without.averaging.names == []

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from tests.tiny import tiny_model
+from tests import helpers
+from tests.helpers import tiny_model
 from trainer.config import Config
 from trainer.errors import UserError
 from trainer.experiment import Experiment
@@ -19,26 +20,18 @@ from trainer.lr.table import resolve_split_at
 
 def config(tmp_path, **kw):
     base = dict(
-        model_dir=str(tmp_path),
-        image_size=8,
-        synthetic_train_size=64,
         synthetic_test_size=20,
-        global_batch_size=16,
         train_steps=6,
-        max_lr=0.01,
         first_cycle_steps=2,
         split_at=("2", "head"),
         lr_mults=(0.01, 0.1, 1.0),
-        steps_per_loop=4,
         eval_every_epochs=1.0,
-        progress=False,
     )
-    base.update(kw)
-    return Config(**base)
+    return helpers.tiny_config(tmp_path, **{**base, **kw})
 
 
 def build(cfg):
-    return Experiment(cfg, make_strategy("one_device"), model_fn=tiny_model).build()
+    return helpers.build(cfg, plots=True)  # the plots are this module's to test
 
 
 def test_lr_mults_count_must_match_segments(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.tiny import tiny_model
+from tests.helpers import tiny_model
 from trainer.loop.compiled import EvalLoop
 from trainer.reporting import interpret
 

@@ -5,48 +5,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.tiny import tiny_model
-from trainer.config import Config
-from trainer.experiment import Experiment
+from tests import helpers
+from tests.helpers import tiny_model
 from trainer.loop.compiled import EvalLoop
-from trainer.loop.strategy import make_strategy
 from trainer.lr import optimizers
-
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
 
 
 def config(tmp_path, **kw):
     base = dict(
-        model_dir=str(tmp_path),
-        image_size=8,
         synthetic_train_size=96,
         synthetic_test_size=24,
-        global_batch_size=16,
         train_steps=8,
-        optimizer="adam",
-        max_lr=0.01,
         first_cycle_steps=3,
         split_at=("2", "4"),
         lr_mults=(0.1, 0.5, 1.0),
-        steps_per_loop=4,
         checkpoint_every_steps=1000,
-        progress=False,
     )
-    base.update(kw)
-    return Config(**base)
+    return helpers.tiny_config(tmp_path, **{**base, **kw})
 
 
-def build(cfg, strategy=None, model_fn=tiny_model):
-    strategy = strategy or make_strategy("one_device")
-    exp = Experiment(cfg, strategy, model_fn=model_fn).build()
-    exp.interpret = lambda: {}  # plots cost seconds a run and are tested in test_experiment
-    return exp
-
-
-def train(cfg, strategy=None, model_fn=tiny_model):
-    exp = build(cfg, strategy, model_fn)
-    exp.restore()
-    metrics = exp.train()
+def train(cfg, strategy=None):
+    exp, metrics = helpers.trained(cfg, strategy=strategy)
     return exp, [v.numpy() for v in exp.model.weights], metrics
 
 
@@ -73,7 +52,7 @@ def one_device(tmp_path_factory):
 
 def test_two_replicas_match_one_device(tmp_path, one_device):
     one, m1 = one_device
-    exp, two, m2 = train(config(tmp_path / "two"), make_strategy("mirrored", devices=TWO_CPUS))
+    exp, two, m2 = train(config(tmp_path / "two"), helpers.two_replicas())
     assert exp.strategy.num_replicas_in_sync == 2
     assert int(exp.optimizer.iterations.numpy()) == 8  # once per step, not per replica
     assert_close(one, two, atol=1e-5)
@@ -97,7 +76,7 @@ def test_jit_compile_matches(tmp_path):
 def test_weights_move_with_segment_learning_rates(tmp_path):
     # With SGD and lr_mults (0, ...), segment 0 stays put while the head moves.
     cfg = config(tmp_path, optimizer="sgd", schedule="constant", lr_mults=(1e-30, 1.0, 1.0))
-    exp = build(cfg)
+    exp = helpers.build(cfg)
     before = {v.path: v.numpy().copy() for v in exp.model.trainable_variables}
     exp.restore()
     exp.train()
@@ -112,7 +91,7 @@ def test_weights_move_with_segment_learning_rates(tmp_path):
 def test_gradual_unfreezing(tmp_path):
     # 96 examples / 16 = 6 steps per epoch; unfreeze one segment every 0.5 epoch = 3 steps.
     cfg = config(tmp_path, freeze_segments=2, unfreeze_every=0.5, train_steps=8)
-    exp = build(cfg)
+    exp = helpers.build(cfg)
     exp.restore()
     assert exp.plan.unfreeze_steps() == [3, 6]
     initial = {local(v.path): v.numpy().copy() for v in exp.model.trainable_variables}
@@ -145,7 +124,7 @@ def test_gradual_unfreezing(tmp_path):
 
 
 def test_eval_matches_numpy_with_partial_last_batch():
-    strategy = make_strategy("mirrored", devices=TWO_CPUS)
+    strategy = helpers.two_replicas()
     rng = np.random.default_rng(1)
     x = rng.normal(size=(23, 5)).astype(np.float32)
     y = rng.integers(0, 7, 23).astype(np.int32)
@@ -179,7 +158,7 @@ def test_clipnorm_clips_the_aggregated_gradient(tmp_path):
         clipnorm=1e-3,
         train_steps=1,
     )
-    exp = build(cfg, make_strategy("mirrored", devices=TWO_CPUS))
+    exp = helpers.build(cfg, strategy=helpers.two_replicas())
     before = [v.numpy().copy() for v in exp.model.trainable_variables]
     exp.restore()
     exp.train()

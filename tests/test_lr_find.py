@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
-from trainer.loop.strategy import make_strategy
+from tests import helpers
 from trainer.lr import keras_private, optimizers
 from trainer.lr_find import custom_loop
 from trainer.lr_find import finder as lr_finder
@@ -418,7 +418,7 @@ def test_lr_find_keeps_the_segment_multipliers():
 def test_lr_find_under_mirrored_strategy_matches_one_device():
     ds = dataset()
     one = custom_loop.lr_find(dense_model(), ds, keras.optimizers.SGD(), start=1e-3, num_steps=12)
-    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    strategy = helpers.two_replicas()
     with strategy.scope():
         model = dense_model()
     before = values(model.variables)

@@ -1,6 +1,6 @@
 """Learning-rate tools in a run: LR range test, --max_lr=auto, schedules, fine_tune, layer decay.
 
-Each run is an `Experiment` on the tiny BatchNorm model of test_checkpoints (conv, bn, head),
+Each run is an `Experiment` of test_checkpoints' run (helpers.BN_RUN: conv, bn, head),
 on the synthetic data; exactness is judged against a run without the tool.
 """
 
@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import schedules
-from tests.test_checkpoints import config, experiment, state, tiny_model
+from tests import helpers
+from tests.helpers import bn_config as config
+from tests.helpers import bn_experiment as experiment
+from tests.helpers import state
+from tests.helpers import tiny_bn_model as tiny_model
 from trainer.errors import Preempted, UserError
-from trainer.experiment import Experiment
-from trainer.loop.strategy import make_strategy
 from trainer.lr.table import layer_decay_mults
 from trainer.lr_find import range_test
 from trainer.run_dir import checkpoints
@@ -195,7 +197,6 @@ def test_layer_decay_gives_every_weighted_layer_its_multiplier(tmp_path):
 
 
 def test_recipe_needs_two_segments(tmp_path):
-    strategy = make_strategy("one_device")
     cfg = config(tmp_path, **dict(RECIPE, split_at=()))
     with pytest.raises(UserError, match="needs at least 2 segments"):
-        Experiment(cfg, strategy, model_fn=tiny_model).build()
+        helpers.build(cfg, tiny_model)

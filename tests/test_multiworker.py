@@ -1,17 +1,14 @@
 """Two-process MultiWorkerMirroredStrategy on localhost equals one process on one device."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import helpers
 
 SCRIPT = textwrap.dedent(
     """
@@ -20,16 +17,13 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     from trainer.tools import cli
     cli.import_tensorflow()  # as run_train.py: without Keras' optional imports (seconds)
+    from tests import helpers
     from tests.test_multiworker import run_config, tiny_model
-    from trainer.experiment import Experiment
     from trainer.loop.strategy import make_strategy, is_chief
 
     config = run_config(sys.argv[1], sys.argv[2])
     strategy = make_strategy(config.strategy)
-    experiment = Experiment(config, strategy, model_fn=tiny_model).build()
-    experiment.interpret = lambda: {{}}  # plots are tested in test_experiment
-    experiment.restore()
-    metrics = experiment.train()
+    experiment, metrics = helpers.trained(config, tiny_model, strategy)
     out = sys.argv[3]
     np.savez(out, *[v.numpy() for v in experiment.model.weights])
     with open(out + ".json", "w") as f:
@@ -40,8 +34,7 @@ SCRIPT = textwrap.dedent(
 
 
 def tiny_model(num_classes):
-    import keras
-
+    """conv -> head (no hidden layer): what the workers and the one-device reference train."""
     return keras.Sequential(
         [
             keras.Input((8, 8, 3)),
@@ -54,58 +47,23 @@ def tiny_model(num_classes):
 
 
 def run_config(model_dir, strategy):
-    """The run of the workers and of the one-device reference (module: no TensorFlow import)."""
-    from trainer.config import Config
-
-    return Config(
-        model_dir=model_dir,
-        image_size=8,
-        synthetic_train_size=64,
+    """The run of the workers and of the one-device reference."""
+    return helpers.tiny_config(
+        model_dir,
         synthetic_test_size=20,
-        global_batch_size=16,
         train_steps=6,
-        optimizer="adam",
-        max_lr=0.01,
         first_cycle_steps=2,
         split_at=("head",),
         lr_mults=(0.1, 1.0),
-        steps_per_loop=4,
         checkpoint_every_steps=3,
-        progress=False,
         strategy=strategy,
     )
 
 
 def _one_device(model_dir):
     """The reference: the same run on one device, in this process (its device is /cpu:0)."""
-    from trainer.experiment import Experiment
-    from trainer.loop.strategy import make_strategy
-
-    experiment = Experiment(
-        run_config(str(model_dir), "one_device"), make_strategy("one_device"), model_fn=tiny_model
-    ).build()
-    experiment.interpret = lambda: {}
-    experiment.restore()
-    metrics = experiment.train()
+    experiment, metrics = helpers.trained(run_config(str(model_dir), "one_device"), tiny_model)
     return [v.numpy() for v in experiment.model.weights], {"metrics": metrics}
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _env(tf_config=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    env.pop("TF_CONFIG", None)
-    if tf_config is not None:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    return env
 
 
 def _load(path):
@@ -118,31 +76,12 @@ def _load(path):
 # workers are processes (one cluster of two tasks); the one-device reference runs in-process.
 def test_two_workers_match_one_process(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(SCRIPT.format(root=str(ROOT)))
-    workers = [f"localhost:{p}" for p in _free_ports(2)]
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        args = [
-            sys.executable,
-            str(script),
-            str(tmp_path / "mw"),
-            "multi_worker",
-            str(tmp_path / f"w{index}.npz"),
-        ]
-        procs.append(
-            subprocess.Popen(
-                args,
-                env=_env(tf_config),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
+    script.write_text(SCRIPT.format(root=str(helpers.ROOT)))
+    procs = helpers.start_workers(
+        script, lambda i: [str(tmp_path / "mw"), "multi_worker", str(tmp_path / f"w{i}.npz")]
+    )
     ref, r_ref = _one_device(tmp_path / "one")  # while the workers start
-    for proc in procs:
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, out[-3000:]
+    helpers.wait_for(procs)
     (w0, r0), (w1, r1) = (_load(tmp_path / f"{n}.npz") for n in ("w0", "w1"))
     assert len(w0) == len(w1) == len(ref)
     assert r0["replicas"] == 2 and r0["chief"] and not r1["chief"]

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
+from tests import helpers
 from trainer.errors import UserError
-from trainer.loop.strategy import make_strategy
 from trainer.lr import keras_private, optimizers, segments
 
 MULTS = (0.01, 0.1, 1.0)
@@ -148,7 +148,7 @@ def assert_segments_equal(model, reference):
 
 @pytest.fixture(scope="module")
 def mirrored():
-    return make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    return helpers.two_replicas()
 
 
 @pytest.mark.parametrize("name", optimizers.OPTIMIZERS)

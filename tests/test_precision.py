@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import helpers
 from trainer.loop import precision
 from trainer.loop.compiled import TrainLoop
-from trainer.loop.strategy import make_strategy
 from trainer.lr import optimizers
 
-DEVICES = ["/cpu:0", "/cpu:1"]
 GLOBAL_BATCH = 4
 
 
@@ -59,7 +58,7 @@ def _our_step(strategy, dataset, steps=1, growth_steps=2000):
 
 
 def test_inf_on_replica_1_only_skips_the_step_everywhere(float16_policy):
-    strategy = make_strategy("mirrored", devices=DEVICES)
+    strategy = helpers.two_replicas()
     before, after, out, scale, opt = _our_step(strategy, _images(huge_on_replica_1=True))
     assert np.isfinite(out["loss"]).all()  # the forward pass is fine; the gradient overflows
     assert not out["applied"][0]
@@ -71,7 +70,7 @@ def test_inf_on_replica_1_only_skips_the_step_everywhere(float16_policy):
 
 
 def test_finite_steps_apply_and_grow_the_scale(float16_policy):
-    strategy = make_strategy("mirrored", devices=DEVICES)
+    strategy = helpers.two_replicas()
     before, after, out, scale, opt = _our_step(
         strategy, _images(huge_on_replica_1=False), steps=3, growth_steps=2
     )
@@ -87,7 +86,7 @@ def test_schedule_follows_the_data_step_after_a_skipped_step(float16_policy):
     # lr 0.1 at global step 0, 0.5 from step 1 on. Batch 1 overflows (skipped), batch 2 is
     # fine: it must train at the rate of step 1, as a run that starts at step 1 does.
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.1, 0.5])
-    strategy = make_strategy("mirrored", devices=DEVICES)
+    strategy = helpers.two_replicas()
     huge = _images(huge_on_replica_1=True).take(1)
     fine = _images(huge_on_replica_1=False)
 
@@ -118,7 +117,7 @@ def test_schedule_follows_the_data_step_after_a_skipped_step(float16_policy):
 
 def test_keras_loss_scale_optimizer_lets_replica_1_inf_through(float16_policy):
     # The pitfall DynamicLossScale exists for: Keras checks replica 0's local gradient only.
-    strategy = make_strategy("mirrored", devices=DEVICES)
+    strategy = helpers.two_replicas()
     with strategy.scope():
         model = _model()
         opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
@@ -176,7 +175,6 @@ def test_policies():
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_experiment_trains_and_checkpoints_with_mixed_precision(tmp_path, policy):
     from trainer.config import Config
-    from trainer.experiment import Experiment
 
     def model_fn(num_classes):
         return keras.Sequential(
@@ -194,8 +192,7 @@ def test_experiment_trains_and_checkpoints_with_mixed_precision(tmp_path, policy
         progress=False,
         mixed_precision=policy,
     )
-    exp = Experiment(config, make_strategy("mirrored", devices=DEVICES), model_fn=model_fn)
-    exp.build()
+    exp = helpers.build(config, model_fn, helpers.two_replicas(), plots=True)
     assert exp.model.layers[-1].compute_dtype == policy.split("_")[1]
     assert keras.config.dtype_policy().name == "float32"  # restored after building
     exp.restore()

@@ -7,13 +7,7 @@ two MultiWorkerMirroredStrategy processes on localhost (one replica each).
 """
 
 import functools
-import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -21,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import models
+from tests import helpers
 from trainer.loop.compiled import EvalLoop, replica_statistics
 from trainer.loop.runner import Trainer
 from trainer.loop.strategy import distribute_dataset, make_strategy
@@ -88,10 +83,6 @@ def _train(strategy, bn_class, first_trainable=0):
     return trainer
 
 
-def _two_replicas():
-    return make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
-
-
 def _statistics(model):
     bn = model.get_layer("bn")
     return bn.moving_mean, bn.moving_variance
@@ -107,7 +98,7 @@ def _evaluate(strategy, model):
 
 
 def test_only_the_moving_statistics_are_averaged():
-    with _two_replicas().scope():
+    with helpers.two_replicas().scope():
         model = keras.Sequential(
             [
                 keras.Input((8, 8, 3)),
@@ -126,7 +117,7 @@ def test_only_the_moving_statistics_are_averaged():
 @functools.cache
 def _trained_on_two_replicas(bn_class):
     """(strategy, model): every layer trained on two replicas (once per class and process)."""
-    strategy = _two_replicas()
+    strategy = helpers.two_replicas()
     return strategy, _train(strategy, bn_class).model
 
 
@@ -183,7 +174,7 @@ def test_moving_statistics_match_one_device_and_numpy():
     # (tests/test_batchnorm.py) and the averaging does not depend on the layer.
     bn_class = keras.layers.BatchNormalization
     one = _train(make_strategy("one_device"), bn_class, first_trainable=1).model
-    two = _train(_two_replicas(), bn_class, first_trainable=1).model
+    two = _train(helpers.two_replicas(), bn_class, first_trainable=1).model
     kernel = one.get_layer("conv").kernel.numpy()
     np.testing.assert_array_equal(two.get_layer("conv").kernel.numpy(), kernel)
     ref_one, ref_two = _reference_statistics(kernel)
@@ -241,29 +232,8 @@ def test_two_workers_hold_the_same_statistics_as_two_local_replicas(tmp_path):
     # on 2 idle cores, mostly the two processes importing TensorFlow.
     _, local = _trained_on_two_replicas(keras.layers.BatchNormalization)
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(root=str(Path(__file__).resolve().parents[1])))
-    sockets = [socket.socket() for _ in range(2)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    workers = [f"localhost:{s.getsockname()[1]}" for s in sockets]
-    for s in sockets:
-        s.close()
-    procs = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(tmp_path / f"w{index}.npz")],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    for proc in procs:
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, out[-3000:]
+    script.write_text(WORKER.format(root=str(helpers.ROOT)))
+    helpers.wait_for(helpers.start_workers(script, lambda i: [str(tmp_path / f"w{i}.npz")]))
     got = []
     for index in range(2):
         with np.load(tmp_path / f"w{index}.npz") as z:

@@ -1,4 +1,5 @@
-"""run_train.py end to end on the offline synthetic dataset, as a user runs it."""
+"""run_train.py end to end on the offline synthetic dataset, as a user runs it; its start-up
+checks and --list_layers in-process."""
 
 import json
 import os
@@ -11,6 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from absl import flags
+
+from trainer import flags as flags_lib
+from trainer.errors import UserError
+from trainer.experiment import Experiment
+from trainer.loop.strategy import make_strategy
+from trainer.run_dir import files as run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,9 +134,9 @@ def test_end_to_end_writes_everything(tmp_path):
 
 
 def test_list_layers_prints_layers_and_segments(tmp_path):
-    result = _run(f"--model_dir={tmp_path}", "--list_layers", *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    # In-process, what run_train.py --list_layers prints: the built Experiment's layer report.
+    config = flags_lib.parse_config([f"--model_dir={tmp_path}", "--list_layers", *TINY])
+    out = Experiment(config, make_strategy(config.strategy)).build().layer_report()
     assert "segment" in out.lower()
     for mult in ("0.01", "0.1", "1"):
         assert mult in out
@@ -160,11 +168,6 @@ def test_user_errors_name_the_flag_or_file(tmp_path, args, message):
     # process-level contract (exit code 2, exactly one line on stderr, nothing else) is
     # test_user_error_exits_2_with_one_line's; TFDS and the other data sources print nothing
     # before their one line: test_data.test_load_errors_are_one_line_with_nothing_before.
-    from trainer import flags as flags_lib
-    from trainer.errors import UserError
-    from trainer.experiment import Experiment
-    from trainer.loop.strategy import make_strategy
-
     config = flags_lib.parse_config(_user_error_argv(tmp_path, args))
     with pytest.raises((UserError, ValueError, TypeError)) as raised:  # run_train.main's
         Experiment(config, make_strategy(config.strategy)).build()
@@ -215,19 +218,19 @@ def test_tensorflow_imports_without_kerass_optional_imports():
     ],
 )
 def test_bad_flags_fail_before_heavy_work(tmp_path, args, message):
+    # In-process, the checks run_train.py makes before it imports TensorFlow: the flags
+    # (parse_flags), then --model_dir (run_dir.check in _take_model_dir). Neither needs
+    # TensorFlow; the process-level contract is test_user_error_exits_2_with_one_line's.
     a_file = tmp_path / "a_file"
     a_file.write_text("not a directory")
     args = [a.format(file=a_file) for a in args]
     model_dir = (
         [] if any(a.startswith("--model_dir") for a in args) else [f"--model_dir={tmp_path}"]
     )
-    started = time.time()
-    result = _run(*model_dir, "--train_steps=2", *TINY, *args)
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "tensorflow" not in result.stderr.lower()
-    assert time.time() - started < 30
+    with pytest.raises((flags.Error, UserError)) as raised:
+        config = flags_lib.parse_config([*model_dir, "--train_steps=2", *TINY, *args])
+        run_dir.check(config.model_dir)
+    assert message in str(raised.value)
 
 
 def test_sigterm_during_start_up_exits_3_without_traceback(tmp_path):

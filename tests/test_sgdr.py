@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from schedules import SGDR
-from trainer.loop.strategy import make_strategy
+from tests import helpers
 
 
 class Reference:
@@ -225,7 +225,7 @@ def test_step_types_eager_python_variable_and_tf_function():
 
 
 def test_mirrored_strategy_two_replicas():
-    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    strategy = helpers.two_replicas()
     cfg = CONFIGS["m1.5_warmup_decay"]
     schedule, ref = SGDR(**cfg), Reference(**cfg)
     with strategy.scope():

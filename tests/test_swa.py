@@ -1,6 +1,6 @@
 """SWA and snapshot ensembles in a run: the schedule switch, the plan, the average, BN, resume.
 
-The runs use the tiny conv-BN-head model of test_checkpoints with a *synchronized* BatchNorm,
+The runs are helpers.BN_RUN (test_checkpoints' run) with a *synchronized* BatchNorm in the model,
 so that 2 replicas train exactly like 1 device (global batch statistics), on synthetic data:
 12 steps of 16 examples, 4 steps per epoch, SGDR cycles of 3 steps (cycle ends 3, 6, 9, 12).
 """
@@ -17,13 +17,12 @@ import tensorflow as tf
 
 import schedules
 from schedules.swa import SWALR
-from tests.test_checkpoints import config
+from tests import helpers
+from tests.helpers import bn_config as config
 from trainer.averaging import weight_averaging
 from trainer.averaging.weights import averaged_weights, batch_norm_layers
 from trainer.errors import IncompatibleCheckpointError, Preempted, UserError
-from trainer.experiment import Experiment
 from trainer.loop.steps import Plan
-from trainer.loop.strategy import make_strategy
 from trainer.reporting import summaries
 from trainer.run_dir import checkpoints
 
@@ -57,18 +56,13 @@ AVERAGING = dict(
 )
 
 
-def build(cfg, devices=None):
-    strategy = (
-        make_strategy("mirrored", devices=devices) if devices else make_strategy("one_device")
-    )
-    exp = Experiment(cfg, strategy, model_fn=sync_bn_model).build()
-    exp.interpret = lambda: {}  # plots cost ~10 s a run and are tested in test_experiment
-    return exp
+def build(cfg, strategy=None):
+    return helpers.build(cfg, sync_bn_model, strategy)
 
 
-def run(cfg, devices=None, signal_after_call=None):
+def run(cfg, strategy=None, signal_after_call=None):
     """Builds, restores and trains; records the weights at every SWA update."""
-    exp = build(cfg, devices)
+    exp = build(cfg, strategy)
     exp.restore()
     collected = []
     update = exp.averaging.average.update
@@ -318,18 +312,10 @@ def absl_info():
 
     from absl import logging as absl_logging
 
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler, logger = Keep(logging.INFO), logging.getLogger("absl")
     level = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.INFO)
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    with helpers.absl_messages(logging.INFO) as records:
+        yield records
     absl_logging.set_verbosity(level)
 
 
@@ -367,7 +353,7 @@ def test_interrupted_mid_swa_and_resumed_equals_straight_through(straight, tmp_p
 
 
 def test_two_replicas_equal_one_device(straight, tmp_path):
-    exp, train, _ = run(config(tmp_path, **AVERAGING), devices=["/cpu:0", "/cpu:1"])
+    exp, train, _ = run(config(tmp_path, **AVERAGING), strategy=helpers.two_replicas())
     assert exp.strategy.num_replicas_in_sync == 2
     metrics = train()
     _assert_same_results(straight, (exp, metrics, None), atol=1e-5)

@@ -1,20 +1,5 @@
-"""A tiny conv model shared by the trainer's tests (8x8x3 inputs, no BatchNorm).
+"""Moved to tests/helpers.py; re-exported for tests/test_summaries.py until it imports helpers."""
 
-No BatchNorm: its per-replica batch statistics legitimately differ from one device's, which
-would blur replica-vs-single-device comparisons.
-"""
+from tests.helpers import tiny_model
 
-import keras
-
-
-def tiny_model(num_classes):
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(4, 3, name="conv"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(8, activation="relu", name="mid"),
-            keras.layers.Dense(num_classes, name="head"),
-        ]
-    )
+__all__ = ["tiny_model"]
