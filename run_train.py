@@ -2,10 +2,13 @@
 
     python run_train.py --flagfile=configs/quickstart.flags [--flag=value ...]
 
-Later flags override the flagfile. `--helpfull` documents every flag; `--list_layers` prints
-the layers and segments so split points can be chosen. Running the same command again resumes
-from the newest readable checkpoint in --model_dir (a complete run only writes a missing
-export); `--restart` moves the old run aside and starts over.
+Later flags override the flagfile; `--flagfile=quickstart` finds a shipped flagfile by name.
+`--helpfull` documents every flag; `--list_layers` prints the layers and segments so split
+points can be chosen; `--lr_find` runs the LR range test alone. The run's directory is
+--model_dir, by default runs/<flagfile name> under the current directory. Running the same
+command again resumes from the newest readable checkpoint there (a complete run only writes
+what it lacks); a command that changes a flag a run may not change exits 2 naming it;
+`--restart` moves the old run aside and starts over.
 
 Exit codes: 0 done; 1 training failed (non-finite loss; the last good checkpoint is kept);
 2 bad input (one line on stderr naming the flag, file or value); 3 interrupted by
@@ -25,33 +28,27 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from trainer import flags as flags_lib  # noqa: E402
-from trainer.errors import NonFiniteError, Preempted, UserError  # noqa: E402
+from trainer.errors import Preempted  # noqa: E402
 from trainer.run_dir import files as run_dir  # noqa: E402
+from trainer.tools import cli  # noqa: E402
 
+PROGRAM = "run_train.py"
 FLAGS = flags.FLAGS
 flags_lib.define_flags(FLAGS)
-
-
-def _user_error(message) -> None:
-    sys.stderr.write(f"run_train.py: error: {message}\n")
-    sys.exit(2)
+_ARGV: list[str] = []  # the command line after shipped flagfile names were resolved
 
 
 def parse_flags(argv):
     """absl parsing, but a bad flag is one line and exit code 2 (absl's default is 1)."""
-    try:
-        argv = FLAGS(argv)
-        flags_lib.cross_check(FLAGS)
-        return argv
-    except flags.Error as e:
-        _user_error(str(e).replace("\n", " "))
+    _ARGV[:] = flags_lib.resolve_flagfiles(argv)
+    return cli.flags_parser(PROGRAM, flags_lib.cross_check)(_ARGV)
 
 
-def _check_interrupted(phase: str) -> None:
+def _check_interrupted(phase: str, written: str = "nothing") -> None:
     if INTERRUPTS.pending is not None:
         raise Preempted(
-            f"signal {INTERRUPTS.pending} during {phase}: stopped before training; nothing "
-            "was changed in --model_dir (run the same command to start or resume)"
+            f"signal {INTERRUPTS.pending} during {phase}: stopped before training; {written} "
+            "was written in --model_dir (run the same command to start or resume)"
         )
 
 
@@ -69,7 +66,7 @@ def _take_model_dir(config):
 
 
 def train(config) -> int:
-    """parse -> model_dir -> strategy -> build under scope -> restore -> train -> export."""
+    """model_dir -> strategy -> build under scope -> restore -> train -> export."""
     lock = None if FLAGS.list_layers else _take_model_dir(config)
     try:
         return _train(config)
@@ -78,71 +75,68 @@ def train(config) -> int:
             lock.release()
 
 
-def _train(config) -> int:
+def _start() -> None:
     from trainer import runtime
-    from trainer.tools import cli
 
     runtime.configure(quiet=True)
     if not FLAGS["verbosity"].present:
         runtime.quiet_logging()
     cli.import_tensorflow()  # without Keras' optional scikit-learn and matplotlib imports
+
+
+def _train(config) -> int:
+    _start()
     from trainer import experiment as experiment_lib
     from trainer.loop import strategy as strategy_lib
+    from trainer.reporting import summaries
 
     _check_interrupted("start-up")
     strategy = strategy_lib.make_strategy(config.strategy)
     auto = config.max_lr == "auto"
     if FLAGS.list_layers and auto:
         config = config.replace(max_lr=1.0)  # no range test just to list the layers
+    if not FLAGS.list_layers:
+        print(summaries.run_dir_line(config), flush=True)
     experiment = experiment_lib.Experiment(config, strategy, interrupts=INTERRUPTS)
-    experiment.build()
+    experiment.build()  # --max_lr=auto runs (or reuses) the range test here
     if FLAGS.list_layers:
         print(experiment.layer_report())
         if auto:
             print("(--max_lr=auto: peak learning rates shown for max_lr=1)")
         return 0
-    _check_interrupted("start-up")
+    if config.lr_find:  # its own step: the test, and nothing else
+        return _lr_find(experiment)
+    _check_interrupted("start-up", summaries.written(config.model_dir))
     experiment.restore()
-    if config.lr_find:
-        experiment.lr_find()
-        _check_interrupted("the LR range test")
     if experiment.lr_find_result is not None:
         print(experiment.lr_find_result.format_line(), flush=True)
     if auto:
         print(f"--max_lr=auto: training at --max_lr={experiment.config.max_lr:.4g}", flush=True)
-    if config.epochs is None and config.train_steps is None:  # --lr_find alone
-        print(f"Done: {config.model_dir} (LR range test only)", flush=True)
-        return 0
-    complete = experiment.step >= experiment.plan.total_steps
-    _check_interrupted("start-up")
+    for warning in summaries.plan_warnings(experiment.config, experiment.plan, experiment.info):
+        print(f"{PROGRAM}: warning: {warning}", file=sys.stderr, flush=True)
+    _check_interrupted("start-up", summaries.written(config.model_dir))
     metrics = experiment.train()
-    if complete and experiment.export_complete():
-        path = experiment.export_dir
-    else:
-        path = experiment.export()
-    from trainer.reporting import summaries
-
+    path = experiment.export_dir if experiment.export_complete() else experiment.export()
     print(f"Done: {config.model_dir}", flush=True)
     print(summaries.closing_summary(metrics, config.model_dir, path), flush=True)
     return 0
 
 
+def _lr_find(experiment) -> int:
+    experiment.restore(record=False)  # the test starts from the run's weights, if any
+    result = experiment.lr_find()
+    print(result.format_line(), flush=True)
+    print(
+        f"Done: {experiment.config.model_dir} (LR range test only: no training, checkpoint "
+        "or export)",
+        flush=True,
+    )
+    return 0
+
+
 def main(argv):
-    if len(argv) > 1:
-        _user_error(f"unexpected positional arguments: {' '.join(argv[1:])}")
-    config = flags_lib.to_config(FLAGS)
-    try:
-        return train(config)
-    except Preempted as e:
-        logging.warning("%s", e)
-        sys.exit(Preempted.EXIT_CODE)
-    except NonFiniteError as e:
-        sys.stderr.write(f"run_train.py: training stopped: {e}\n")
-        sys.exit(1)
-    except (UserError, ValueError, TypeError) as e:
-        # Library code raises ValueError/TypeError for bad input, the Keras way; this is the
-        # one place that turns them into one line and exit code 2.
-        _user_error(str(e).replace("\n", " "))
+    config = flags_lib.to_config(FLAGS, flags_lib.default_model_dir(_ARGV))
+    return cli.guarded(PROGRAM, lambda _: train(config), argv)
 
 
 if __name__ == "__main__":

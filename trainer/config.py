@@ -46,6 +46,73 @@ DECODED_DATASET_PREFIXES = ("npz:", "idx:", "synthetic:")
 DECODED_DATASET_NAMES = ("sklearn_digits", "synthetic")
 
 
+# What a resumed run may change (the one list; every other field must equal the run's):
+# its length, how often it evaluates, checkpoints and logs, how it executes and reads data,
+# and the LR range test's settings. The learning rates, schedule, model, data, segments,
+# optimizer and averaging may not: the checkpoint's weights and state were made with them.
+RESUME_MAY_CHANGE = (
+    "model_dir",
+    "data_dir",
+    "epochs",
+    "train_steps",
+    "eval_every_epochs",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "steps_per_loop",
+    "progress",
+    "strategy",
+    "jit_compile",
+    "cache",
+    "skip_corrupt",
+    "lr_find",
+    "lr_find_start",
+    "lr_find_end",
+    "lr_find_steps",
+)
+
+
+def _spans_the_run(record: dict) -> bool:
+    # Schedules whose shape is set by the run's length: a new length would change the rates
+    # of steps already planned (one-cycle, cosine, a recipe's phases, SGDR of one cycle).
+    if record.get("recipe", "none") != "none" or record.get("schedule") in ("one_cycle", "cosine"):
+        return True
+    first_cycle = record.get("first_cycle_epochs"), record.get("first_cycle_steps")
+    return record.get("schedule") == "sgdr" and first_cycle == (None, None)
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "''"
+    return "none" if value is None else str(value)
+
+
+def resume_conflicts(old: dict, new: Config) -> list[str]:
+    """The flags of `new` that differ from the run recorded in `old` (config.json's "full")
+    and may not change on resume, as "--flag=OLD -> NEW"; [] when it may resume."""
+    current = {k: list(v) if isinstance(v, tuple) else v for k, v in new.to_dict().items()}
+    out = []
+    for key, value in current.items():
+        if key in RESUME_MAY_CHANGE or key not in old:
+            continue
+        before = old[key]
+        if key == "max_lr" and value == "auto":  # --max_lr=auto resumes at the rate it chose
+            continue
+        if isinstance(before, (int, float)) and isinstance(value, (int, float)):
+            same = float(before) == float(value)
+        else:
+            same = before == value
+        if not same:
+            out.append(f"--{key}={_shown(before)} -> {_shown(value)}")
+    length = ("epochs", "train_steps")
+    if any(old.get(k) != current[k] for k in length if k in old) and _spans_the_run(old):
+        was = ", ".join(f"--{k}={_shown(old.get(k))}" for k in length)
+        out.append(
+            f"the length ({was}), which the {old.get('schedule')} schedule spans: its rates "
+            "would change"
+        )
+    return out
+
+
 def length_error(epochs, train_steps, *, allow_none: bool = False) -> str | None:
     """The one check of a run's length: exactly one of epochs / train_steps (neither only
     where `allow_none`, for --list_layers and an LR range test alone); the message or None."""

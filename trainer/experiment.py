@@ -70,6 +70,7 @@ class Experiment:
         self.built = False
         self.history = None
         self.lr_find_result = None  # the LR range test's, once one ran
+        self.lr_find_seconds = None  # how long it took, when it ran in this process
 
     # Build ---------------------------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class Experiment:
         if self.lr_find_result is None:
             self.lr_find_result = range_test.recorded(self.config)
         if self.lr_find_result is None:
+            started = time.time()
             start = self.step if start_step is None else start_step
             interrupts = self.interrupts
             self.lr_find_result = range_test.run(
@@ -215,6 +217,7 @@ class Experiment:
             if self.is_chief:
                 os.makedirs(self.config.model_dir, exist_ok=True)
                 range_test.write(self.lr_find_result, self.config.model_dir)
+            self.lr_find_seconds = time.time() - started
         return self.lr_find_result
 
     def _build_optimizer(self):
@@ -270,8 +273,12 @@ class Experiment:
         """The --list_layers table: every layer with its segment, then the per-segment lrs."""
         return self.table.layer_report(self.model, peak_lr(self.lr_schedule))
 
-    def restore(self) -> int:
+    def restore(self, *, record: bool = True) -> int:
         """Resumes from the newest readable checkpoint in model_dir/ckpt; returns the step.
+
+        With `record` (training), the chief then writes config.json and flags.txt from this
+        configuration, so both always describe the run (the LR range test alone writes
+        neither).
 
         Raises:
             IncompatibleCheckpointError: The checkpoints were made with a different
@@ -285,9 +292,8 @@ class Experiment:
         path = self.checkpointer.restore()
         if path:
             logging.info("Restored %s: resuming at step %d", path, self.step)
-        elif self.is_chief:
+        if self.is_chief and record:
             checkpoints.write_config(config.model_dir, config)
-        if self.is_chief:
             run_dir.write_text(layout.Layout(config.model_dir).flags, config.to_flagfile())
         self.history = summaries.History(config.model_dir, self.step, self.is_chief)
         logging.info("Learning rates per segment:\n%s", self.lr_table())
@@ -415,6 +421,7 @@ class Experiment:
             "train": report.last if report else None,
             "images_per_sec": report.images_per_sec if report else None,
             "wall_time_sec": seconds,
+            **({"lr_find_sec": self.lr_find_seconds} if self.lr_find_seconds else {}),
             **extra,
         }
         if self.is_chief:

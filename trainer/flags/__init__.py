@@ -66,15 +66,51 @@ def parse_config(argv: list[str], program: str = "run_train.py") -> config_lib.C
     Raises:
       absl.flags.Error: a bad flag or a failed cross check.
     """
+    argv = resolve_flagfiles([program, *argv])
     fv = flags.FlagValues()
     define_flags(fv)
-    fv([program, *argv])
+    fv(argv)
     cross_check(fv)
-    return to_config(fv)
+    return to_config(fv, default_model_dir(argv))
 
 
-def to_config(fv: flags.FlagValues) -> config_lib.Config:
-    """The frozen Config from parsed flags; the only place flag values are read."""
+RUNS_DIR = "runs"  # default run directories: runs/<flagfile name>, as Lightning's lightning_logs
+
+
+def resolve_flagfiles(argv: list[str]) -> list[str]:
+    """`--flagfile=NAME` (no directory, no .flags, no such file) -> a shipped configs/NAME.flags."""
+    import os
+
+    out = []
+    for arg in argv:
+        if arg.startswith("--flagfile="):
+            name = arg.partition("=")[2]
+            if not os.path.exists(name):
+                import configs
+
+                shipped = configs.path(name)
+                if shipped is not None:
+                    arg = f"--flagfile={shipped}"
+        out.append(arg)
+    return out
+
+
+def default_model_dir(argv: list[str]) -> str:
+    """runs/<name of the last --flagfile on the command line> (runs/run without one), under
+    the current directory: each user and each flagfile gets its own run."""
+    import os
+
+    names = [a.partition("=")[2] for a in argv if a.startswith("--flagfile=")]
+    stem = os.path.splitext(os.path.basename(names[-1]))[0] if names else "run"
+    return os.path.join(RUNS_DIR, stem or "run")
+
+
+def to_config(fv: flags.FlagValues, model_dir: str | None = None) -> config_lib.Config:
+    """The frozen Config from parsed flags; the only place flag values are read.
+
+    `model_dir` is the default run directory when --model_dir is not given
+    (`default_model_dir`).
+    """
     values = {}
     for field in config_lib.Config.__dataclass_fields__:
         if field not in fv:
@@ -85,4 +121,8 @@ def to_config(fv: flags.FlagValues) -> config_lib.Config:
         elif field in _FLOAT_LIST_FIELDS and value is not None:
             value = tuple(_float_list(value))
         values[field] = value
+    if not values.get("model_dir"):
+        if not model_dir:
+            raise flags.ValidationError("--model_dir is required (where the run's files go)")
+        values["model_dir"] = model_dir
     return config_lib.Config(**values)

@@ -30,8 +30,6 @@ def cross_check(fv: flags.FlagValues) -> None:
     def fail(msg):
         raise flags.ValidationError(msg)
 
-    if not v["model_dir"]:
-        fail("--model_dir is required (where checkpoints, summaries and the export go)")
     error = config_lib.length_error(
         v["epochs"], v["train_steps"], allow_none=v["list_layers"] or v["lr_find"]
     )

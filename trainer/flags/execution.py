@@ -12,8 +12,9 @@ def _define_execution(fv):
     flags.DEFINE_string(
         "model_dir",
         None,
-        "Directory for checkpoints, TensorBoard, metrics.json and the export. "
-        "A run resumes from the checkpoint it finds here.",
+        "The run's directory: checkpoints, TensorBoard, metrics.json and the export. A run "
+        "resumes from the checkpoint it finds here. Default: runs/<flagfile name> under the "
+        "current directory (runs/run without a flagfile).",
         flag_values=fv,
     )
     flags.DEFINE_enum(

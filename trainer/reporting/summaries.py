@@ -276,6 +276,49 @@ def _cycles(record: dict) -> str:
     return f"{cycles[0]}-{cycles[-1]}" if cycles else "?"
 
 
+FEW_STEPS = 50  # fewer steps than this in a whole run earn a warning
+
+
+def run_dir_line(config) -> str:
+    """The first line of a run's output: its directory and whether it starts or resumes."""
+    from trainer.run_dir import checkpoints
+
+    steps = checkpoints.saved_steps(config.model_dir)
+    if config.lr_find:
+        what = "LR range test only"
+    elif steps:
+        what = f"resumes from its checkpoint at step {max(steps)}"
+    else:
+        what = "starts"
+    return f"Run directory: {config.model_dir} ({what})"
+
+
+def written(model_dir: str) -> str:
+    """What the run's files in model_dir are, for a message ("nothing" when none)."""
+    present = [n for n in layout.RUN_FILES if tf.io.gfile.exists(os.path.join(model_dir, n))]
+    return ", ".join(present) if present else "nothing"
+
+
+def plan_warnings(config, plan, info) -> list[str]:
+    """One line each for a run whose defaults will likely give a poor result."""
+    out = []
+    batch, images = config.global_batch_size, info.num_train
+    length = f"--epochs={config.epochs:g}" if config.epochs is not None else "--train_steps"
+    if plan.total_steps < FEW_STEPS:
+        out.append(
+            f"this run trains {plan.total_steps} steps in all ({images} training images in "
+            f"batches of --global_batch_size={batch}: {plan.steps_per_epoch} steps per "
+            f"epoch; {length}); under ~{FEW_STEPS} steps a fine-tune rarely gets far: lower "
+            "--global_batch_size or raise the length"
+        )
+    if batch > images:
+        out.append(
+            f"--global_batch_size={batch} is larger than the {images} training images: every "
+            "step repeats images; lower --global_batch_size"
+        )
+    return out
+
+
 def closing_summary(metrics: dict, model_dir: str, export_dir: str | None) -> str:
     """A few aligned lines for the end of a run: accuracy, time, speed, where things are.
 
@@ -301,6 +344,8 @@ def closing_summary(metrics: dict, model_dir: str, export_dir: str | None) -> st
                 text += f"; top-5 {record['top5']:.4f}"
             rows.append((name.replace("_", " "), text))
     timing = _duration(metrics.get("wall_time_sec") or 0.0)
+    if metrics.get("lr_find_sec"):
+        timing += f" training + {_duration(metrics['lr_find_sec'])} LR range test"
     if metrics.get("images_per_sec"):
         timing += f", {metrics['images_per_sec']:.0f} images/s while training"
     rows.append(("wall time", timing))

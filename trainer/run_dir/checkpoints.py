@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer import config as config_lib
 from trainer import layout
 from trainer.errors import IncompatibleCheckpointError, NonFiniteError, UserError
 from trainer.run_dir import faults
@@ -108,18 +109,23 @@ def check_compatible(model_dir: str, config, has_checkpoints: bool = True) -> No
                 + _RESTART_HINT
             )
         return
-    new = compat_record(config)
-    old = {**_DEFAULT_WHEN_ABSENT, **old}
-    diffs = [
-        f"--{k}: checkpoint has {old[k]!r}, now {new[k]!r}"
-        for k in COMPAT_FIELDS
-        if k in old and old[k] != new[k]
-    ]
+    full = old.get("full")
+    if isinstance(full, dict):  # the whole configuration: the one list of what may change
+        diffs = config_lib.resume_conflicts(full, config)
+    else:  # a config.json from before "full" was recorded: its compatibility fields
+        new = compat_record(config)
+        old = {**_DEFAULT_WHEN_ABSENT, **old}
+        diffs = [
+            f"--{k}={old[k]!r} -> {new[k]!r}"
+            for k in COMPAT_FIELDS
+            if k in old and old[k] != new[k]
+        ]
     if diffs:
         raise IncompatibleCheckpointError(
-            f"--model_dir={model_dir} holds a checkpoint of a different configuration ("
-            + "; ".join(diffs)
-            + "); use another --model_dir or the old values"
+            f"--model_dir={model_dir} holds a run made with other flags ({'; '.join(diffs)}); "
+            "these may not change when a run resumes (its length, evaluation, checkpoint and "
+            "logging frequency may): pass --restart to move the old run aside and start "
+            "over, or use a new --model_dir"
         )
 
 

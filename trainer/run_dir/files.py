@@ -118,16 +118,25 @@ class Lock:
         if not is_local(self.model_dir):
             logging.info("model_dir %s is not local: no lock is taken", self.model_dir)
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe(_read_holder(fd))
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _describe(_read_holder(fd))
+                os.close(fd)
+                raise UserError(
+                    f"--model_dir={self.model_dir} is in use by another run ({holder}); wait "
+                    "for it to finish, stop it, or use another --model_dir"
+                ) from None
+            # The releasing holder removes the file: a lock on a file no longer at the path
+            # guards nothing, so take the one at the path again.
+            try:
+                if os.fstat(fd).st_ino == os.lstat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise UserError(
-                f"--model_dir={self.model_dir} is in use by another run ({holder}); wait for "
-                "it to finish, stop it, or use another --model_dir"
-            ) from None
         previous = _read_holder(fd)
         if previous and previous.get("pid") != os.getpid():
             logging.warning(
@@ -140,12 +149,31 @@ class Lock:
         self._fd = fd
         return self
 
+    def _open(self) -> int:
+        # Something not made by a run at the lock's path is one line, not a traceback.
+        if os.path.islink(self.path) or os.path.isdir(self.path):
+            kind = "a symbolic link" if os.path.islink(self.path) else "a directory"
+            raise UserError(
+                f"--model_dir={self.model_dir}: {self.path} is {kind}, not a run's lock file; "
+                "remove it"
+            )
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise UserError(
+                f"--model_dir={self.model_dir}: cannot open {self.path} ({e})"
+            ) from None
+
     def release(self) -> None:
-        """Releases the lock (the kernel also does when the process dies)."""
+        """Releases the lock and removes the lock file (on every exit path the run controls;
+        the kernel drops the lock of a killed process, and the next run takes the file over)."""
         if self._fd is None:
             return
         try:
-            os.ftruncate(self._fd, 0)
+            try:
+                os.unlink(self.path)  # while still holding it: see acquire
+            except FileNotFoundError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             os.close(self._fd)
