@@ -34,7 +34,10 @@ from trainer.tools import cli  # noqa: E402
 
 PROGRAM = "run_train.py"
 FLAGS = flags.FLAGS
+_ABSL_FLAGS = set(FLAGS)
 flags_lib.define_flags(FLAGS)
+for _name in set(FLAGS) - _ABSL_FLAGS:  # --help lists them (absl's shows key flags only)
+    flags.declare_key_flag(_name)
 _ARGV: list[str] = []  # the command line after shipped flagfile names were resolved
 
 

@@ -2,7 +2,8 @@
 
 Install (CPU machines, no GPU build downloaded):   pip install -e ".[cpu]"
 Install (one or more NVIDIA GPUs):                 pip install -e ".[gpu]"
-Extras: test (pytest, ruff), plots (matplotlib). See BUILD.md.
+Extras: test (pytest, ruff), plots (matplotlib), data (scikit-learn). See BUILD.md.
+Installs the `lrtech` command (trainer/tools/lrtech.py).
 """
 
 import setuptools
@@ -15,11 +16,26 @@ setuptools.setup(
     description="Differential learning rates and SGDR for TensorFlow / Keras 3.",
     python_requires=">=3.10",
     packages=setuptools.find_packages(
-        include=["trainer", "trainer.*", "schedules", "schedules.*", "models", "models.*"]
+        include=[
+            "trainer",
+            "trainer.*",
+            "schedules",
+            "schedules.*",
+            "models",
+            "models.*",
+            "configs",
+        ]
     ),
     py_modules=["run_train"],
-    # The shipped pretrained weights (models/pretrained/README.md).
-    package_data={"models": ["pretrained/*.weights.h5", "pretrained/README.md"]},
+    # The shipped pretrained weights (models/pretrained/README.md) and flagfiles
+    # (`--flagfile=NAME` finds configs/NAME.flags from any directory).
+    package_data={
+        "models": ["pretrained/*.weights.h5", "pretrained/README.md"],
+        "configs": ["*.flags"],
+    },
+    # `lrtech train|lr-find|layers|predict|evaluate|ensemble`; run_train.py stays the entry
+    # point of the source tree.
+    entry_points={"console_scripts": ["lrtech = trainer.tools.lrtech:main"]},
     # TensorFlow itself comes from an extra: `tensorflow` pulls the CUDA build, which a CPU
     # machine should not download; `tensorflow-cpu` is the same API without it.
     install_requires=[
