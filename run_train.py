@@ -91,7 +91,7 @@ def _train(config) -> int:
     _start()
     from trainer import experiment as experiment_lib
     from trainer.loop import strategy as strategy_lib
-    from trainer.reporting import summaries
+    from trainer.reporting import console
 
     _check_interrupted("start-up")
     strategy = strategy_lib.make_strategy(config.strategy)
@@ -99,7 +99,7 @@ def _train(config) -> int:
     if FLAGS.list_layers and auto:
         config = config.replace(max_lr=1.0)  # no range test just to list the layers
     if not FLAGS.list_layers:
-        print(summaries.run_dir_line(config), flush=True)
+        print(console.run_dir_line(config), flush=True)
     experiment = experiment_lib.Experiment(config, strategy, interrupts=INTERRUPTS)
     experiment.build()  # --max_lr=auto runs (or reuses) the range test here
     if FLAGS.list_layers:
@@ -109,19 +109,19 @@ def _train(config) -> int:
         return 0
     if config.lr_find:  # its own step: the test, and nothing else
         return _lr_find(experiment)
-    _check_interrupted("start-up", summaries.written(config.model_dir))
+    _check_interrupted("start-up", console.written(config.model_dir))
     experiment.restore()
     if experiment.lr_find_result is not None:
         print(experiment.lr_find_result.format_line(), flush=True)
     if auto:
         print(f"--max_lr=auto: training at --max_lr={experiment.config.max_lr:.4g}", flush=True)
-    for warning in summaries.plan_warnings(experiment.config, experiment.plan, experiment.info):
+    for warning in console.plan_warnings(experiment.config, experiment.plan, experiment.info):
         print(f"{PROGRAM}: warning: {warning}", file=sys.stderr, flush=True)
-    _check_interrupted("start-up", summaries.written(config.model_dir))
+    _check_interrupted("start-up", console.written(config.model_dir))
     metrics = experiment.train()
     path = experiment.export_dir if experiment.export_complete() else experiment.export()
     print(f"Done: {config.model_dir}", flush=True)
-    print(summaries.closing_summary(metrics, config.model_dir, path), flush=True)
+    print(console.closing_summary(metrics, config.model_dir, path), flush=True)
     return 0
 
 

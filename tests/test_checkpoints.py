@@ -43,8 +43,8 @@ def test_incompatible_configuration_is_refused(tmp_path):
     with pytest.raises(IncompatibleCheckpointError) as info:
         exp.build().restore()
     message = str(info.value)
-    assert "--optimizer: checkpoint has 'adam', now 'sgd'" in message
-    assert "--image_size: checkpoint has 8, now 9" in message
+    assert "--optimizer=adam -> sgd" in message
+    assert "--image_size=8 -> 9" in message
     assert sorted(os.listdir(tmp_path / "ckpt")) == before
     assert json.loads((tmp_path / "config.json").read_text())["optimizer"] == "adam"
 

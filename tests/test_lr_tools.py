@@ -127,7 +127,8 @@ RECIPE = dict(
 
 
 def test_fine_tune_recipe_phases(tmp_path):
-    exp = experiment(config(tmp_path, **RECIPE))
+    # Keras' frozen BatchNorm here; the recipe's default --train_bn: tests/test_run_options.py.
+    exp = experiment(config(tmp_path, **RECIPE, train_bn=False))
     assert exp.plan.total_steps == 12 and exp.plan.unfreeze_steps() == [4]
     assert exp.lr_mults == pytest.approx((0.01, 1.0))  # fastai's lr_mult=100
     assert exp.schedule.boundaries == [4]

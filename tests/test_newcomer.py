@@ -13,7 +13,7 @@ from tests.helpers import ROOT
 from trainer import flags as flags_lib
 from trainer import layout
 from trainer.errors import IncompatibleCheckpointError
-from trainer.reporting import summaries
+from trainer.reporting import console
 
 TINY_FLAGS = """--dataset=synthetic
 --synthetic_train_size=64
@@ -123,13 +123,13 @@ def test_default_run_directory_follows_the_flagfile():
 def test_few_steps_and_large_batches_are_named_in_one_line_each(tmp_path):
     cfg = helpers.tiny_config(tmp_path, epochs=2, global_batch_size=128, split_at=())
     exp = helpers.build(cfg)
-    warnings = summaries.plan_warnings(exp.config, exp.plan, exp.info)
+    warnings = console.plan_warnings(exp.config, exp.plan, exp.info)
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
     assert "trains 2 steps in all" in warnings[0] and "--global_batch_size=128" in warnings[0]
     assert "--epochs=2" in warnings[0]
     assert "--global_batch_size=128 is larger than the 64 training images" in warnings[1]
     fine = helpers.build(helpers.tiny_config(tmp_path / "b", train_steps=60, split_at=()))
-    assert summaries.plan_warnings(fine.config, fine.plan, fine.info) == []
+    assert console.plan_warnings(fine.config, fine.plan, fine.info) == []
 
 
 def test_the_lock_file_goes_with_the_run_and_odd_lock_paths_are_one_line(tmp_path):

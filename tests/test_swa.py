@@ -23,7 +23,7 @@ from trainer.averaging import weight_averaging
 from trainer.averaging.weights import averaged_weights, batch_norm_layers
 from trainer.errors import IncompatibleCheckpointError, Preempted, UserError
 from trainer.loop.steps import Plan
-from trainer.reporting import summaries
+from trainer.reporting import console, summaries
 from trainer.run_dir import checkpoints
 
 EPSILON = 1e-3  # Keras' BatchNormalization default
@@ -195,9 +195,9 @@ def test_resuming_with_other_averaging_settings_is_refused(tmp_path):
     checkpoints.write_config(str(tmp_path), build(cfg).config)
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "ckpt-3.index").write_bytes(b"")  # only the compatibility check runs
-    with pytest.raises(IncompatibleCheckpointError, match="--swa_start_epoch: checkpoint has None"):
+    with pytest.raises(IncompatibleCheckpointError, match="--swa_start_epoch=none -> 1.0"):
         build(cfg.replace(swa_start_epoch=1.0)).restore()
-    with pytest.raises(IncompatibleCheckpointError, match="--ema_decay: checkpoint has None, now"):
+    with pytest.raises(IncompatibleCheckpointError, match="--ema_decay=none -> 0.9"):
         build(cfg.replace(ema_decay=0.9)).restore()
     # A config.json from before these settings existed: made without them.
     record = json.loads((tmp_path / "config.json").read_text())
@@ -300,7 +300,7 @@ def test_eval_log_lines_and_closing_summary(absl_info):
         "swa": dict(results, models_averaged=3),
         "ema": {"accuracy": 0.8, "decay": 0.999},
     }
-    lines = summaries.closing_summary(metrics, "/m", None).splitlines()
+    lines = console.closing_summary(metrics, "/m", None).splitlines()
     assert "  snapshot ensemble  0.8750 (2 snapshots, cycles 2-3); top-5 1.0000" in lines
     assert "  swa                0.8750 (3 models averaged, BN recomputed); top-5 1.0000" in lines
     assert "  ema                0.8000 (decay 0.999, BN recomputed)" in lines

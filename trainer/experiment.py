@@ -19,7 +19,6 @@ optimizer's `iterations`, the one step counter of the run.
 
 from __future__ import annotations
 
-import os
 import time
 
 import keras
@@ -158,15 +157,6 @@ class Experiment:
             lambda batch, context: self.data.eval_dataset(batch, input_context=context),
         )
 
-    def _bn_data(self):
-        """One epoch of the training split in the run's epoch-0 order, whole global batches:
-        what an averaged model's BatchNorm statistics are recomputed over."""
-        config = self.config
-        dataset = self.data.train_dataset(
-            config.global_batch_size, augment=bool(config.swa_bn_augment)
-        )
-        return dataset.take(self.plan.steps_per_epoch)
-
     def _build_model(self):
         config = self.config
         if self.model_fn is not None:
@@ -200,12 +190,9 @@ class Experiment:
         else it runs and the chief writes lr_find.json and lr_find.png. Returns the
         `trainer.lr_find.finder.LRFinderResult`."""
         if self.lr_find_result is None:
-            self.lr_find_result = range_test.recorded(self.config)
-        if self.lr_find_result is None:
-            started = time.time()
             start = self.step if start_step is None else start_step
             interrupts = self.interrupts
-            self.lr_find_result = range_test.run(
+            self.lr_find_result, self.lr_find_seconds = range_test.recorded_or_run(
                 self.config,
                 self.strategy,
                 self.model,
@@ -213,11 +200,8 @@ class Experiment:
                 lambda step: self.train_data(start + step),
                 first_trainable=self.plan.first_trainable_segment(start),
                 interrupted=(lambda: interrupts.pending) if interrupts is not None else None,
+                save=self.is_chief,
             )
-            if self.is_chief:
-                os.makedirs(self.config.model_dir, exist_ok=True)
-                range_test.write(self.lr_find_result, self.config.model_dir)
-            self.lr_find_seconds = time.time() - started
         return self.lr_find_result
 
     def _build_optimizer(self):
@@ -240,7 +224,7 @@ class Experiment:
         # Every variable that can ever train, before the first trace (see DESIGN pitfalls).
         self.optimizer.build(self.model.trainable_variables)
         self.averaging.build(
-            self.model, self.optimizer, eval_data=self.eval_data, bn_data=self._bn_data
+            self.model, self.optimizer, eval_data=self.eval_data, train_data=self.data.train_dataset
         )
         objects = dict(model=self.model, optimizer=self.optimizer)
         objects.update(self.averaging.checkpoint_objects())
@@ -384,11 +368,16 @@ class Experiment:
                 actions.Evaluate(self._evaluate, self.history, writer, plan.steps_per_epoch, None)(
                     self.step
                 )
-            # A process that trained interprets its model; metrics.json is written once.
-            extra = self.interpret() if self._interprets(report is not None) else {}
-            extra.update(self.averaging.finish(writer, self.step))  # ensemble, SWA, EMA models
+            # Post-training work is done once: a process that trained does it; a re-run of a
+            # complete run does only what its record lacks and keeps the rest.
+            previous = {} if report is not None else summaries.kept(self.history.previous)
+            extra = {}
+            if self._interprets(report is not None or not summaries.interpreted(previous, config)):
+                extra = self.interpret()
+            if report is not None or any(k not in previous for k in self.averaging.records):
+                extra.update(self.averaging.finish(writer, self.step))  # ensemble, SWA, EMA
             writer.end_session()  # the HParams session's status: success
-            return self._metrics(report, time.time() - started, extra)
+            return self._metrics(report, time.time() - started, {**previous, **extra})
         finally:
             if own:
                 self._interrupts.uninstall()
@@ -412,23 +401,14 @@ class Experiment:
         return self._final.write(self.step)
 
     def _metrics(self, report, seconds: float, extra: dict) -> dict:
-        metrics = {
-            "step": self.step,
-            "epochs": steps.epoch_of(self.step, self.plan.steps_per_epoch),
-            "final": self.history.final,
-            "best": self.history.best,
-            "history": self.history.evals,
-            "train": report.last if report else None,
-            "images_per_sec": report.images_per_sec if report else None,
-            "wall_time_sec": seconds,
-            **({"lr_find_sec": self.lr_find_seconds} if self.lr_find_seconds else {}),
-            **extra,
-        }
+        metrics = summaries.run_record(
+            self.history, self.step, self.plan.steps_per_epoch, report, seconds, extra
+        )
+        if self.lr_find_seconds:
+            metrics["lr_find_sec"] = self.lr_find_seconds
         if self.is_chief:
             summaries.write_metrics(self.config.model_dir, metrics)
         return metrics
-
-    # Export --------------------------------------------------------------------------------
 
     @property
     def export_dir(self) -> str:

@@ -194,6 +194,11 @@ class WeightAveraging:
         self._models = {}  # name -> (model, its metrics record)
 
     @property
+    def records(self) -> list[str]:
+        """The metrics.json keys `finish` writes: "ensemble", "swa", "ema" (when on)."""
+        return ([ENSEMBLE] if self.ensemble else []) + self.names
+
+    @property
     def names(self) -> list[str]:
         """The averaged models this run exports: "swa", "ema"."""
         return [name for name, on in ((SWA, self.swa), (EMA, self.ema)) if on]
@@ -214,18 +219,19 @@ class WeightAveraging:
             return {}
         return {"use_ema": True, "ema_momentum": float(self.config.ema_decay)}
 
-    def build(self, model, optimizer, *, eval_data, bn_data) -> None:
+    def build(self, model, optimizer, *, eval_data, train_data) -> None:
         """Creates the SWA average and starts the EMA at the weights; under the scope.
 
         Args:
             model: The run's model (its weights are averaged).
             optimizer: The run's optimizer (it holds the EMA copies).
             eval_data: `() -> distributed dataset` of the eval split, once, in order.
-            bn_data: `() -> dataset` of whole global batches over which the BatchNorm
-                statistics of an averaged model are recomputed.
+            train_data: `Data.train_dataset(batch_size, augment=...)`: one epoch of it in the
+                run's epoch-0 order, whole global batches, is what an averaged model's
+                BatchNorm statistics are recomputed over.
         """
         self.model, self.optimizer = model, optimizer
-        self._eval_data, self._bn_data = eval_data, bn_data
+        self._eval_data, self._train_data = eval_data, train_data
         if self.swa:
             self.average = WeightAverage(averaged_weights(model))
         if self.ema:
@@ -378,7 +384,10 @@ class WeightAveraging:
             built = keras_private.built_variables(self.optimizer)
             self.optimizer.finalize_variable_values([targets[index[id(v)]] for v in built])
             record = {"decay": float(self.config.ema_decay)}
-        batches = update_bn(model, self._bn_data(), self.strategy)
+        bn_data = self._train_data(
+            self.config.global_batch_size, augment=bool(self.config.swa_bn_augment)
+        ).take(self.plan.steps_per_epoch)
+        batches = update_bn(model, bn_data, self.strategy)
         evaluator = Evaluator(self.strategy, model, self._eval_data, self.config.num_classes)
         record = {
             **evaluator.evaluate(),

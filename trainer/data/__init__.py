@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer.config import Config
-from trainer.data import arrays, pipeline, sources, streaming, tfds_source
+from trainer.data import arrays, corrupt, pipeline, sources, streaming, tfds_source
 from trainer.errors import UserError
 
 _log = logging.getLogger(__name__)
@@ -68,6 +68,12 @@ class Data:
     image is resized to it), augment and seed (the training order and augmentation),
     eval_crop (full-resolution evaluation) and skip_corrupt (files unreadable when read on
     demand: an error naming them, or skipped and listed in `skipped_on_read`).
+
+    An on-demand example that does not read or decode when its batch is built (without
+    skip_corrupt) makes iterating `train_dataset` or `eval_dataset` raise
+    `tf.errors.InvalidArgumentError`, also from inside a compiled loop over the distributed
+    dataset; `corrupt.user_error(e)` is then its one-line `corrupt.UnreadableImageError` (a
+    `UserError`) naming the example. `as_numpy` raises that directly.
     """
 
     def __init__(self, config: Config, train: sources.Split, evaluation: sources.Split):
@@ -80,11 +86,11 @@ class Data:
         """
         self._train = train
         self._eval = evaluation
-        self._image_size = config.image_size
+        self._image_size = config.input_size
         self._augment = config.augment
         self._seed = config.seed
         self._eval_crop = config.eval_crop
-        self._failures = pipeline.ReadFailures(f"--dataset={config.dataset}", config.skip_corrupt)
+        self._failures = corrupt.ReadFailures(f"--dataset={config.dataset}", config.skip_corrupt)
         same = train.image_shape == evaluation.image_shape
         shape = train.image_shape if same else (None, None, 3)
         self.info = DatasetInfo(
@@ -244,7 +250,8 @@ class Data:
                 failures=self._failures,
                 limit=limit,
             )
-            batches = list(ds.as_numpy_iterator())
+            with corrupt.user_errors():
+                batches = list(ds.as_numpy_iterator())
             images, labels = zip(*batches)
             return np.concatenate(images), np.concatenate(labels)
         return pipeline.as_numpy(
@@ -268,6 +275,21 @@ def _load_split(config: Config, split: str, synthetic_size: int, class_names) ->
     )
 
 
+def _check_classes(dataset: str, split: str, train: sources.Split | None = None, names=None):
+    """A classifier needs two classes: one class name, or training labels of one class only
+    (a stream's labels are not read), would train a model that cannot be wrong."""
+    names = train.class_names if names is None else names
+    need = "a classifier needs at least 2 (as --num_classes does)"
+    if len(names) < 2:
+        raise UserError(f"--dataset={dataset}: has one class ({names[0]}); {need}")
+    present = np.unique(train.labels) if train is not None else ()
+    if len(present) == 1:
+        raise UserError(
+            f"--dataset={dataset}: has one class ({names[present[0]]}) in its {split} split "
+            f"(of {len(names)} class names); {need}"
+        )
+
+
 def load(config: Config) -> Data:
     """Loads both splits of `config.dataset`: into memory, or their file lists (`--cache`).
 
@@ -284,9 +306,10 @@ def load(config: Config) -> Data:
 
     Raises:
       UserError: bad --cache or --eval_crop, unknown or unprepared dataset, missing folder or
-        file, unreadable image (when read into memory),
-        malformed array or IDX file, bad labels, bad split, scikit-learn missing for
-        sklearn_digits; each as one line naming the flag and the bad value.
+        file, unreadable image (read into memory, or found by the start-up check of a
+        folder read on demand), one class only, malformed array or IDX file, bad labels,
+        bad split, scikit-learn missing for sklearn_digits; each as one line naming the flag
+        and the bad value.
     """
     if config.cache not in config_lib.CACHE_POLICIES:
         raise UserError(
@@ -296,13 +319,16 @@ def load(config: Config) -> Data:
         raise UserError(f"--eval_crop={config.eval_crop}: must be in (0, 1]")
     if arrays.is_spec(config.dataset):
         train, evaluation = arrays.load(config.dataset, config.train_split, config.eval_split)
+        _check_classes(config.dataset, config.train_split, train)
         return Data(config, train, evaluation)
     class_names = None
     if config.dataset.startswith("folder:"):
         # Labels follow the train split's class directories, also in the eval split.
         root = config.dataset[len("folder:") :]
         class_names = sources.folder_class_names(root, config.train_split)
+        _check_classes(config.dataset, config.train_split, names=class_names)
     train = _load_split(config, config.train_split, config.synthetic_train_size, class_names)
+    _check_classes(config.dataset, config.train_split, train)
     evaluation = _load_split(config, config.eval_split, config.synthetic_test_size, class_names)
     for message in train.warnings + evaluation.warnings:
         _log.warning("%s", message)

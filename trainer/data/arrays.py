@@ -28,6 +28,7 @@ input is a one-line `UserError` naming ``--dataset``, the file and the problem.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import zipfile
@@ -337,11 +338,22 @@ def _read_idx(dataset: str, path: str, magic: int, ndim: int) -> np.ndarray:
     if len(raw) < header:
         raise UserError(f"--dataset={dataset}: {path} is truncated inside its header")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
-    size = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - header != size:
+    data = len(raw) - header
+    names = ("images", "rows", "columns") if ndim == 3 else ("labels",)
+    for name, dim in zip(names, dims):
+        # A dimension past the data cannot be right (0xFFFFFFFF: a damaged header); naming
+        # it beats a product of the sizes, which no one can check.
+        if dim > max(data, 1):
+            raise UserError(
+                f"--dataset={dataset}: {path}: its header says {dim} {name}, more than its "
+                f"{data} data bytes hold (header dimensions {', '.join(map(str, dims))})"
+            )
+    size = math.prod(dims)
+    if data != size:
+        said = f"{dims[0]} images of {dims[1]} x {dims[2]}" if ndim == 3 else f"{dims[0]} labels"
         raise UserError(
-            f"--dataset={dataset}: {path} has {len(raw) - header} data bytes, but its header "
-            f"says {' x '.join(map(str, dims))} = {size}"
+            f"--dataset={dataset}: {path} has {data} data bytes, but its header says {said} "
+            f"({size} bytes)"
         )
     return np.frombuffer(raw, np.uint8, size, header).reshape(dims)
 

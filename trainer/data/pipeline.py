@@ -11,6 +11,8 @@ are read.
 
 Under distribution each input pipeline computes the same (cheap) index stream, keeps its
 slice of every global batch and reads only those examples (`train_dataset`'s input_context).
+An on-demand batch is read by `trainer.data.reading`; an example that does not read or
+decode is named or skipped by `trainer.data.corrupt`.
 
 tf.data options, set on every dataset here (`_options`):
   * ``deterministic = True``: parallel map and interleave keep their input order. The order
@@ -31,14 +33,14 @@ tf.data options, set on every dataset here (`_options`):
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 
 import numpy as np
 import tensorflow as tf
 
 from trainer.data import images as image_ops
+from trainer.data import reading
+from trainer.data.corrupt import ReadFailures, user_errors
 from trainer.data.sources import Split
 from trainer.errors import UserError
 
@@ -53,41 +55,6 @@ def _options() -> tf.data.Options:
     options.threading.max_intra_op_parallelism = 1
     options.autotune.enabled = False
     return options
-
-
-class ReadFailures:
-    """Files of an on-demand split found unreadable while training (with skip_corrupt).
-
-    Thread-safe: tf.data reports from its own threads. `paths` is the sorted list so far.
-    """
-
-    def __init__(self, what: str, skip: bool):
-        self.what = what  # e.g. "--dataset=folder:/data" for messages
-        self.skip = skip
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def paths(self) -> list[str]:
-        with self._lock:
-            return sorted(self._seen)
-
-    def record(self, missing) -> np.int32:
-        new = []
-        with self._lock:
-            for path in missing.numpy():
-                path = path.decode(errors="replace")
-                if path not in self._seen:
-                    self._seen.add(path)
-                    new.append(path)
-        for path in new:
-            logging.getLogger(__name__).warning(
-                "%s: skipped unreadable image %s (its place in the batch is taken by another "
-                "image of the same batch)",
-                self.what,
-                path,
-            )
-        return np.int32(len(new))
 
 
 def _in_memory_loader(split: Split, image_size: int):
@@ -130,158 +97,6 @@ def _views(split: Split, image_size: int, augment: bool, eval_crop: float):
         return image_ops.pad_crop_flip(image, seed) if augment else image
 
     return train_view, eval_view
-
-
-def _tfds_fetch(split: Split):
-    """indices int64 [b] -> the encoded images string [b] of a data-source split, in order.
-
-    An example the data source fails to read (a damaged record, an I/O error) comes back as
-    empty bytes, which the reader treats like an unreadable file: named as
-    ``split.root + index`` (e.g. "cifar10 train #123"), or skipped with skip_corrupt. The
-    data source's own error is logged once per example.
-    """
-    source, key = split.source, split.image_key
-    logged: set[int] = set()
-    lock = threading.Lock()
-
-    def one(index: int) -> bytes:
-        try:
-            return source.__getitems__([index])[0][key]
-        except Exception as e:  # whatever the data source raises for a bad record
-            with lock:
-                new = index not in logged
-                logged.add(index)
-            if new:
-                logging.getLogger(__name__).warning(
-                    "cannot read %s%d from the data source: %s: %s",
-                    split.root,
-                    index,
-                    type(e).__name__,
-                    str(e).strip().splitlines()[0] if str(e).strip() else "",
-                )
-            return b""
-
-    def fetch(indices):
-        indices = indices.tolist()
-        if not indices:
-            return np.array([], dtype=object)
-        try:
-            examples = [example[key] for example in source.__getitems__(indices)]
-        except Exception:
-            # One bad record fails the whole call: read the batch one by one to find it.
-            examples = [one(i) for i in indices]
-        return np.array(examples, dtype=object)
-
-    def contents(indices):
-        # The data source is fixed for the run: the same indices give the same bytes.
-        out = tf.numpy_function(fetch, [indices], tf.string, stateful=False)
-        out.set_shape(indices.shape)
-        return out
-
-    return contents
-
-
-def decode_batch(examples, names, labels, image_size: int, failures: ReadFailures, *, fill):
-    """(images [b', S, S, 3], labels [b']) of one batch of b examples read on demand.
-
-    `examples` is a dataset of (slot, image [S, S, 3]) for slots 0..b-1 whose map fails on
-    an unreadable example; `names` (string [b]) name the examples in messages, `labels`
-    (int32 [b]) are theirs. The examples are decoded in this nested dataset, which drops the
-    ones that fail, so a bad file costs the others nothing and the check costs one small
-    dataset per batch. Without `failures.skip` a failure stops the run with an error naming
-    the examples. With it, each is recorded and its slot filled by a copy of a readable
-    example of the same batch (`fill`, training: the batch keeps its size and every other
-    example its place), or dropped (evaluation).
-    """
-    n = tf.size(names)
-    slots = tf.range(n)
-    empty = (tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3], tf.float32))
-    # An empty share (the last eval batch split over replicas) reads nothing.
-    size = tf.cast(tf.maximum(n, 1), tf.int64)
-    inner = examples.ignore_errors().batch(size)
-    inner = inner.concatenate(tf.data.Dataset.from_tensors(empty)).take(1)
-    got, images = inner.get_single_element()
-    present = tf.scatter_nd(got[:, None], tf.ones_like(got), [n]) > 0
-    missing = tf.boolean_mask(names, ~present)
-    if not failures.skip:
-        check = tf.debugging.Assert(
-            tf.size(missing) == 0,
-            [
-                f"{failures.what}: cannot read or decode image",
-                tf.strings.reduce_join(missing, separator=", "),
-                "(remove it or pass --skip_corrupt)",
-            ],
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(images), tf.identity(labels)
-    recorded = tf.py_function(failures.record, [missing], tf.int32)
-    if not fill:
-        with tf.control_dependencies([recorded]):
-            return tf.identity(images), tf.gather(labels, got)
-    k = tf.size(got)
-    check = tf.debugging.Assert(
-        k > 0, [f"{failures.what}: every image of a batch is unreadable, e.g.", missing[:1]]
-    )
-    with tf.control_dependencies([recorded, check]):
-        # Slot j keeps its image, or (unreadable) takes the (j mod k)-th readable one.
-        position = tf.scatter_nd(got[:, None], tf.range(k), [n])
-        source = tf.where(present, position, slots % tf.maximum(k, 1))
-        return tf.gather(images, source), tf.gather(labels, tf.gather(got, source))
-
-
-def _file_reader(split: Split, image_size: int, view, failures: ReadFailures, *, fill: bool):
-    """(indices [b], seeds [b, 2]) -> (images [b', S, S, 3], labels [b']), read on demand.
-
-    Files are read one by one; a TFDS data source is asked for the batch's encoded images in
-    one call (`_tfds_fetch`). Failures are named, or skipped with `failures.skip` (filled
-    with `fill`), by `decode_batch`.
-    """
-    labels = tf.constant(split.labels)
-    if split.source is not None:
-        fetch = _tfds_fetch(split)
-
-        def fetched_view(contents, seed):
-            # Empty bytes: the data source failed on this example (`_tfds_fetch`).
-            check = tf.debugging.Assert(tf.strings.length(contents) > 0, ["unreadable"])
-            with tf.control_dependencies([check]):
-                return view(tf.identity(contents), seed)
-
-        def examples(slots, indices, seeds):
-            items = tf.data.Dataset.from_tensor_slices((slots, fetch(indices), seeds))
-            return items.map(
-                lambda slot, contents, seed: (slot, fetched_view(contents, seed)),
-                num_parallel_calls=_AUTOTUNE,
-                deterministic=True,
-            )
-
-        def names(indices):
-            return tf.strings.join([split.root, tf.strings.as_string(indices)])
-
-    else:
-        paths = tf.strings.join([split.root, tf.constant(split.files)])
-
-        def examples(slots, indices, seeds):
-            return tf.data.Dataset.from_tensor_slices((slots, indices, seeds)).map(
-                lambda slot, i, seed: (slot, view(tf.io.read_file(paths[i]), seed)),
-                num_parallel_calls=_AUTOTUNE,
-                deterministic=True,
-            )
-
-        def names(indices):
-            return tf.gather(paths, indices)
-
-    def read_batch(indices, seeds):
-        slots = tf.range(tf.size(indices))
-        return decode_batch(
-            examples(slots, indices, seeds),
-            names(indices),
-            tf.gather(labels, indices),
-            image_size,
-            failures,
-            fill=fill,
-        )
-
-    return read_batch
 
 
 def _index_stream(n, global_batch, seed, start_step):
@@ -368,7 +183,7 @@ def train_dataset(
     if split.on_demand:
         failures = failures or ReadFailures("--dataset", skip=False)
         view, _ = _views(split, image_size, augment, eval_crop)
-        read = _file_reader(split, image_size, view, failures, fill=True)
+        read = reading.batch_reader(split, image_size, view, failures, fill=True)
         ds = ds.batch(batch_size, drop_remainder=True)
         ds = ds.map(
             lambda e, p, i: read(i, example_seed(e, p)),
@@ -462,7 +277,7 @@ def eval_dataset(
     _, view = _views(split, image_size, False, eval_crop)
     if split.on_demand:
         failures = failures or ReadFailures("--dataset", skip=False)
-        read = _file_reader(split, image_size, lambda c, _: view(c), failures, fill=False)
+        read = reading.batch_reader(split, image_size, lambda c, _: view(c), failures, fill=False)
         if input_context is None:
             ds = tf.data.Dataset.range(n).batch(batch_size)
         else:
@@ -509,12 +324,17 @@ def as_numpy(
     failures: ReadFailures | None = None,
 ):
     """The first `limit` (default all) examples of `split` as numpy, as evaluation sees them
-    (unreadable on-demand examples dropped when `failures.skip`)."""
+    (unreadable on-demand examples dropped when `failures.skip`).
+
+    Raises:
+      UnreadableImageError: an on-demand example does not read or decode (without skip).
+    """
     ds = eval_dataset(
         split, 1024, image_size=image_size, eval_crop=eval_crop, limit=limit, failures=failures
     )
     images, labels = [], []
-    for x, y in ds.as_numpy_iterator():
-        images.append(x)
-        labels.append(y)
+    with user_errors():
+        for x, y in ds.as_numpy_iterator():
+            images.append(x)
+            labels.append(y)
     return np.concatenate(images), np.concatenate(labels)

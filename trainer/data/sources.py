@@ -20,10 +20,9 @@ import dataclasses
 import os
 
 import numpy as np
-import tensorflow as tf
 
-from trainer import runtime
 from trainer.config import IMAGE_EXTENSIONS
+from trainer.data import corrupt
 from trainer.data import synthetic as synthetic_lib
 from trainer.errors import UserError
 
@@ -127,25 +126,6 @@ def folder_class_names(root: str, train_split: str) -> tuple[str, ...]:
     return tuple(_class_dirs(root, train_split))
 
 
-def _read_image(path: str) -> tuple[bytes, tuple[int, ...]] | None:
-    """The file's bytes and decoded shape, or None if it does not decode."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # libjpeg prints its warnings and errors ("Corrupt JPEG data: ...", "Premature end of JPEG
-    # file", "Improper call to JPEG library ...") and TensorFlow's decoders log theirs straight
-    # to fd 2, in no common format. Everything written during this one decode is about this
-    # file, whose fate the caller reports (an error naming it, or the skipped-files warning).
-    with runtime.captured_stderr(drop=True):
-        try:
-            shape = tf.io.decode_image(data, channels=3, expand_animations=False).shape
-        except tf.errors.InvalidArgumentError:
-            return None
-    return data, tuple(shape)
-
-
 def folder_listing(root: str, split: str, class_names: tuple[str, ...]):
     """The sorted image files of root/split/<class>/ and their labels; no file is opened.
 
@@ -175,10 +155,30 @@ def folder_listing(root: str, split: str, class_names: tuple[str, ...]):
 def _estimated_pixel_bytes(directory: str, names: list[str]) -> int | None:
     """N times the decoded size of the first readable of the first few files (None if none)."""
     for name in names[:8]:
-        read = _read_image(os.path.join(directory, name))
+        read = corrupt.read_image(os.path.join(directory, name))
         if read is not None:
             return len(names) * int(np.prod(read[1]))
     return None
+
+
+def _checked_listing(root: str, directory: str, names: list[str], labels, skip_corrupt: bool):
+    """(names, labels, skipped paths) without the files `corrupt.check_files` finds bad.
+
+    Raises:
+      UserError: the first bad file, naming it and why, when `skip_corrupt` is False.
+    """
+    bad = corrupt.check_files([os.path.join(directory, name) for name in names])
+    if not bad:
+        return names, labels, []
+    first = min(bad)
+    if not skip_corrupt:
+        raise UserError(
+            f"--dataset=folder:{root}: cannot read image {os.path.join(directory, names[first])}"
+            f": {bad[first]} (remove it or pass --skip_corrupt)"
+        )
+    skipped = [f"{os.path.join(directory, names[i])} ({why})" for i, why in sorted(bad.items())]
+    keep = [i for i in range(len(names)) if i not in bad]
+    return [names[i] for i in keep], labels[keep], skipped
 
 
 def folder_split(
@@ -190,11 +190,12 @@ def folder_split(
 ) -> Split:
     """The images of root/split/<class>/: the file list only, or read into memory.
 
-    With `cache` "none" the split keeps the sorted file names and labels (`Split.files`):
-    nothing is opened, and the pipeline reads each image when its step needs it. "memory"
-    reads every file now (bytes kept encoded, each checked to decode). "auto" reads into
-    memory when the first image's decoded size times the number of files fits
-    `CACHE_BUDGET_BYTES`, else keeps the file list.
+    With `cache` "none" the split keeps the sorted file names and labels (`Split.files`) and
+    the pipeline reads each image when its step needs it; each file is checked now by its
+    first and last bytes (`corrupt.check_files`: no decode, but for a file whose end looks
+    truncated). "memory" reads every file now (bytes kept encoded, each checked to decode).
+    "auto" reads into memory when the first image's decoded size times the number of files
+    fits `CACHE_BUDGET_BYTES`, else keeps the file list.
 
     An empty class directory keeps its label index (labels follow the sorted train class
     directories) and adds a warning: a split may lack a class without shifting the others.
@@ -202,7 +203,7 @@ def folder_split(
 
     Raises:
       UserError: a missing directory, a class not in the train split, no image at all, or
-        (when read into memory) an unreadable file when `skip_corrupt` is False, naming it.
+        an unreadable file when `skip_corrupt` is False, naming it.
     """
     names, labels, warnings = folder_listing(root, split, class_names)
     directory = os.path.join(root, split, "")
@@ -210,15 +211,31 @@ def folder_split(
         estimate = _estimated_pixel_bytes(directory, names)
         cache = "memory" if estimate is None or estimate <= CACHE_BUDGET_BYTES else "none"
     if cache == "none":
+        names, labels, skipped = _checked_listing(root, directory, names, labels, skip_corrupt)
+        if skipped:
+            warnings.append(
+                f"folder {root}/{split}: skipped {len(skipped)} unreadable images, e.g. "
+                f"{skipped[0]}"
+            )
+        if not names:
+            raise UserError(f"--dataset=folder:{root}: no readable images in {split}")
         # Bytes, not str: numpy's str dtype takes 4 bytes per character.
         files = np.array([n.encode() for n in names], dtype=bytes)
         return Split(
-            None, labels, True, class_names, (None, None, 3), 0, tuple(warnings), files, directory
+            None,
+            labels,
+            True,
+            class_names,
+            (None, None, 3),
+            len(skipped),
+            tuple(warnings),
+            files,
+            directory,
         )
     files, kept, shapes, skipped = [], [], set(), []
     for name, label in zip(names, labels):
         path = os.path.join(directory, name)
-        read = _read_image(path)
+        read = corrupt.read_image(path)
         if read is None:
             if not skip_corrupt:
                 raise UserError(

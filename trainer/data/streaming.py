@@ -37,7 +37,7 @@ import os
 
 import tensorflow as tf
 
-from trainer.data import pipeline as pipeline_lib
+from trainer.data.corrupt import decode_batch
 from trainer.errors import UserError
 
 # Records held by each pipeline's shuffle buffer (encoded images: about 1.1 GB of ImageNet
@@ -247,7 +247,7 @@ def train_dataset(
       batch_size: the global batch without `input_context`, the per-replica batch with it.
       train_view: `(encoded image, seed [2]) -> float32 [S, S, 3]`, the augmented view.
       image_size: S.
-      failures: `pipeline.ReadFailures`: an image that does not decode is named (by file and
+      failures: `corrupt.ReadFailures`: an image that does not decode is named (by file and
         record number), or skipped and its slot filled by another image of the batch.
       seed: the run's seed (file orders, shuffle buffers, augmentation).
       start_step: the global step of the first batch.
@@ -279,7 +279,7 @@ def train_dataset(
             num_parallel_calls=_AUTOTUNE,
             deterministic=True,
         )
-        return pipeline_lib.decode_batch(examples, where, labels, image_size, failures, fill=True)
+        return decode_batch(examples, where, labels, image_size, failures, fill=True)
 
     ds = ds.map(with_seed, num_parallel_calls=_AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
@@ -318,7 +318,7 @@ def eval_dataset(
             lambda slot, c: (slot, eval_view(c)), num_parallel_calls=_AUTOTUNE, deterministic=True
         )
         where = names(file_ids, numbers)
-        return pipeline_lib.decode_batch(examples, where, labels, image_size, failures, fill=False)
+        return decode_batch(examples, where, labels, image_size, failures, fill=False)
 
     if input_context is None:
         ds = ds.batch(batch_size)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from absl import logging
 
@@ -148,6 +149,20 @@ def chosen_max_lr(model_dir: str) -> float | None:
     if checkpoints.saved_steps(model_dir) and isinstance(value, (int, float)):
         return float(value)
     return None
+
+
+def recorded_or_run(config, *args, save: bool = True, **kwargs):
+    """(result, seconds): the test recorded with these settings (`recorded`; seconds None),
+    else `run(config, *args, **kwargs)` and its time, written into model_dir when `save`."""
+    result = recorded(config)
+    if result is not None:
+        return result, None
+    started = time.time()
+    result = run(config, *args, **kwargs)
+    if save:
+        os.makedirs(config.model_dir, exist_ok=True)
+        write(result, config.model_dir)
+    return result, time.time() - started
 
 
 def write(result, model_dir: str) -> list[str]:

@@ -8,6 +8,7 @@ no-op writers). The progress bar is `trainer.reporting.progress`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -203,6 +204,98 @@ def write_metrics(model_dir: str, metrics: dict) -> str:
     return path
 
 
+def _eval_problem(entry) -> str | None:
+    """Why an evaluation record of metrics.json is invalid, or None."""
+    if not isinstance(entry, dict):
+        return f"an evaluation is {type(entry).__name__}, not an object"
+    step = entry.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step {step!r} is not a whole number >= 0"
+    for key in ("loss", "accuracy"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"step {step}: {key} {value!r} is not a number"
+        if not math.isfinite(value):
+            return f"step {step}: {key} is {value}"
+    if not 0 <= entry["accuracy"] <= 1:
+        return f"step {step}: accuracy {entry['accuracy']} is outside [0, 1]"
+    return None
+
+
+def read_metrics(model_dir: str, write: bool = True) -> dict | None:
+    """metrics.json, checked; None when there is none.
+
+    A file that cannot be read, or whose history holds an invalid evaluation (a missing or
+    non-numeric loss or accuracy, NaN, a step that is no whole number), is named in one log
+    line and, by the chief (`write`), moved aside to metrics.json.broken-<time>: the run goes
+    on as if there were none (the history starts again from the checkpoint).
+    """
+    path = os.path.join(model_dir, layout.METRICS_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    problem = None
+    try:
+        if tf.io.gfile.isdir(path):
+            raise ValueError("a directory")
+        with tf.io.gfile.GFile(path) as f:
+            record = json.loads(f.read())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        history = record.get("history", [])
+        if not isinstance(history, list):
+            raise ValueError("its history is not a list")
+        for entry in history:
+            problem = problem or _eval_problem(entry)
+        if problem:
+            raise ValueError(problem)
+        return record
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        aside = f"{path}.broken-{time.strftime('%Y%m%dT%H%M%S')}"
+        if write:
+            tf.io.gfile.rename(path, aside, overwrite=True)
+        logging.warning(
+            "%s is invalid (%s)%s; the evaluation history starts again from the checkpoint",
+            path,
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+            f": moved to {aside}" if write else "",
+        )
+        return None
+
+
+# metrics.json keys that come from the evaluation history (recomputed by every process).
+HISTORY_KEYS = ("step", "epochs", "final", "best", "history")
+
+
+def kept(previous: dict | None) -> dict:
+    """What a re-run of a complete run keeps of the earlier record: all but the history."""
+    return {k: v for k, v in (previous or {}).items() if k not in HISTORY_KEYS}
+
+
+def interpreted(previous: dict, config) -> bool:
+    """Whether an earlier process recorded the interpretation (figures and pictures)."""
+    files = (layout.CONFUSION_PLOT, layout.TOP_LOSSES_PLOT)
+    return "confusion_matrix" in previous and all(
+        tf.io.gfile.exists(os.path.join(config.model_dir, f)) for f in files
+    )
+
+
+def run_record(history, step: int, steps_per_epoch: int, report, seconds: float, extra) -> dict:
+    """metrics.json at the end of a run: the history, the training loop's last numbers (none
+    when nothing trained in this process), the wall time, then `extra` (interpretation,
+    averaged models; on a re-run, what the earlier record had)."""
+    return {
+        "step": step,
+        "epochs": step / steps_per_epoch if steps_per_epoch else math.nan,
+        "final": history.final,
+        "best": history.best,
+        "history": history.evals,
+        "train": report.last if report else None,
+        "images_per_sec": report.images_per_sec if report else None,
+        "wall_time_sec": seconds,
+        **extra,
+    }
+
+
 class History:
     """Every evaluation of a run, across resumes; `best` and `final` come from all of them.
 
@@ -222,21 +315,25 @@ class History:
         self.model_dir = model_dir
         self.write = write
         self.evals: list[dict] = []
-        path = os.path.join(model_dir, layout.METRICS_FILE)
-        if restored_step and tf.io.gfile.exists(path):
-            try:
-                with tf.io.gfile.GFile(path) as f:
-                    old = json.load(f).get("history", [])
-                self.evals = [e for e in old if int(e["step"]) <= restored_step]
-            except (ValueError, KeyError, TypeError, AttributeError):
-                logging.warning("%s is unreadable; the evaluation history restarts here", path)
+        # The record of earlier processes of this run (interpretation, averaging, timing):
+        # what a re-run of a complete run keeps (`Experiment.train`).
+        self.previous = read_metrics(model_dir, write) if restored_step else None
+        if self.previous:
+            old = self.previous.get("history", [])
+            self.evals = [e for e in old if e["step"] <= restored_step]
 
     def record(self, step: int, results: dict) -> None:
         self.evals = [e for e in self.evals if e["step"] != step]
         self.evals.append(dict(results, step=step))
-        if self.write:
+        if self.write:  # what earlier processes recorded stays beside the history
             write_metrics(
-                self.model_dir, {"final": self.final, "best": self.best, "history": self.evals}
+                self.model_dir,
+                {
+                    **(self.previous or {}),
+                    "final": self.final,
+                    "best": self.best,
+                    "history": self.evals,
+                },
             )
 
     @property
@@ -251,108 +348,3 @@ class History:
             if best is None or e["accuracy"] > best["accuracy"]:
                 best = e
         return best
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-_AVERAGED = (
-    ("snapshot_ensemble", lambda r: f"{r.get('members')} snapshots, cycles {_cycles(r)}"),
-    ("swa", lambda r: f"{r.get('models_averaged')} models averaged, BN recomputed"),
-    ("ema", lambda r: f"decay {r.get('decay')}, BN recomputed"),
-)
-
-
-def _cycles(record: dict) -> str:
-    cycles = record.get("cycles") or []
-    return f"{cycles[0]}-{cycles[-1]}" if cycles else "?"
-
-
-FEW_STEPS = 50  # fewer steps than this in a whole run earn a warning
-
-
-def run_dir_line(config) -> str:
-    """The first line of a run's output: its directory and whether it starts or resumes."""
-    from trainer.run_dir import checkpoints
-
-    steps = checkpoints.saved_steps(config.model_dir)
-    if config.lr_find:
-        what = "LR range test only"
-    elif steps:
-        what = f"resumes from its checkpoint at step {max(steps)}"
-    else:
-        what = "starts"
-    return f"Run directory: {config.model_dir} ({what})"
-
-
-def written(model_dir: str) -> str:
-    """What the run's files in model_dir are, for a message ("nothing" when none)."""
-    present = [n for n in layout.RUN_FILES if tf.io.gfile.exists(os.path.join(model_dir, n))]
-    return ", ".join(present) if present else "nothing"
-
-
-def plan_warnings(config, plan, info) -> list[str]:
-    """One line each for a run whose defaults will likely give a poor result."""
-    out = []
-    batch, images = config.global_batch_size, info.num_train
-    length = f"--epochs={config.epochs:g}" if config.epochs is not None else "--train_steps"
-    if plan.total_steps < FEW_STEPS:
-        out.append(
-            f"this run trains {plan.total_steps} steps in all ({images} training images in "
-            f"batches of --global_batch_size={batch}: {plan.steps_per_epoch} steps per "
-            f"epoch; {length}); under ~{FEW_STEPS} steps a fine-tune rarely gets far: lower "
-            "--global_batch_size or raise the length"
-        )
-    if batch > images:
-        out.append(
-            f"--global_batch_size={batch} is larger than the {images} training images: every "
-            "step repeats images; lower --global_batch_size"
-        )
-    return out
-
-
-def closing_summary(metrics: dict, model_dir: str, export_dir: str | None) -> str:
-    """A few aligned lines for the end of a run: accuracy, time, speed, where things are.
-
-    Args:
-        metrics: What `Experiment.train` returned (final, best, step, epochs, wall time...).
-        model_dir: The run directory (for the TensorBoard command).
-        export_dir: Where the export is (None: not exported).
-    """
-    final, best = metrics.get("final") or {}, metrics.get("best") or {}
-    rows = [("step", f"{metrics['step']} ({metrics.get('epochs', float('nan')):.2f} epochs)")]
-    if final:
-        text = f"{final['accuracy']:.4f} (final, step {final['step']})"
-        if best and best.get("step") != final.get("step"):
-            text += f", best {best['accuracy']:.4f} at step {best['step']}"
-        if "top5" in final:
-            text += f"; top-5 {final['top5']:.4f}"
-        rows.append(("eval accuracy", text))
-    for name, what in _AVERAGED:  # weight averaging, when a run has it
-        record = metrics.get(name)
-        if record:
-            text = f"{record['accuracy']:.4f} ({what(record)})"
-            if "top5" in record:
-                text += f"; top-5 {record['top5']:.4f}"
-            rows.append((name.replace("_", " "), text))
-    timing = _duration(metrics.get("wall_time_sec") or 0.0)
-    if metrics.get("lr_find_sec"):
-        timing += f" training + {_duration(metrics['lr_find_sec'])} LR range test"
-    if metrics.get("images_per_sec"):
-        timing += f", {metrics['images_per_sec']:.0f} images/s while training"
-    rows.append(("wall time", timing))
-    if export_dir:
-        rows.append(("export", export_dir))
-    rows.append(
-        ("TensorBoard", f"tensorboard --logdir {os.path.join(model_dir, layout.TENSORBOARD_DIR)}")
-    )
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
