@@ -53,25 +53,8 @@ def _open_weights(path: str) -> h5py.File:
     return h5py.File(path, "r")
 
 
-def load_backbone_weights(model: keras.Model, path: str) -> int:
-    """Copies every non-head layer's weights from a saved model of the same architecture.
-
-    Args:
-      model: the new model (its ``head_*`` layers are left as initialized).
-      path: a ``.weights.h5`` or ``.keras`` file saved by Keras 3.
-
-    Returns:
-      The number of layers loaded.
-
-    Raises:
-      ValueError: the file is missing or unreadable, no layer matched, or a shape conflicts.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"--weights={path}: no such file")
-    try:
-        weights_file = _open_weights(path)
-    except (OSError, KeyError, zipfile.BadZipFile) as e:
-        raise ValueError(f"--weights={path}: not a Keras weights file ({e})") from None
+def _matching(model, path, weights_file):
+    """(matched [(layer, saved values)], missing layer names) of the backbone's layers."""
     matched, missing = [], []
     with weights_file:
         for key, layer in weight_keys(model).items():
@@ -94,6 +77,33 @@ def load_backbone_weights(model: keras.Model, path: str) -> int:
                     f"but {shapes} in model {model.name}; is it the same architecture?"
                 )
             matched.append((layer, saved))
+    return matched, missing
+
+
+def load_backbone_weights(model: keras.Model, path: str) -> int:
+    """Copies every non-head layer's weights from a saved model of the same architecture.
+
+    Args:
+      model: the new model (its ``head_*`` layers are left as initialized).
+      path: a ``.weights.h5`` or ``.keras`` file saved by Keras 3.
+
+    Returns:
+      The number of layers loaded.
+
+    Raises:
+      ValueError: the file is missing or unreadable, no layer matched, or a shape conflicts.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"--weights={path}: no such file")
+    try:
+        weights_file = _open_weights(path)
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--weights={path}: not a Keras weights file ({e})") from None
+    try:
+        matched, missing = _matching(model, path, weights_file)
+    except (OSError, RuntimeError, KeyError) as e:  # h5py on damaged groups or data blocks
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"--weights={path}: damaged ({first}); use an intact copy") from None
     if not matched:
         raise ValueError(f"--weights={path}: no backbone layer of model {model.name} matched")
     for layer, saved in matched:

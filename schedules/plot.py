@@ -216,6 +216,9 @@ def main(argv):
     out_dir = os.path.dirname(os.path.abspath(fv.out))
     if not os.path.isdir(out_dir):
         _fail(f"flag --out={fv.out}: directory {out_dir} does not exist")
+    # TensorFlow's C++ start-up log lines, as the trainer's commands hide them (unless the
+    # user set the level); the command, not the library, decides this.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from schedules.sgdr import SGDR  # imported late: TensorFlow loads only for valid flags
 
     try:

@@ -96,3 +96,70 @@ def test_restart_moves_every_file_a_run_wrote(tmp_path):
     moved = run_dir.move_aside(str(tmp_path))
     assert sorted(os.listdir(moved)) == sorted(layout.RUN_FILES)
     assert sorted(os.listdir(tmp_path)) == sorted([layout.PREVIOUS_DIR, "mine.txt"])
+
+
+def test_damaged_weights_file_is_one_line_naming_it(tmp_path):
+    import models
+
+    path = str(tmp_path / "w.weights.h5")
+    models.build("resnet20", 10).save_weights(path)
+    data = bytearray(open(path, "rb").read())
+    for i in range(len(data) // 2, len(data) // 2 + 4000):
+        data[i] ^= 0xFF
+    (tmp_path / "bad.weights.h5").write_bytes(bytes(data))
+    with pytest.raises(ValueError) as error:
+        models.build("resnet20", 10, weights=str(tmp_path / "bad.weights.h5"))
+    message = str(error.value)
+    assert message.startswith(f"--weights={tmp_path / 'bad.weights.h5'}: damaged (")
+    assert "\n" not in message
+
+
+def test_auto_max_lr_below_min_lr_names_both_flags(tmp_path):
+    from trainer.errors import UserError
+
+    cfg = helpers.tiny_config(
+        tmp_path,
+        **RUN,
+        max_lr="auto",
+        min_lr=100.0,
+        lr_find_steps=23,
+        lr_find_start=1e-5,
+    )
+    with pytest.raises(UserError, match=r"--min_lr=100 is above the --max_lr=auto the LR range"):
+        helpers.build(cfg)
+
+
+def test_plot_command_prints_no_tensorflow_log_lines(tmp_path):
+    import subprocess
+    import sys
+
+    # A user's shell: neither TensorFlow variable set (the suite sets both).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")
+    }
+    out = tmp_path / "p.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schedules.plot",
+            "--max_lr=0.01",
+            "--first_cycle_steps=10",
+            "--total_steps=40",
+            f"--out={out}",
+        ],
+        cwd=helpers.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {out}\n"
+    # No INFO/WARNING line of TensorFlow's C++ logging (cpu_feature_guard etc.); only the
+    # start-up banners TensorFlow prints whatever the level may remain where oneDNN is on.
+    banners = ("before absl::InitializeLog()", "oneDNN custom operations are on")
+    noise = [line for line in result.stderr.splitlines() if not any(b in line for b in banners)]
+    assert noise == []

@@ -101,6 +101,11 @@ class Experiment:
             self.plan = steps.resolve(config, per_epoch, self.table.num_segments)
             if config.max_lr == "auto":  # the one change of config after the data's classes
                 self.config = config = config.replace(max_lr=self._auto_max_lr())
+                if config.min_lr > config.max_lr:
+                    raise UserError(
+                        f"--min_lr={config.min_lr:g} is above the --max_lr=auto the LR range "
+                        f"test chose ({config.max_lr:.4g}); lower --min_lr"
+                    )
             self.schedule = lr_schedule.make(config, self.plan)  # restarts and cycles
             self.averaging = weight_averaging.WeightAveraging(
                 config, self.plan, self.schedule, self.strategy
