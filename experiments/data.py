@@ -7,13 +7,17 @@ through lrtech's own readers (`idx:`, `sklearn_digits`) and written as ``npz:`` 
 * ``fmnist_0to4.npz``: the near-domain *source*, Fashion-MNIST classes 0-4 (T-shirt/top,
   Trouser, Pullover, Dress, Coat), all 30,000 train and 5,000 test images; the near-domain
   pretrained model (`configs/pretrain_fashion_mnist_0to4.flags`) trains on it.
-* ``near_k{K}_s{S}.npz``: the near-domain *target*, classes 5-9 (Sandal, Shirt, Sneaker, Bag,
+* ``near5k_k{K}_s{S}.npz``: the near-domain *target*, classes 5-9 (Sandal, Shirt, Sneaker, Bag,
   Ankle boot) relabelled 0-4: K training images per class drawn with seed S (``kall``: all
-  6,000 per class), and the first 400 test images of each of those classes (2,000 of 5,000,
-  to keep the study's evaluations within its time budget).
+  6,000 per class), and all 5,000 test images of those classes.
 * ``digits_k{K}_s{S}.npz``: the cross-domain target, scikit-learn's digits with lrtech's fixed
   stratified split (1,442 train / 355 test): K training images per class drawn with seed S
   (``kall``: all 1,442), all 355 test images.
+
+* ``*_val.npz`` (`validation_npz`): the learning-rate grid's data. A fixed validation split
+  (`VALIDATION_PER_CLASS` images per class, drawn once with `VALIDATION_SEED`) is held out of
+  the *training* pool; K per class are drawn with seed S from the rest, and the file's
+  ``x_test``/``y_test`` are the validation images. The test images are not in it.
 
 Each seed draws its own labelled subset (the few-label results vary with which images are
 labelled, and the study's spread should show it); every row of one seed sees the same subset,
@@ -32,9 +36,10 @@ import numpy as np
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
-# The near-domain test set: the first 400 test images of each target class (2,000 of 5,000),
-# the same for every run; each run evaluates it up to 6 times (final, SWA, ensembles).
-NEAR_TEST_PER_CLASS = 400
+# The validation split of the learning-rate grid, held out of the training pool: per class
+# 30 of the digits' ~144 (300 of 1,442) and 200 of Fashion-MNIST's 6,000 (1,000).
+VALIDATION_PER_CLASS = {"near": 200, "cross": 30}
+VALIDATION_SEED = 20190615  # one fixed draw for every row, rate and seed
 
 
 def _read(spec: str):
@@ -57,10 +62,13 @@ def _classes(images, labels, keep, names):
     return images[mask], new, tuple(names[c] for c in keep)
 
 
-def _first_per_class(images, labels, n: int):
-    """The first `n` images of every class in file order (no randomness)."""
-    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)]))
-    return images[keep], labels[keep]
+def _held_out(labels, per_class: int, seed: int):
+    """A boolean mask of `per_class` images of every class, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        mask[rng.choice(np.flatnonzero(labels == c), per_class, replace=False)] = True
+    return mask
 
 
 def _subset(images, labels, per_class: int | None, seed: int):
@@ -107,26 +115,49 @@ def source_npz(out: str, fashion_mnist: str = FASHION_MNIST_DIR) -> str:
     return path
 
 
+def _pool(setting: str, fashion_mnist: str):
+    """The setting's training pool, test set and class names."""
+    if setting == "near":
+        train, test, names = _read(f"idx:{fashion_mnist}")
+        x, y, kept = _classes(*train, TARGET_CLASSES, names)
+        return (x, y), _classes(*test, TARGET_CLASSES, names)[:2], kept
+    if setting == "cross":
+        return _read("sklearn_digits")
+    raise ValueError(f"setting={setting!r}: 'near' or 'cross'")
+
+
+def _path(setting: str, per_class: int | None, seed: int, out: str, suffix: str = "") -> str:
+    tag = "all" if per_class is None else per_class
+    # "near5k": the test set of all 5,000 images (v1 files, "near", held 2,000).
+    prefix = {"near": "near5k", "cross": "digits"}.get(setting)
+    if prefix is None:
+        raise ValueError(f"setting={setting!r}: 'near' or 'cross'")
+    return os.path.join(out, f"{prefix}_k{tag}_s{seed}{suffix}.npz")
+
+
 def target_npz(
     setting: str, per_class: int | None, seed: int, out: str, fashion_mnist=FASHION_MNIST_DIR
 ) -> str:
     """Writes (once) and returns a target dataset: setting "near" or "cross"."""
-    tag = "all" if per_class is None else per_class
-    if setting == "near":
-        path = os.path.join(out, f"near_k{tag}_s{seed}.npz")
-        if os.path.exists(path):
-            return path
-        train, test, names = _read(f"idx:{fashion_mnist}")
-        x, y, kept = _classes(*train, TARGET_CLASSES, names)
-        test = _first_per_class(*_classes(*test, TARGET_CLASSES, names)[:2], NEAR_TEST_PER_CLASS)
-    elif setting == "cross":
-        path = os.path.join(out, f"digits_k{tag}_s{seed}.npz")
-        if os.path.exists(path):
-            return path
-        (x, y), test, kept = _read("sklearn_digits")
-    else:
-        raise ValueError(f"setting={setting!r}: 'near' or 'cross'")
+    path = _path(setting, per_class, seed, out)
+    if os.path.exists(path):
+        return path
+    (x, y), test, kept = _pool(setting, fashion_mnist)
     return _save(path, _subset(x, y, per_class, seed), test, kept)
+
+
+def validation_npz(
+    setting: str, per_class: int | None, seed: int, out: str, fashion_mnist=FASHION_MNIST_DIR
+) -> str:
+    """Writes (once) and returns the grid's dataset: training images drawn from the training
+    pool minus the validation split, and that validation split as the evaluation set."""
+    path = _path(setting, per_class, seed, out, "_val")
+    if os.path.exists(path):
+        return path
+    (x, y), _, kept = _pool(setting, fashion_mnist)
+    held = _held_out(y, VALIDATION_PER_CLASS[setting], VALIDATION_SEED)
+    train = _subset(x[~held], y[~held], per_class, seed)
+    return _save(path, train, (x[held], y[held]), kept)
 
 
 def main(argv=None):

@@ -18,10 +18,19 @@ import json
 import math
 import os
 
+from experiments import protocol
 from experiments import transfer_study as study
 
 FIGURES = "docs/experiments"
-MAIN_ROWS = ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "layer_decay_sgdr", "fine_tune")
+MAIN_ROWS = (
+    "scratch",
+    "one_lr_sgdr",
+    "diff_lr_sgdr",
+    "layer_decay_sgdr",
+    "fine_tune_bn",
+    "lp_ft",
+    "rgn_sgdr",
+)
 
 
 def load(results: str) -> list[dict]:
@@ -52,16 +61,30 @@ def _rows_with_averaging(records):
 
 
 def summarize(records: list[dict]) -> dict:
-    """{(setting, regime): {row: dict(mean, std, n, wall, flags, max_lr)}}."""
+    """{(setting, regime): {row: dict(mean, std, n, wall, flags, rate, grid, ...)}}.
+
+    A row with a rate grid counts only its test records at the rate its complete grid chose
+    on validation (`protocol.grid_status`, which never sees a test record); a row whose grid
+    is incomplete has no test entry yet (its grid shows in `status`). Rows without a grid
+    (--max_lr=auto) count all their test records.
+    """
+    grids = protocol.grid_status(records)
     table: dict = {}
-    for r in _rows_with_averaging(records):
+    for r in _rows_with_averaging([r for r in records if r.get("split") == protocol.TEST]):
+        base_row = r["row"].split("+")[0]
+        grid = grids.get((r["setting"], r["regime"], base_row))
+        if base_row not in study.GRIDLESS_ROWS:
+            if grid is None or not grid["complete"] or r["peak_lr"] != grid["rate"]:
+                continue
         key = (r["setting"], r["regime"])
         table.setdefault(key, {}).setdefault(r["row"], []).append(r)
     out = {}
     for key, by_row in table.items():
         out[key] = {}
         for row, runs in by_row.items():
+            runs.sort(key=lambda x: x["seed"])
             mean, std = mean_std([x["accuracy"] for x in runs])
+            grid = grids.get((*key, row.split("+")[0]))
             out[key][row] = dict(
                 mean=mean,
                 std=std,
@@ -71,6 +94,10 @@ def summarize(records: list[dict]) -> dict:
                 max_lr=[x["max_lr"] for x in runs],
                 steps=runs[0]["steps"],
                 cpu=runs[0].get("cpu", "unknown"),
+                rate=grid["rate"] if grid else None,
+                grid=grid["validation"] if grid else None,
+                reused=sum(1 for x in runs if x.get("source")),
+                seed0=runs[0] if runs[0]["seed"] == 0 else None,
             )
     return out
 
@@ -80,10 +107,19 @@ def _order(rows):
     return sorted(rows, key=lambda r: known.index(r) if r in known else len(known))
 
 
+def _rate(v) -> str:
+    if v["rate"] is None:
+        lrs = sorted(v["max_lr"])
+        return f"auto: {lrs[0]:.2g}-{lrs[-1]:.2g}"
+    return f"{v['rate']:g}"
+
+
 def format_table(summary_of_regime: dict) -> str:
     lines = [
-        "| Row | Test accuracy (mean ± std) | Seeds | Wall time / run |",
-        "|---|---|---|---|",
+        "| Row | Peak rate (chosen) | Validation acc. at "
+        + " / ".join(f"{lr:g}" for lr in study.GRID)
+        + " | Test accuracy (mean ± std) | Seeds | Wall time / run |",
+        "|---|---|---|---|---|---|",
     ]
     best = max(v["mean"] for v in summary_of_regime.values())
     for row in _order(summary_of_regime):
@@ -92,26 +128,25 @@ def format_table(summary_of_regime: dict) -> str:
         if v["mean"] == best:
             acc = f"**{acc}**"
         title = study.ROW_TITLES.get(row, row)
-        if row == "diff_lr_sgdr_auto":
-            lrs = sorted(v["max_lr"])
-            title += f" (chose {lrs[0]:.2g}-{lrs[-1]:.2g})"
+        grid = "-"
+        if v["grid"]:
+            grid = " / ".join(f"{v['grid'].get(lr, float('nan')):.3f}" for lr in study.GRID)
+        grid = "(same runs)" if "+" in row else grid
         wall = "(same run)" if "+" in row else f"{v['wall']:.0f} s"
-        lines.append(f"| {title} | {acc} | {v['n']} | {wall} |")
+        seeds = f"{v['n']}" + (f" ({v['reused']} from v1)" if v["reused"] else "")
+        lines.append(f"| {title} | {_rate(v)} | {grid} | {acc} | {seeds} | {wall} |")
     return "\n".join(lines)
 
 
-def plot(records: list[dict], setting: str, regime: str, path: str) -> str | None:
-    """Training loss and per-segment learning rates of the main rows at seed 0."""
+def plot(summary_of_regime: dict, setting: str, regime: str, path: str) -> str | None:
+    """Training loss and per-segment learning rates of the main rows at seed 0 (each at its
+    chosen rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = {
-        r["row"]: r
-        for r in records
-        if r["setting"] == setting and r["regime"] == regime and r["seed"] == 0
-    }
+    chosen = {row: v["seed0"] for row, v in summary_of_regime.items() if v.get("seed0")}
     rows = [row for row in MAIN_ROWS if row in chosen]
     if not rows:
         return None
@@ -142,6 +177,12 @@ def plot(records: list[dict], setting: str, regime: str, path: str) -> str | Non
 
 
 REPRODUCE = "python3 -m experiments.transfer_study --mode=full && python3 -m experiments.report"
+CELLS = {  # the full study's cells, in the order of the tables
+    ("near", "10/class"): "near_k10",
+    ("near", "500/class"): "near_k500",
+    ("cross", "10/class"): "cross_k10",
+    ("cross", "all"): "cross_kall",
+}
 SHORT_TITLES = {
     "scratch": "from scratch",
     "head_only": "head only",
@@ -149,12 +190,17 @@ SHORT_TITLES = {
     "one_lr_sgdr": "one rate, SGDR",
     "diff_lr_sgdr": "differential, SGDR",
     "layer_decay_sgdr": "layer decay, SGDR",
-    "fine_tune": "fine_tune recipe",
+    "fine_tune": "fine_tune, frozen BN",
+    "fine_tune_bn": "fine_tune, train_bn",
+    "lp_ft": "LP-FT",
+    "rgn_sgdr": "Auto-RGN, SGDR",
     "diff_lr_sgdr_auto": "differential, auto lr",
     "diff_lr_sgdr+swa": "differential + SWA",
     "diff_lr_sgdr+ensemble": "differential + ensemble",
 }
-HEADLINE_ROWS = ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "layer_decay_sgdr", "fine_tune")
+HEADLINE_ROWS = MAIN_ROWS
+# The issue's goal: Auto-RGN within this much of the best fixed recipe in every cell.
+RGN_GOAL = 0.01
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEAD_BEGIN, HEAD_END = "<!-- headline:begin -->", "<!-- headline:end -->"
 
@@ -178,16 +224,18 @@ def headline(summary: dict) -> str:
                 continue
             best = max(x["mean"] for r, x in summary[key].items() if r in HEADLINE_ROWS)
             cell = f"{v['mean']:.3f} ± {v['std']:.3f}"
-            cells.append(f"**{cell}**" if v["mean"] == best else cell)
+            cell = f"**{cell}**" if v["mean"] == best else cell
+            cells.append(f"{cell} @{_rate(v)} (n={v['n']})")
         title = study.ROW_TITLES.get(row, row)
         lines.append(f"| {title} | {' | '.join(cells)} |")
-    seeds = sorted({v["n"] for key in columns for v in summary[key].values()})
-    seed_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     lines.append("")
     lines.append(
-        f"Test accuracy, mean ± std over {seed_text} seeds; the best of each column in bold. "
-        f"Reproduce: `{REPRODUCE}`. Tables per setting, flags and wall times: "
-        "[EXPERIMENTS.md](EXPERIMENTS.md)."
+        "Test accuracy, mean ± std over n seeds, each row at its own peak rate (@) chosen "
+        "from " + ", ".join(f"{lr:g}" for lr in study.GRID) + " on a validation split of "
+        "the training pool (Kornblith et al. 2019); the best of each column in bold; - : not "
+        "run yet. Only the cells that ran are shown. "
+        f"Reproduce: `{REPRODUCE}`. Tables per setting, what is complete, flags and wall "
+        "times: [EXPERIMENTS.md](EXPERIMENTS.md)."
     )
     return "\n".join(lines)
 
@@ -207,7 +255,11 @@ def headline_plot(summary: dict, path: str) -> str:
     for ax, key in zip(axes, columns):
         means = [summary[key].get(r, {}).get("mean", float("nan")) for r in rows]
         stds = [summary[key].get(r, {}).get("std", 0.0) for r in rows]
-        colors = ["tab:orange" if r.startswith("diff_lr") else "tab:blue" for r in rows]
+        palette = {"rgn_sgdr": "tab:green"}
+        colors = [
+            palette.get(r, "tab:orange" if r.startswith("diff_lr") else "tab:blue") for r in rows
+        ]
+        stds = [x if x == x else 0.0 for x in stds]  # one seed: no error bar
         ax.barh(range(len(rows)), means, xerr=stds, color=colors, alpha=0.8)
         finite = [m for m in means if m == m]
         ax.set_xlim(max(0.0, min(finite) - 0.05), 1.0)
@@ -215,12 +267,77 @@ def headline_plot(summary: dict, path: str) -> str:
         ax.set_xlabel("test accuracy")
     axes[0].set_yticks(range(len(rows)), labels, fontsize=7)
     axes[0].invert_yaxis()
-    fig.suptitle("Transfer study: mean ± std over seeds (orange: differential learning rates)")
+    fig.suptitle(
+        "Transfer study, each row at its validation-chosen rate: mean ± std over seeds "
+        "(orange: differential rates, green: Auto-RGN)",
+        fontsize=9,
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def status(records: list[dict], summary: dict) -> str:
+    """What has run: per cell of the full study, each row's grid, chosen rate and test seeds."""
+    grids = protocol.grid_status(records)
+    seeds = len(study.MODES["full"][1])
+    lines = [
+        "| Cell | Row | Grid rates run (validation) | Chosen rate | Test seeds at it |",
+        "|---|---|---|---|---|",
+    ]
+    missing = []
+    for (setting, regime), cell in CELLS.items():
+        _, reg = study.regime_of(cell)
+        cell_rows = [r for r in study.ROW_TITLES if "+" not in r]
+        cell_rows = [r for r in cell_rows if reg.rows is None or r in reg.rows]
+        shown = False
+        for row in cell_rows:
+            grid = grids.get((setting, regime, row))
+            test = summary.get((setting, regime), {}).get(row)
+            if grid is None and test is None:
+                continue
+            shown = True
+            if row in study.GRIDLESS_ROWS:
+                ran, chosen = "(its own: the range test)", _rate(test)
+            else:
+                ran = f"{len(grid['validation'])} of {len(study.GRID)}" if grid else "0"
+                chosen = f"{grid['rate']:g}" if grid and grid["complete"] else "(grid incomplete)"
+            n = test["n"] if test else 0
+            lines.append(
+                f"| {setting}, {regime} | {study.ROW_TITLES[row]} | {ran} | {chosen} | "
+                f"{n} of {seeds} |"
+            )
+        if not shown:
+            missing.append(f"{setting}, {regime}")
+    text = "\n".join(lines)
+    if missing:
+        text += "\n\nNot run under this protocol yet: " + "; ".join(missing) + "."
+    return text
+
+
+def rgn_goal(summary: dict) -> str:
+    """Per cell: Auto-RGN's mean against the best other row's (averaged models excluded)."""
+    lines = []
+    for key in _columns(summary):
+        rows = summary[key]
+        rgn = rows.get("rgn_sgdr")
+        others = {r: v for r, v in rows.items() if r != "rgn_sgdr" and "+" not in r}
+        if rgn is None or not others:
+            continue
+        best = max(others, key=lambda r: others[r]["mean"])
+        gap = others[best]["mean"] - rgn["mean"]
+        verdict = "yes" if gap <= RGN_GOAL else "no"
+        lines.append(
+            f"- {key[0]}, {key[1]}: Auto-RGN {rgn['mean']:.4f} (n={rgn['n']}, @{_rate(rgn)}) "
+            f"against the best other row, {study.ROW_TITLES[best]}, {others[best]['mean']:.4f} "
+            f"(n={others[best]['n']}, @{_rate(others[best])}): gap {gap:+.4f}; within "
+            f"{RGN_GOAL:g}: **{verdict}**."
+        )
+    if not lines:
+        return "Auto-RGN has no test results yet."
+    return "\n".join(lines)
 
 
 def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
@@ -231,8 +348,8 @@ def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
         title = study.SETTINGS[setting].title
         parts.append(f"### {title}, {regime}\n")
         parts.append(
-            f"{any_row['steps']} steps of {study.BATCH} for every row (the fine_tune recipe: "
-            f"1/7 head only, then all); CPU: {any_row['cpu']}.\n"
+            f"{any_row['steps']} steps of {study.BATCH} for every row (fine_tune: 1/7 head "
+            f"only, then all; LP-FT: 1/2 head only, then all); CPU: {any_row['cpu']}.\n"
         )
         parts.append(format_table(rows))
         parts.append(
@@ -240,7 +357,7 @@ def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
             "below and `--model_dir=DIR`.\n"
         )
         name = f"{setting}_{regime.replace('/', '_per_')}.png"
-        if plot(records, setting, regime, os.path.join(figures, name)):
+        if plot(rows, setting, regime, os.path.join(figures, name)):
             parts.append(
                 f"\n![{setting}, {regime}: training loss and learning rates]({figures}/{name})\n"
             )
@@ -249,7 +366,8 @@ def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
             for row in _order(r for r in rows if "+" not in r)
         )
         parts.append(
-            f"<details><summary>Flags of each row (seed 0)</summary>\n\n{flags}\n\n</details>\n"
+            "<details><summary>Flags of each row (its first seed)</summary>\n\n"
+            f"{flags}\n\n</details>\n"
         )
     return "\n".join(parts)
 
@@ -282,8 +400,12 @@ def main(argv=None) -> int:
     summary = summarize(records)
     table = headline(summary)
     figure = headline_plot(summary, os.path.join(args.figures, "headline.png"))
-    body = f"{table}\n\n![The study at a glance]({figure})\n\n" + results_markdown(
-        records, summary, args.figures
+    body = (
+        f"{table}\n\n![The study at a glance]({figure})\n\n"
+        "### What has run (generated from experiments/results/runs)\n\n"
+        f"{status(records, summary)}\n\n"
+        f"### Auto-RGN against the best fixed recipe (goal: within {RGN_GOAL:g})\n\n"
+        f"{rgn_goal(summary)}\n\n" + results_markdown(records, summary, args.figures)
     )
     _replace_block(args.out, BEGIN, END, body)
     if args.readme:

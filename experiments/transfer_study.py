@@ -10,6 +10,11 @@ drives, with the flags printed in EXPERIMENTS.md), in this process, one after th
 result is written to ``--out``/runs/NAME.json as soon as the run ends, and an existing result
 is not run again, so an interrupted study resumes where it stopped (``--rerun`` repeats).
 
+Protocol (experiments/protocol.py, Kornblith et al. 2019): every row first runs a grid of
+peak rates on a validation split held out of the training pool (``*_val_lr*`` results); once
+a row's grid is complete its test runs (5 seeds) use the rate of the best validation accuracy.
+A test run whose row's grid another process is still running waits for it.
+
 Settings (the pretrained model is lrtech's shipped ResNet-20, models/pretrained/):
   * ``near``: pretrained on Fashion-MNIST classes 0-4, fine-tuned on classes 5-9 (photos of
     the same kind, objects it never saw);
@@ -17,16 +22,14 @@ Settings (the pretrained model is lrtech's shipped ResNet-20, models/pretrained/
     scikit-learn's 8x8 handwritten digits (another domain).
 
 Each setting runs in a few-label regime (K labelled images per class, drawn per seed) and a
-data-rich one; every row of one (setting, regime) gets the same epoch budget, batch size,
-peak learning rate and seeds. See `ROWS` for the rows and why each has the flags it has.
+data-rich one; every row of one (setting, regime) gets the same step budget, batch size,
+rate grid and seeds. See `ROWS` for the rows and why each has the flags it has.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -35,10 +38,13 @@ import time
 import numpy as np
 
 from experiments import data as data_lib
+from experiments import protocol
+from experiments import work as work_lib
 
-# One peak learning rate for every row (Adam): the head's (or the only) rate. Chosen once as
-# a common Adam rate for small ResNets, never tuned per row; --max_lr=auto picks its own.
-PEAK_LR = 3e-3
+# Each row's peak learning rate (Adam; the head's, or the only one) is chosen from
+# protocol.GRID on a validation split (Kornblith et al. 2019); --max_lr=auto picks its own.
+GRIDLESS_ROWS = ("diff_lr_sgdr_auto",)
+GRID = protocol.GRID
 BATCH = 32
 SPREAD = 10.0  # differential rates: first segment at 1/10 of the head, geometric in between
 
@@ -71,7 +77,15 @@ class Setting:
 
 # The data-rich regime runs the main rows only, to fit the study in about 90 minutes on 2 CPU
 # cores (the few-label regime runs them all).
-RICH_ROWS = ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "fine_tune")
+RICH_ROWS = (
+    "scratch",
+    "one_lr_sgdr",
+    "diff_lr_sgdr",
+    "fine_tune",
+    "fine_tune_bn",
+    "lp_ft",
+    "rgn_sgdr",
+)
 
 SETTINGS = {
     "near": Setting(
@@ -107,6 +121,12 @@ def rows(steps: int, steps_per_epoch: int, with_averaging: bool = True) -> dict[
         return f"{n / steps_per_epoch:.10g}"
 
     sgdr = ["--schedule=sgdr", f"--first_cycle_steps={steps // 7}", "--cycle_mult=2"]
+    fine_tune = [
+        "--recipe=fine_tune",
+        "--split_at=preset",
+        f"--freeze_epochs={epochs(steps // 7)}",
+        f"--train_steps={steps - steps // 7}",
+    ]
     diff = ["--split_at=preset", f"--lr_spread={SPREAD:g}"]
     # On the method's row: they do not change its training, but each costs extra model
     # traces and evaluations (about 2x the run), so only this row carries them.
@@ -124,12 +144,26 @@ def rows(steps: int, steps_per_epoch: int, with_averaging: bool = True) -> dict[
             f"--layer_decay={_layer_decay(RESNET20_WEIGHTED_LAYERS):.4f}",
             *sgdr,
         ],
-        "fine_tune": [  # phase 1 (head) + phase 2 (all) = the same budget
+        # fastai's fine_tune: phase 1 (head) + phase 2 (all) = the same budget; v1's row
+        # (frozen BatchNorm) and fastai's default (--train_bn: frozen segments' BN trains).
+        "fine_tune": [*fine_tune, "--notrain_bn"],
+        "fine_tune_bn": [*fine_tune, "--train_bn"],
+        # LP-FT (Kumar et al. 2022): half the budget head only on frozen features (BatchNorm
+        # frozen too: linear probing), then everything at one lower rate (max_lr/2,
+        # --lr_spread=1) on a fresh one-cycle. The fine_tune recipe's two phases do exactly
+        # this; --freeze_segments + --unfreeze_every would keep one schedule across the
+        # switch, so the body would join at whatever rate the head's schedule had reached.
+        "lp_ft": [
             "--recipe=fine_tune",
             "--split_at=preset",
-            f"--freeze_epochs={epochs(steps // 7)}",
-            f"--train_steps={steps - steps // 7}",
+            "--lr_spread=1",
+            "--notrain_bn",
+            f"--freeze_epochs={epochs(steps // 2)}",
+            f"--train_steps={steps - steps // 2}",
         ],
+        # Auto-RGN (Lee et al. ICLR 2023): one segment, each tensor's rate from its relative
+        # gradient norm at every step, under the same SGDR as the fixed rows.
+        "rgn_sgdr": ["--adaptive_lr=rgn", *sgdr],
         "diff_lr_sgdr_auto": [
             *diff,
             *sgdr,
@@ -148,58 +182,86 @@ ROW_TITLES = {
     "one_lr_sgdr": "full fine-tune, one rate, SGDR",
     "diff_lr_sgdr": "differential rates (3 segments, /10 spread), SGDR",
     "layer_decay_sgdr": "layer-wise decay (43 layers, /10 spread), SGDR",
-    "fine_tune": "fine_tune recipe (head 1/7, then all, one-cycle)",
+    "fine_tune": "fine_tune recipe (head 1/7, then all), frozen BN",
+    "fine_tune_bn": "fine_tune recipe, --train_bn (frozen segments' BN trains)",
+    "lp_ft": "LP-FT (head only 1/2, then all at max_lr/2, one rate)",
+    "rgn_sgdr": "Auto-RGN (--adaptive_lr=rgn), SGDR",
     "diff_lr_sgdr_auto": "differential rates, SGDR, --max_lr=auto",
     "diff_lr_sgdr+swa": "differential rates, SGDR + SWA of the last 2 cycle ends",
     "diff_lr_sgdr+ensemble": "differential rates, SGDR + ensemble of the last 2 snapshots",
 }
 
 MODES = {
-    # name: (settings, regimes per setting (indices), seeds, rows (None: all))
-    "quick": (
-        ("cross",),
-        (0,),
-        (0, 1),
-        ("scratch", "one_lr_sgdr", "diff_lr_sgdr", "layer_decay_sgdr"),
-    ),
-    "full": (("near", "cross"), (0, 1), (0, 1, 2, 3, 4), None),
+    # name: (cells "setting_tag", seeds, rows (None: all))
+    "quick": (("cross_k10",), (0, 1), ("one_lr_sgdr", "layer_decay_sgdr", "rgn_sgdr")),
+    "full": (("cross_k10", "cross_kall", "near_k10", "near_k500"), (0, 1, 2, 3, 4), None),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
+    """One training run: a grid run (split "validation", lr from the grid) or a test run
+    (split "test"; lr None until its row's grid has chosen it, "auto" for --max_lr=auto)."""
+
     setting: str
     regime: Regime
     row: str
     seed: int
+    split: str = protocol.TEST
+    lr: float | str | None = None
+
+    @property
+    def cell(self) -> str:
+        return f"{self.setting}_{self.regime.tag}"
 
     @property
     def name(self) -> str:
-        return f"{self.setting}_{self.regime.tag}_{self.row}_s{self.seed}"
+        if self.lr is None:
+            raise ValueError(f"{self.cell}_{self.row}_s{self.seed}: no rate chosen yet")
+        split = "val_" if self.split == protocol.VALIDATION else ""
+        lr = self.lr if isinstance(self.lr, str) else f"{self.lr:g}"
+        return f"{self.cell}_{self.row}_{split}lr{lr}_s{self.seed}"
 
 
-def plan(mode: str, only_rows=None) -> list[Run]:
-    settings, regimes, seeds, rows_of_mode = MODES[mode]
-    runs = []
-    for seed in seeds:  # seed-major: a partial study has every row at the first seeds
-        for s in settings:
-            for r in regimes:
-                regime = SETTINGS[s].regimes[r]
-                for row in rows(regime.steps, 1):
-                    if regime.rows is not None and row not in regime.rows:
-                        continue
-                    if (only_rows or rows_of_mode) and row not in (only_rows or rows_of_mode):
-                        continue
-                    runs.append(Run(s, regime, row, seed))
-    return runs
+def regime_of(cell: str) -> tuple[str, Regime]:
+    setting, tag = cell.split("_", 1)
+    if setting not in SETTINGS:
+        raise ValueError(f"cell {cell!r}: setting {setting!r} is not one of {sorted(SETTINGS)}")
+    for regime in SETTINGS[setting].regimes:
+        if regime.tag == tag:
+            return setting, regime
+    tags = [r.tag for r in SETTINGS[setting].regimes]
+    raise ValueError(f"cell {cell!r}: regime {tag!r} is not one of {tags}")
+
+
+def plan(mode: str, only_rows=None, cells=None, seeds=None, grid_only=False) -> list[Run]:
+    """The grid runs of every cell first, then the test runs, seed-major (a partial study
+    has every row at its first seeds); each cell's rows in `ROW_TITLES` order."""
+    mode_cells, mode_seeds, mode_rows = MODES[mode]
+    wanted = only_rows or mode_rows
+    grid, test = [], []
+    for cell in cells or mode_cells:
+        setting, regime = regime_of(cell)
+        for row in rows(regime.steps, 1):
+            if regime.rows is not None and row not in regime.rows:
+                continue
+            if wanted and row not in wanted:
+                continue
+            if row in GRIDLESS_ROWS:
+                test += [Run(setting, regime, row, s, lr="auto") for s in seeds or mode_seeds]
+                continue
+            for s in protocol.GRID_SEEDS:
+                grid += [Run(setting, regime, row, s, protocol.VALIDATION, lr) for lr in GRID]
+            test += [Run(setting, regime, row, s) for s in seeds or mode_seeds]
+    test.sort(key=lambda r: r.seed)  # stable: cells and rows keep their order within a seed
+    return grid if grid_only else grid + test
 
 
 def flags_of(run: Run, data_dir: str, work: str, fashion_mnist: str) -> list[str]:
     """The run_train.py flags of `run` (its dataset file is written here if missing)."""
     setting = SETTINGS[run.setting]
-    dataset = data_lib.target_npz(
-        run.setting, run.regime.per_class, run.seed, data_dir, fashion_mnist
-    )
+    npz = data_lib.validation_npz if run.split == protocol.VALIDATION else data_lib.target_npz
+    dataset = npz(run.setting, run.regime.per_class, run.seed, data_dir, fashion_mnist)
     with np.load(dataset) as arrays:
         steps_per_epoch = max(len(arrays["y_train"]) // BATCH, 1)
     base = [
@@ -212,14 +274,15 @@ def flags_of(run: Run, data_dir: str, work: str, fashion_mnist: str) -> list[str
         f"--global_batch_size={BATCH}",
         f"--train_steps={run.regime.steps}",
         "--optimizer=adam",
-        f"--max_lr={PEAK_LR:g}",
+        f"--max_lr={run.lr if isinstance(run.lr, str) else format(run.lr, 'g')}",
         f"--eval_every_epochs={run.regime.steps / steps_per_epoch:.10g}",
         "--steps_per_loop=6",
         "--checkpoint_every_steps=100000",
         "--noprogress",
         f"--seed={run.seed}",
     ]
-    averaging = run.regime.rows is None  # SWA and the ensemble in the few-label regime only
+    # SWA and the ensemble: test runs of the few-label regime only (not training, not chosen).
+    averaging = run.regime.rows is None and run.split == protocol.TEST
     return _merged(base + rows(run.regime.steps, steps_per_epoch, averaging)[run.row])
 
 
@@ -252,7 +315,8 @@ def _train_scalars(model_dir: str) -> dict[str, list]:
 
 
 def execute(run: Run, argv: list[str]) -> dict:
-    """Trains one run in this process; returns its result record."""
+    """Trains one run in this process; returns its result record (``accuracy`` is on the
+    run's evaluation split: validation for a grid run, test for a test run)."""
     import shutil
 
     from trainer import experiment as experiment_lib
@@ -275,6 +339,8 @@ def execute(run: Run, argv: list[str]) -> dict:
         "regime": run.regime.name,
         "row": run.row,
         "seed": run.seed,
+        "split": run.split,
+        "peak_lr": experiment.config.max_lr,
         "flags": argv,
         "accuracy": metrics["final"]["accuracy"],
         "loss": metrics["final"]["loss"],
@@ -298,6 +364,12 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default="/tmp/lrtech_study", help="datasets and model_dirs")
     parser.add_argument("--fashion_mnist", default=data_lib.FASHION_MNIST_DIR)
     parser.add_argument("--rows", default="", help="comma-separated subset of rows")
+    parser.add_argument("--cells", default="", help="e.g. cross_k10,near_k500 (default: mode's)")
+    parser.add_argument("--seeds", default="", help="test seeds, e.g. 0,1 (default: mode's)")
+    parser.add_argument("--grid_only", action="store_true", help="only the rate grid's runs")
+    parser.add_argument(
+        "--stop_at", default="", help="HH:MM local time: start no run after it (resumable)"
+    )
     parser.add_argument("--rerun", action="store_true", help="repeat runs that have results")
     parser.add_argument(
         "--jobs",
@@ -307,7 +379,15 @@ def main(argv=None) -> int:
         "starts it); 2 keeps both cores busy while the other traces its model",
     )
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.fashion_mnist):
+    only = [r for r in args.rows.split(",") if r] or None
+    cells = [c for c in args.cells.split(",") if c] or None
+    seeds = [int(s) for s in args.seeds.split(",") if s] or None
+    try:
+        runs = plan(args.mode, only, cells, seeds, args.grid_only)
+    except ValueError as e:
+        sys.stderr.write(f"transfer_study: error: {e}\n")
+        return 2
+    if any(r.setting == "near" for r in runs) and not os.path.isdir(args.fashion_mnist):
         sys.stderr.write(
             f"transfer_study: error: --fashion_mnist={args.fashion_mnist} does not exist; "
             "apt-get install dataset-fashion-mnist (BUILD.md)\n"
@@ -318,87 +398,21 @@ def main(argv=None) -> int:
     runtime.configure(quiet=True)
     runtime.quiet_logging()
     runtime.import_tensorflow()
-    only = [r for r in args.rows.split(",") if r] or None
-    runs = plan(args.mode, only)
     out = os.path.join(args.out, "runs")
     os.makedirs(out, exist_ok=True)
     data_dir = os.path.join(args.work, "data")
     if args.rerun:
-        for run in runs:
-            for suffix in (".json", ".claim"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(out, run.name + suffix))
-    helpers = [subprocess.Popen(helper_command(argv)) for _ in range(args.jobs - 1)]
-    started = time.time()
-    for i, run in enumerate(runs):
-        path = os.path.join(out, f"{run.name}.json")
-        if os.path.exists(path) or not _claim(path):
-            continue
-        if os.path.exists(path):  # finished by another process just before the claim
-            os.remove(path[: -len(".json")] + ".claim")
-            continue
-        argv = flags_of(run, data_dir, args.work, args.fashion_mnist)
-        record = execute(run, argv)
-        record["cpu"] = _cpu_model()
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, path)
-        os.remove(path[: -len(".json")] + ".claim")
-        elapsed = time.time() - started
-        print(
-            f"[{i + 1}/{len(runs)} {elapsed / 60:.1f} min] {run.name}: "
-            f"accuracy {record['accuracy']:.4f}  {record['wall_time_sec']:.0f} s",
-            flush=True,
-        )
+        work_lib.remove_results(out, runs)
+    helpers = [subprocess.Popen(work_lib.helper_command(argv)) for _ in range(args.jobs - 1)]
+
+    def train(run: Run) -> dict:
+        record = execute(run, flags_of(run, data_dir, args.work, args.fashion_mnist))
+        record["cpu"] = work_lib.cpu_model()
+        record["load_average"] = os.getloadavg()
+        return record
+
+    work_lib.work(runs, out, train, work_lib.deadline(args.stop_at))
     return max([0] + [h.wait() for h in helpers])
-
-
-def helper_command(argv) -> list[str]:
-    """The command of one more process of a --jobs study: one process (it starts no more of
-    its own), the same runs, and no --rerun (the first process already removed the results)."""
-    argv = sys.argv[1:] if argv is None else argv
-    kept = [a for a in argv if not a.startswith("--jobs") and a != "--rerun"]
-    return [sys.executable, "-m", "experiments.transfer_study", *kept, "--jobs=1"]
-
-
-def _claim(result_path: str) -> bool:
-    """Takes the run for this process: True unless a live process has claimed it.
-
-    The claim file holds the claiming pid; a claim by a process that no longer runs (a killed
-    study) is taken over.
-    """
-    claim = result_path[: -len(".json")] + ".claim"
-    for _ in range(2):
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(claim) as f:
-                    pid = int(f.read().strip() or 0)
-                os.kill(pid, 0)
-                return False  # a live process runs it
-            except (ProcessLookupError, ValueError):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(claim)  # stale: its process is gone
-                continue
-            except FileNotFoundError:
-                continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} x {os.cpu_count()}"
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
