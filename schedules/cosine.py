@@ -87,11 +87,7 @@ class Cosine(keras.optimizers.schedules.LearningRateSchedule):
         }
 
     def __call__(self, step):
-        """Learning rate at `step` (any shape; int or float tensor, Variable or Python number).
-
-        Returns:
-            A float32 tensor of the same shape as `step`.
-        """
+        """Learning rate at `step`: a float32 tensor of `step`'s shape (as `SGDR.__call__`)."""
         with tf.name_scope(self.name or "Cosine"):
             s = _float64_step(step)
             warmup = float(self.warmup_steps)

@@ -30,6 +30,7 @@ from trainer import layout
 from trainer.errors import UserError
 from trainer.loop import state
 from trainer.reporting import eval_metrics
+from trainer.run_dir import faults
 from trainer.run_dir import files as run_dir
 
 SNAPSHOT_DIR = layout.SNAPSHOT_DIR
@@ -171,6 +172,7 @@ def ensemble_evaluate(
     total, labels, per_member, unreadable = None, None, [], []
     with state.restored(model.weights):
         for source in sources:
+            faults.point("ensemble")  # crash tests: a kill during the ensemble evaluation
             try:
                 load_weights(model, source)
             except Exception as e:  # noqa: BLE001  (h5py OSError, Keras ValueError, ...)

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from trainer.loop.strategy import distribute_dataset
 from trainer.lr import segments
+from trainer.run_dir import faults
 
 _BN_STATISTICS = ("moving_mean", "moving_variance")
 
@@ -325,6 +326,7 @@ def update_bn(model, dataset, strategy=None) -> int:
                 layer.synchronized = True
         sums, batches = _statistics_pass(strategy, model, layers)(dataset)
         batches = int(batches)
+        faults.point("swa_bn")  # crash tests: a kill during the BN pass of an averaged model
         if batches == 0:
             raise ValueError("update_bn: the dataset yielded no batch")
         for layer, layer_sums in zip(layers, _pairs(sums)):

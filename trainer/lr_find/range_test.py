@@ -27,7 +27,7 @@ from trainer.loop import precision, state
 from trainer.loop.runner import Trainer
 from trainer.lr import optimizers, segments
 from trainer.lr_find import finder as lr_finder
-from trainer.run_dir import checkpoints
+from trainer.run_dir import checkpoints, faults
 
 JSON_FILE = layout.LR_FIND_JSON
 PLOT_FILE = layout.LR_FIND_PLOT
@@ -68,6 +68,7 @@ def run(
                 loss = float(trainer.train(1)["loss"][0])
             except NonFiniteError:
                 loss = float("nan")
+            faults.point("lr_find")  # crash tests: a kill during the range test
             if not test.record(test.lr(i), loss):
                 break
     result = test.result()

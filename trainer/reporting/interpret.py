@@ -33,6 +33,7 @@ from trainer.reporting.plots import (  # noqa: F401  (the pictures' public names
     plot_confusion_matrix,
     plot_top_losses,
 )
+from trainer.run_dir import faults
 
 CONFUSION_FILE = layout.CONFUSION_PLOT
 TOP_LOSSES_FILE = layout.TOP_LOSSES_PLOT
@@ -297,6 +298,7 @@ def write(
         pictures["confusion_matrix"] = plot_confusion_matrix(
             analysis.confusion, class_names, confusion_path
         )
+        faults.point("interpret")  # crash tests: a kill between the two pictures
         pictures["top_losses"] = plot_top_losses(analysis, class_names, top_losses_path)
     except MissingMatplotlib:
         logging.warning(

@@ -105,16 +105,8 @@ def plot_top_losses(analysis, class_names, path: str | None) -> bytes:
     Each image is titled "predicted / actual" and "probability / loss" (the probability of
     the predicted class); misclassified ones in red.
 
-    Args:
-        analysis: From `analyze`.
-        class_names: Names per index (see `class_name`).
-        path: Where to write the PNG (its directory must exist); None writes nothing.
-
-    Returns:
-        The PNG bytes.
-
-    Raises:
-        MissingMatplotlib: matplotlib is not installed.
+    `analysis` is `trainer.reporting.interpret.analyze`'s; `class_names`, `path`, the PNG bytes
+    returned and `MissingMatplotlib` as for `plot_confusion_matrix`.
     """
     top = analysis.top_losses
     n = len(top)

@@ -236,6 +236,8 @@ def write_file(path: str, data: str | bytes) -> None:
     of lrtech's files (JSON, flags, PNGs)."""
     mode = "wb" if isinstance(data, bytes) else "w"
     tmp = f"{path}.tmp-{os.getpid()}"
+    if is_local(path) and os.path.isdir(path):
+        raise UserError(f"{path} is a directory where lrtech writes a file; move it away")
     if not is_local(path):
         import tensorflow as tf
 
