@@ -3,11 +3,14 @@
     python3 -m experiments.report [--results=experiments/results] [--out=EXPERIMENTS.md]
 
 Reads every ``runs/*.json`` that `experiments.transfer_study` wrote and writes, per setting
-and regime, a table of mean +- sample standard deviation of the test accuracy over the seeds
-that ran (with their number), the mean wall time of a run, and each row's flags; the plots
-(training-loss curves and per-segment learning rates of the main rows, seed 0) go next to
-EXPERIMENTS.md in docs/experiments/. The conclusions paragraph is written by hand from these
-tables: `HEADER` and `CONCLUSIONS` below hold the text, the numbers come from the results.
+and regime, a table of each row's rate (chosen on validation by `protocol.grid_status`, with
+the validation accuracy of every grid rate), mean +- sample standard deviation of the test
+accuracy over the seeds that ran at that rate (with their number), the mean wall time of a
+run, and each row's flags; a table of what has run and Auto-RGN against the best other row;
+the plots (training-loss curves and per-segment learning rates of the main rows, first seed)
+go to docs/experiments/. Only the blocks between the results markers of EXPERIMENTS.md and
+the headline markers of README.md are rewritten; the setup and the conclusions around them
+are written by hand from these tables.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def summarize(records: list[dict]) -> dict:
                 rate=grid["rate"] if grid else None,
                 grid=grid["validation"] if grid else None,
                 reused=sum(1 for x in runs if x.get("source")),
+                load=[x["load_average"][0] for x in runs if x.get("load_average")],
                 seed0=runs[0] if runs[0]["seed"] == 0 else None,
             )
     return out
@@ -107,10 +111,12 @@ def _order(rows):
     return sorted(rows, key=lambda r: known.index(r) if r in known else len(known))
 
 
-def _rate(v) -> str:
+def _rate(v, edge: bool = False) -> str:
     if v["rate"] is None:
         lrs = sorted(v["max_lr"])
         return f"auto: {lrs[0]:.2g}-{lrs[-1]:.2g}"
+    if edge and v["rate"] in (min(study.GRID), max(study.GRID)):
+        return f"{v['rate']:g} (grid's edge)"
     return f"{v['rate']:g}"
 
 
@@ -134,7 +140,7 @@ def format_table(summary_of_regime: dict) -> str:
         grid = "(same runs)" if "+" in row else grid
         wall = "(same run)" if "+" in row else f"{v['wall']:.0f} s"
         seeds = f"{v['n']}" + (f" ({v['reused']} from v1)" if v["reused"] else "")
-        lines.append(f"| {title} | {_rate(v)} | {grid} | {acc} | {seeds} | {wall} |")
+        lines.append(f"| {title} | {_rate(v, True)} | {grid} | {acc} | {seeds} | {wall} |")
     return "\n".join(lines)
 
 
@@ -233,8 +239,17 @@ def headline(summary: dict) -> str:
         "Test accuracy, mean ± std over n seeds, each row at its own peak rate (@) chosen "
         "from " + ", ".join(f"{lr:g}" for lr in study.GRID) + " on a validation split of "
         "the training pool (Kornblith et al. 2019); the best of each column in bold; - : not "
-        "run yet. Only the cells that ran are shown. "
-        f"Reproduce: `{REPRODUCE}`. Tables per setting, what is complete, flags and wall "
+        "run yet. "
+        + (
+            "Not run under this protocol yet: "
+            + "; ".join(f"{a}, {b}" for a, b in CELLS if (a, b) not in summary)
+            + " (v1's numbers there, every row at 3e-3 and a 2,000-image near test set, are "
+            "in experiments/results/v1/ and EXPERIMENTS.md's history). "
+            if any(key not in summary for key in CELLS)
+            else ""
+        )
+        + "Reproduce: "
+        f"`{REPRODUCE}`. Tables per setting, what is complete, flags and wall "
         "times: [EXPERIMENTS.md](EXPERIMENTS.md)."
     )
     return "\n".join(lines)
@@ -349,7 +364,7 @@ def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
         parts.append(f"### {title}, {regime}\n")
         parts.append(
             f"{any_row['steps']} steps of {study.BATCH} for every row (fine_tune: 1/7 head "
-            f"only, then all; LP-FT: 1/2 head only, then all); CPU: {any_row['cpu']}.\n"
+            f"only, then all; LP-FT: 1/2 head only, then all); CPU: {_cpus(rows)}.\n"
         )
         parts.append(format_table(rows))
         parts.append(
@@ -370,6 +385,19 @@ def results_markdown(records: list[dict], summary: dict, figures: str) -> str:
             f"{flags}\n\n</details>\n"
         )
     return "\n".join(parts)
+
+
+def _cpus(rows: dict) -> str:
+    cpus = sorted({v["cpu"] for v in rows.values()})
+    loads = [x for v in rows.values() for x in v["load"]]
+    text = " and ".join(cpus)
+    if loads:
+        text += (
+            f"; 1-minute load average at the end of this protocol's runs {min(loads):.1f}-"
+            f"{max(loads):.1f} (other work shared the machine: compare wall times within a "
+            "table only)"
+        )
+    return text
 
 
 def _shown(flags: list[str]) -> list[str]:

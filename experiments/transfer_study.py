@@ -1,7 +1,7 @@
 """The transfer study: which fine-tuning recipe helps where, on real data, offline.
 
-    python3 -m experiments.transfer_study --mode=quick   # a few minutes: 1 setting, 2 seeds
-    python3 -m experiments.transfer_study --mode=full    # about 90 minutes on 2 CPU cores
+    python3 -m experiments.transfer_study --mode=quick   # ~15 minutes: 1 cell, 3 rows, 2 seeds
+    python3 -m experiments.transfer_study --mode=full    # ~280 runs: 5-8 hours on 2 CPU cores
     python3 -m experiments.report                        # EXPERIMENTS.md and its plots
 
 Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`, see BUILD.md) and
