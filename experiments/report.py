@@ -33,6 +33,7 @@ MAIN_ROWS = (
     "fine_tune_bn",
     "lp_ft",
     "rgn_sgdr",
+    "rgn_layer_sgdr",
 )
 
 
@@ -200,6 +201,7 @@ SHORT_TITLES = {
     "fine_tune_bn": "fine_tune, train_bn",
     "lp_ft": "LP-FT",
     "rgn_sgdr": "Auto-RGN, SGDR",
+    "rgn_layer_sgdr": "Auto-RGN per layer, SGDR",
     "diff_lr_sgdr_auto": "differential, auto lr",
     "diff_lr_sgdr+swa": "differential + SWA",
     "diff_lr_sgdr+ensemble": "differential + ensemble",
@@ -270,7 +272,7 @@ def headline_plot(summary: dict, path: str) -> str:
     for ax, key in zip(axes, columns):
         means = [summary[key].get(r, {}).get("mean", float("nan")) for r in rows]
         stds = [summary[key].get(r, {}).get("std", 0.0) for r in rows]
-        palette = {"rgn_sgdr": "tab:green"}
+        palette = {"rgn_sgdr": "tab:green", "rgn_layer_sgdr": "tab:green"}
         colors = [
             palette.get(r, "tab:orange" if r.startswith("diff_lr") else "tab:blue") for r in rows
         ]
@@ -332,24 +334,31 @@ def status(records: list[dict], summary: dict) -> str:
     return text
 
 
+RGN_ROWS = ("rgn_sgdr", "rgn_layer_sgdr")
+
+
 def rgn_goal(summary: dict) -> str:
-    """Per cell: Auto-RGN's mean against the best other row's (averaged models excluded)."""
+    """Per cell and Auto-RGN row: its mean against the best fixed row's (the other rows but
+    Auto-RGN's, averaged models excluded)."""
     lines = []
     for key in _columns(summary):
         rows = summary[key]
-        rgn = rows.get("rgn_sgdr")
-        others = {r: v for r, v in rows.items() if r != "rgn_sgdr" and "+" not in r}
-        if rgn is None or not others:
+        fixed = {r: v for r, v in rows.items() if r not in RGN_ROWS and "+" not in r}
+        if not fixed:
             continue
-        best = max(others, key=lambda r: others[r]["mean"])
-        gap = others[best]["mean"] - rgn["mean"]
-        verdict = "yes" if gap <= RGN_GOAL else "no"
-        lines.append(
-            f"- {key[0]}, {key[1]}: Auto-RGN {rgn['mean']:.4f} (n={rgn['n']}, @{_rate(rgn)}) "
-            f"against the best other row, {study.ROW_TITLES[best]}, {others[best]['mean']:.4f} "
-            f"(n={others[best]['n']}, @{_rate(others[best])}): gap {gap:+.4f}; within "
-            f"{RGN_GOAL:g}: **{verdict}**."
-        )
+        best = max(fixed, key=lambda r: fixed[r]["mean"])
+        for row in RGN_ROWS:
+            rgn = rows.get(row)
+            if rgn is None:
+                continue
+            gap = fixed[best]["mean"] - rgn["mean"]
+            verdict = "yes" if gap <= RGN_GOAL else "no"
+            lines.append(
+                f"- {key[0]}, {key[1]}: {study.ROW_TITLES[row]} {rgn['mean']:.4f} "
+                f"(n={rgn['n']}, @{_rate(rgn)}) against the best fixed row, "
+                f"{study.ROW_TITLES[best]}, {fixed[best]['mean']:.4f} (n={fixed[best]['n']}, "
+                f"@{_rate(fixed[best])}): gap {gap:+.4f}; within {RGN_GOAL:g}: **{verdict}**."
+            )
     if not lines:
         return "Auto-RGN has no test results yet."
     return "\n".join(lines)

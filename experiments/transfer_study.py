@@ -85,6 +85,7 @@ RICH_ROWS = (
     "fine_tune_bn",
     "lp_ft",
     "rgn_sgdr",
+    "rgn_layer_sgdr",
 )
 
 SETTINGS = {
@@ -164,6 +165,10 @@ def rows(steps: int, steps_per_epoch: int, with_averaging: bool = True) -> dict[
         # Auto-RGN (Lee et al. ICLR 2023): one segment, each tensor's rate from its relative
         # gradient norm at every step, under the same SGDR as the fixed rows.
         "rgn_sgdr": ["--adaptive_lr=rgn", *sgdr],
+        # The same with one RGN per layer: a fresh zero bias (the new head's) has RGN
+        # ||g|| / eps and, per tensor, holds every other variable at the floor (0) until it
+        # has grown; per layer its kernel's norm counts too (trainer.lr.optimizers.segmented).
+        "rgn_layer_sgdr": ["--adaptive_lr=rgn", "--adaptive_lr_granularity=layer", *sgdr],
         "diff_lr_sgdr_auto": [
             *diff,
             *sgdr,
@@ -186,6 +191,7 @@ ROW_TITLES = {
     "fine_tune_bn": "fine_tune recipe, --train_bn (frozen segments' BN trains)",
     "lp_ft": "LP-FT (head only 1/2, then all at max_lr/2, one rate)",
     "rgn_sgdr": "Auto-RGN (--adaptive_lr=rgn), SGDR",
+    "rgn_layer_sgdr": "Auto-RGN per layer (--adaptive_lr_granularity=layer), SGDR",
     "diff_lr_sgdr_auto": "differential rates, SGDR, --max_lr=auto",
     "diff_lr_sgdr+swa": "differential rates, SGDR + SWA of the last 2 cycle ends",
     "diff_lr_sgdr+ensemble": "differential rates, SGDR + ensemble of the last 2 snapshots",

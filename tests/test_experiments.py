@@ -59,14 +59,17 @@ def test_layer_decay_gives_the_first_layer_the_segments_spread():
     assert d ** (study.RESNET20_WEIGHTED_LAYERS - 1) == pytest.approx(1 / study.SPREAD)
 
 
+NEW_ROWS = {"rgn_sgdr", "rgn_layer_sgdr", "fine_tune_bn", "lp_ft"}
+
+
 def test_every_row_of_a_cell_shares_the_budget_and_the_new_rows_are_in():
     rows = study.rows(42, 3)
-    assert {"rgn_sgdr", "fine_tune_bn", "lp_ft"} <= set(rows)
+    assert NEW_ROWS <= set(rows)
     assert "--adaptive_lr=rgn" in rows["rgn_sgdr"] and "--schedule=sgdr" in rows["rgn_sgdr"]
     for setting in study.SETTINGS.values():
         for regime in setting.regimes:  # one --train_steps for the whole cell (flags_of)
             assert regime.steps % 7 == 0
-            assert regime.rows is None or {"rgn_sgdr", "fine_tune_bn", "lp_ft"} <= set(regime.rows)
+            assert regime.rows is None or NEW_ROWS <= set(regime.rows)
 
 
 def test_plan_runs_the_grid_first_then_test_runs_seed_major():
