@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests import helpers
@@ -157,3 +158,33 @@ def test_a_failed_run_removes_its_lock(tmp_path):
     result = _run_train(tmp_path, "--flagfile=tiny.flags", "--weights=/nonexistent.weights.h5")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "runs" / "tiny" / layout.LOCK_FILE).exists()
+
+
+def test_a_signal_during_the_range_test_stops_within_one_step(tmp_path):
+    from trainer.errors import Preempted
+    from trainer.lr_find import range_test
+
+    cfg = helpers.tiny_config(
+        tmp_path, train_steps=4, split_at=("mid",), lr_mults=(0.1, 1.0), lr_find_steps=40
+    )
+    exp = helpers.restored(cfg)
+    before = [w.numpy() for w in exp.model.weights]
+    asked = []
+
+    def interrupted():
+        asked.append(1)
+        return 15 if len(asked) > 3 else None  # SIGTERM arrives after the third step
+
+    with pytest.raises(Preempted, match=r"signal 15 during the LR range test \(step 3 of 40\)"):
+        range_test.run(
+            exp.config,
+            exp.strategy,
+            exp.model,
+            exp.table,
+            lambda step: exp.train_data(step),
+            first_trainable=0,
+            interrupted=interrupted,
+        )
+    assert len(asked) == 4  # asked before every step: stopped within one step
+    for a, b in zip(before, (w.numpy() for w in exp.model.weights)):
+        np.testing.assert_array_equal(a, b)  # the model is put back first

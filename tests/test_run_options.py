@@ -203,3 +203,44 @@ def test_builder_model_trains_resumes_exports_and_loads_in_plain_keras(tmp_path)
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("(2, 10)"), out.stderr[-2000:]
     assert path.endswith(layout.EXPORT_DIR)
+
+
+def test_saved_user_model_with_a_custom_layer_resumes_exactly_and_predicts(tmp_path):
+    from tests import user_model_lib
+    from trainer.tools import predict
+
+    saved = tmp_path / "mine.keras"
+    user_model_lib.classifier(4, 16).save(saved)  # a custom Scale layer, softmax, 4 classes
+    run = dict(
+        model=str(saved),
+        custom_objects="tests.user_model_lib",
+        train_steps=8,
+        first_cycle_steps=4,
+        split_at=("preset",),
+        lr_mults=None,
+        checkpoint_every_steps=4,
+        image_size=None,  # the saved model's own 16 px
+    )
+    straight, _ = helpers.trained(helpers.tiny_config(tmp_path / "a", **run), model_fn=None)
+    assert straight.config.image_size == 16
+    assert straight.model.output_shape == (None, 10)  # a new head for the 10 synthetic classes
+    first = helpers.restored(
+        helpers.tiny_config(tmp_path / "b", **{**run, "train_steps": 4}), model_fn=None
+    )
+    first.train()
+    resumed, _ = helpers.trained(helpers.tiny_config(tmp_path / "b", **run), model_fn=None)
+    for a, b in zip(helpers.state(straight), helpers.state(resumed)):
+        np.testing.assert_array_equal(a, b)
+    straight.export()
+    image = tmp_path / "x.png"
+    import PIL.Image
+
+    PIL.Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(image)
+    results = predict.predict(str(tmp_path / "a"), [str(image)], top_k=3)
+    assert len(results) == 1 and len(results[0][1]) == 3
+    # A uniform image stays uniform at any size: the model's own softmax on 128s.
+    logits = straight.model(np.full((1, 16, 16, 3), 128.0, np.float32), training=False)
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(logits))[0]
+    name, prob = results[0][1][0]
+    assert name == straight.info.class_names[int(np.argmax(probs))]
+    assert prob == pytest.approx(float(np.max(probs)), abs=1e-5)
