@@ -166,18 +166,18 @@ def test_work_runs_test_seeds_at_the_rate_validation_chose(tmp_path):
     def train(run):
         trained.append(run)
         if run.split == protocol.VALIDATION:
-            accuracy = {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7}[run.lr]
+            accuracy = {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7, 3e-2: 0.4}[run.lr]
         else:
-            accuracy = {1e-3: 0.99, 3e-3: 0.6, 1e-2: 0.7}[run.lr]
+            accuracy = {1e-3: 0.99, 3e-3: 0.6, 1e-2: 0.7, 3e-2: 0.98}[run.lr]
         return _record(run.setting, run.regime.name, run.row, run.seed, accuracy, run.split, run.lr)
 
     runs = study.plan("full", ["one_lr_sgdr"], ["cross_k10"], [0, 1])
     left = work.work(runs, str(tmp_path), train)
     assert left == []
-    assert [r.split for r in trained] == ["validation"] * 3 + ["test"] * 2
-    assert [r.lr for r in trained[3:]] == [1e-2, 1e-2]
+    assert [r.split for r in trained] == ["validation"] * 4 + ["test"] * 2
+    assert [r.lr for r in trained[4:]] == [1e-2, 1e-2]
     saved = json.loads((tmp_path / "cross_k10_one_lr_sgdr_lr0.01_s1.json").read_text())
-    assert saved["validation_by_rate"] == {"0.001": 0.5, "0.003": 0.6, "0.01": 0.7}
+    assert saved["validation_by_rate"] == {"0.001": 0.5, "0.003": 0.6, "0.01": 0.7, "0.03": 0.4}
     # A second pass trains nothing; a run missing from the grid blocks its test runs.
     trained.clear()
     assert work.work(runs, str(tmp_path), train) == [] and trained == []
@@ -229,14 +229,14 @@ def test_summary_is_mean_and_sample_std_and_splits_averaged_models():
     records += [_record("near", "10/class", "diff_lr_sgdr_auto", 0, 0.6, lr=0.002)]
     table = report.format_table(report.summarize(records)[("near", "10/class")])
     assert "| auto: 0.002-0.002 | - | 0.6000 ± nan | 1 |" in table
-    assert "| 0.003 | 0.500 / 0.900 / 0.500 | 0.7000 ± 0.2000 | 3 |" in table
+    assert "| 0.003 | 0.500 / 0.900 / 0.500 / 0.500 | 0.7000 ± 0.2000 | 3 |" in table
     # A row with an incomplete grid has no test entry yet, and the status says so.
     records += [_record("near", "10/class", "rgn_sgdr", 0, 0.9, "validation", 1e-3)]
     records += [_record("near", "10/class", "rgn_sgdr", 0, 0.95)]
     summary = report.summarize(records)
     assert "rgn_sgdr" not in summary[("near", "10/class")]
     status = report.status(records, summary)
-    assert "| near, 10/class | Auto-RGN (--adaptive_lr=rgn), SGDR | 1 of 3 | (grid incomplete)" in (
+    assert "| near, 10/class | Auto-RGN (--adaptive_lr=rgn), SGDR | 1 of 4 | (grid incomplete)" in (
         status
     )
     assert "Not run under this protocol yet: near, 500/class; cross, 10/class; cross, all" in (
