@@ -19,10 +19,11 @@ ARGS = [
     "--dataset=synthetic",
     "--synthetic_train_size=128",
     "--synthetic_test_size=32",
-    "--model=resnet8",
+    "--model=tests.user_model_lib:classifier",  # tiny, with BatchNorm (SWA recomputes it)
+    "--image_size=16",
     "--global_batch_size=32",
     "--split_at=preset",
-    "--lr_mults=0.01,0.1,1",
+    "--lr_spread=100",
     "--max_lr=auto",
     "--lr_find_steps=23",
     "--lr_find_start=1e-5",
@@ -40,6 +41,7 @@ ARGS = [
 
 def _run(model_dir, kill_at=None):
     env = {k: v for k, v in os.environ.items() if k != "LRTECH_KILL_AT"}
+    env["PYTHONPATH"] = str(ROOT)  # the builder's module
     if kill_at:
         env["LRTECH_KILL_AT"] = kill_at
     command = [sys.executable, str(ROOT / "run_train.py"), f"--model_dir={model_dir}", *ARGS]

@@ -43,10 +43,10 @@ from trainer.run_dir import export as export_lib
 from trainer.run_dir import files as run_dir
 
 
-def _input_size(config) -> int:
-    import models
+def _models():
+    import models  # the model zoo, imported where a model is built
 
-    return models.input_size(config.model, config.custom_objects)
+    return models
 
 
 class Experiment:
@@ -77,7 +77,11 @@ class Experiment:
         """Loads the data and builds model, optimizer, trainer and checkpointer under scope."""
         config = self.config
         if config.image_size is None:  # the model's own (32, or a saved model's input size)
-            size = 32 if self.model_fn is not None else _input_size(config)
+            size = (
+                32
+                if self.model_fn is not None
+                else _models().input_size(config.model, config.custom_objects)
+            )
             config = self.config = config.replace(image_size=size)
         self.data = data.load(config)
         self.info = self.data.info
@@ -152,10 +156,8 @@ class Experiment:
         )
 
     def eval_data(self):
-        """The eval split once, in order, distributed: each input pipeline reads and decodes
-        only its replicas' slices of every global batch, the last partial batch included;
-        `trainer.loop.compiled.EvalLoop` sums over replicas, so the result is the one-device
-        evaluation's."""
+        """The eval split once, in order, distributed: each pipeline reads only its replicas'
+        slices of every global batch (EvalLoop's sums equal one device's)."""
         return strategy_lib.distribute_per_worker(
             self.strategy,
             self.config.global_batch_size,
@@ -265,9 +267,8 @@ class Experiment:
     def restore(self, *, record: bool = True) -> int:
         """Resumes from the newest readable checkpoint in model_dir/ckpt; returns the step.
 
-        With `record` (training), the chief then writes config.json and flags.txt from this
-        configuration, so both always describe the run (the LR range test alone writes
-        neither).
+        With `record` (training) the chief then writes config.json and flags.txt, so both
+        always describe the run (the LR range test alone writes neither).
 
         Raises:
             IncompatibleCheckpointError: The checkpoints were made with a different
@@ -308,24 +309,15 @@ class Experiment:
             self.optimizer.adaptive_multipliers if config.adaptive_lr != "none" else None,
         )
         out = [actions.Unfreeze(self.trainer, plan), report]
-        if self.averaging.snapshot_steps and self.is_chief:
-            out.append(
-                actions.Snapshot(
-                    config.model_dir, self.model, self.schedule, self.averaging.snapshot_steps
-                )
-            )
+        snapshots = self.averaging.snapshot_steps
+        if snapshots and self.is_chief:
+            out.append(actions.Snapshot(config.model_dir, self.model, self.schedule, snapshots))
         out += self.averaging.actions(writer)  # SWA updates, ensemble evaluations
-        out += [
-            actions.Evaluate(
-                self._evaluate,
-                self.history,
-                writer,
-                plan.steps_per_epoch,
-                plan.eval_every_steps,
-            ),
-            checkpoint,
-            actions.Preemption(self._interrupts, checkpoint),
-        ]
+        every = plan.eval_every_steps
+        evaluate = actions.Evaluate(
+            self._evaluate, self.history, writer, plan.steps_per_epoch, every
+        )
+        out += [evaluate, checkpoint, actions.Preemption(self._interrupts, checkpoint)]
         return out, report
 
     def train(self) -> dict:
@@ -368,6 +360,8 @@ class Experiment:
                     controller.run()
                 except NonFiniteError as e:
                     raise NonFiniteError(f"{e}; {self.checkpointer.describe_latest()}") from None
+                # Recorded now, so a kill during the work after training loses none of it.
+                self._metrics(report, time.time() - started, {})
             final = self.history.final
             if final is None or final["step"] != self.step:
                 actions.Evaluate(self._evaluate, self.history, writer, plan.steps_per_epoch, None)(
