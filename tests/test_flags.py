@@ -1,5 +1,6 @@
 """run_train.py's flags: every flag parsed, validators and cross-checks, in-process."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -247,7 +248,6 @@ def test_bad_flags_are_rejected_in_process(extra, message):
             ["--model_dir=/tmp/m", "--train_steps=1", "--max_lr=-1"],
             "flag --max_lr=-1.0: must be > 0",
         ),
-        (["--train_steps=1"], "--model_dir is required"),
         (["--model_dir=/tmp/m"], "give exactly one of --epochs / --train_steps"),
         (["--flagfile=/nonexistent.flags"], "/nonexistent.flags"),
         (
@@ -267,6 +267,10 @@ def test_bad_command_lines_are_flag_errors(args, message):
     with pytest.raises(flags.Error) as e:
         flags_lib.parse_config(args)
     assert message in str(e.value)
+
+
+def test_model_dir_defaults_to_runs_under_the_current_directory():
+    assert flags_lib.parse_config(["--train_steps=1"]).model_dir == os.path.join("runs", "run")
 
 
 def test_helpfull_documents_every_flag():
