@@ -248,8 +248,9 @@ def test_folder_warnings_only_after_a_successful_load(tmp_path, caplog):
 def test_folder_missing_paths_raise_user_error(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
         _load(dataset=f"folder:{tmp_path / 'nope'}")
-    (tmp_path / "train" / "a").mkdir(parents=True)
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / "a" / "0.png")
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / name / "0.png")
     with pytest.raises(UserError, match="missing directory .*test"):
         _load(dataset=f"folder:{tmp_path}")
 
@@ -493,7 +494,7 @@ def test_idx_errors_are_one_line(tmp_path):
     _one_line_error(spec, "not an IDX labels file")
     _write_idx(plain, np.zeros(4), gz=False)
     plain.write_bytes(plain.read_bytes()[:-1])  # 3 data bytes, the header says 4
-    _one_line_error(spec, "has 3 data bytes, but its header says 4 = 4")
+    _one_line_error(spec, "its header says 4 labels, more than its 3 data bytes hold")
     _write_idx(plain, np.zeros(4), gz=False)
     (root / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
     _one_line_error(spec, "cannot read .*train-images-idx3-ubyte.gz")
@@ -606,6 +607,8 @@ def test_load_errors_are_one_line_with_nothing_before(tmp_path):
         (folder / split / "cat").mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / split / "cat" / "0.png")
     (folder / "train" / "dog").mkdir()  # empty: a warning
+    (folder / "train" / "emu").mkdir()  # a second class with images (one class is an error)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "train" / "emu" / "0.png")
     truncated, header = _corrupt_jpegs(folder / "train" / "cat")
     spec = f"folder:{folder}"
     nowhere = str(tmp_path / "no_tfds_here")
@@ -629,7 +632,7 @@ def test_load_errors_are_one_line_with_nothing_before(tmp_path):
     decode_truncated, decode_header, corrupt, skipped, no_eval, unprepared, unknown = lines[:7]
     npz_loaded, npz_no_val, idx_bad_magic = lines[7:]
     assert decode_truncated and decode_header  # without the capture, the decoders print
-    assert len(corrupt) == 1 and f"cannot decode image {header}" in corrupt[0]
+    assert len(corrupt) == 1 and f"cannot read image {header}: it does not decode" in corrupt[0]
     assert len(skipped) == 2, skipped
     assert "has no images" in skipped[0] and "skipped 2 unreadable images" in skipped[1]
     assert len(no_eval) == 1 and f"missing directory {folder / 'val'}" in no_eval[0]

@@ -5,7 +5,8 @@ file is opened once and its first and last bytes read (two small reads, no decod
 directory named x.jpg, a symlink loop, an unreadable or empty file, a file that is not a
 JPEG, PNG, GIF or BMP, and a truncated image (its end marker missing; confirmed by decoding
 it) stop the run before training with one line naming the file, or are left out with
-``--skip_corrupt``, as a folder read into memory is.
+``--skip_corrupt``, as a folder read into memory is (which uses `check_file` for the same
+words, then decodes every file).
 
 What only decoding finds (damage inside a file whose ends look right, a file replaced or
 deleted during the run, a TFDS record or TFRecord image that does not decode) surfaces where
@@ -43,6 +44,7 @@ _SIGNATURES = {
 _HEAD = 16  # bytes read from the start of each file
 _TAIL = 64  # bytes read from its end: where the format's end marker is
 _NOT_AN_IMAGE = "not a JPEG, PNG, GIF or BMP file"
+DOES_NOT_DECODE = "it does not decode (truncated or damaged)"
 _UNREADABLE = "cannot read or decode image"
 _ALL_UNREADABLE = "every image of a batch is unreadable, e.g."
 # tf.debugging.Assert prints each of its data items in brackets: [what: problem] [names] [hint].
@@ -172,7 +174,7 @@ def check_files(paths: list[str]) -> dict[int, str]:
     for i, path in enumerate(paths):
         reason, complete = check_file(path)
         if reason is None and not complete and read_image(path) is None:
-            reason = "it does not decode (truncated or damaged)"
+            reason = DOES_NOT_DECODE
         if reason is not None:
             bad[i] = reason
     return bad

@@ -155,7 +155,8 @@ def folder_listing(root: str, split: str, class_names: tuple[str, ...]):
 def _estimated_pixel_bytes(directory: str, names: list[str]) -> int | None:
     """N times the decoded size of the first readable of the first few files (None if none)."""
     for name in names[:8]:
-        read = corrupt.read_image(os.path.join(directory, name))
+        path = os.path.join(directory, name)
+        read = None if corrupt.check_file(path)[0] else corrupt.read_image(path)
         if read is not None:
             return len(names) * int(np.prod(read[1]))
     return None
@@ -235,14 +236,16 @@ def folder_split(
     files, kept, shapes, skipped = [], [], set(), []
     for name, label in zip(names, labels):
         path = os.path.join(directory, name)
-        read = corrupt.read_image(path)
+        why, _ = corrupt.check_file(path)  # e.g. a FIFO, which open() would wait on
+        read = None if why else corrupt.read_image(path)
         if read is None:
+            why = why or corrupt.DOES_NOT_DECODE
             if not skip_corrupt:
                 raise UserError(
-                    f"--dataset=folder:{root}: cannot decode image {path} "
+                    f"--dataset=folder:{root}: cannot read image {path}: {why} "
                     "(remove it or pass --skip_corrupt)"
                 )
-            skipped.append(path)
+            skipped.append(f"{path} ({why})")
             continue
         files.append(read[0])
         shapes.add(read[1])
