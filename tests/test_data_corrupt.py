@@ -216,7 +216,7 @@ def test_file_that_only_decoding_finds_is_a_one_line_user_error(tmp_path, split)
     assert str(error.value) == _expected(root, bad)
 
 
-def test_file_found_a_second_way_also_passes_a_start_up_check(tmp_path):
+def test_damage_inside_a_file_passes_the_start_up_check_and_is_named_when_read(tmp_path):
     root = _write_folder(tmp_path / "d")
     _damaged_jpeg(root / "train" / "bee" / "zz.jpg")
     source = data.load(_config(root, cache="none"))  # its ends look right: it loads
