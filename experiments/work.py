@@ -31,7 +31,7 @@ def work(runs, out: str, train, stop_at: float | None = None, poll: float = 15.0
     pending = list(runs)
     while pending:
         waiting, trained = [], False
-        for run in pending:
+        for i, run in enumerate(pending):
             chosen = None
             if run.lr is None:
                 key = (run.setting, run.regime.name, run.row)
@@ -45,7 +45,7 @@ def work(runs, out: str, train, stop_at: float | None = None, poll: float = 15.0
                 continue
             if stop_at is not None and time.time() >= stop_at:
                 print(f"--stop_at reached: {run.name} and the runs after it not started")
-                return [run, *pending[pending.index(run) + 1 :]]
+                return [*waiting, *pending[i:]]
             if not _claim(path):
                 continue  # a live process runs it
             if os.path.exists(path):  # finished by another process just before the claim
@@ -98,14 +98,16 @@ def remove_results(out: str, runs) -> None:
                     os.remove(path)
 
 
-def deadline(stop_at: str) -> float | None:
-    """'HH:MM' -> its next occurrence in seconds since the epoch ('' -> None)."""
+def deadline(stop_at: str, now: datetime.datetime | None = None) -> float | None:
+    """'HH:MM' -> seconds since the epoch ('' -> None): today's HH:MM, or tomorrow's when
+    today's is more than 12 hours past (23:00 with --stop_at=01:00); a time up to 12 hours
+    past has passed, and nothing starts."""
     if not stop_at:
         return None
     hour, minute = (int(x) for x in stop_at.split(":"))
-    now = datetime.datetime.now()
+    now = now or datetime.datetime.now()
     when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if when <= now:
+    if now - when > datetime.timedelta(hours=12):
         when += datetime.timedelta(days=1)
     return when.timestamp()
 

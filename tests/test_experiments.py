@@ -1,5 +1,6 @@
 """The transfer study's plan, protocol and report (experiments/), without training."""
 
+import datetime
 import json
 import os
 import statistics
@@ -184,8 +185,19 @@ def test_work_runs_test_seeds_at_the_rate_validation_chose(tmp_path):
     os.remove(tmp_path / "cross_k10_one_lr_sgdr_val_lr0.003_s0.json")
     left = work.work([r for r in runs if r.split == "test"], str(tmp_path), train, poll=0)
     assert len(left) == 2 and trained == []
-    # --stop_at in the past: nothing starts.
-    assert work.work(runs, str(tmp_path), train, stop_at=0.0) and trained == []
+    # --stop_at in the past: nothing starts; the runs left are the waiting and the unstarted.
+    assert work.work(runs, str(tmp_path), train, stop_at=0.0) == runs[1:] and trained == []
+    left = work.work(runs[2:], str(tmp_path), train, stop_at=0.0)
+    assert left == runs[4:] and trained == []  # nothing to start: the test runs wait
+
+
+def test_stop_at_passed_today_means_now_and_late_evening_means_tomorrow():
+    at = datetime.datetime(2026, 12, 7, 3, 31)
+    assert work.deadline("03:30", at) == datetime.datetime(2026, 12, 7, 3, 30).timestamp()
+    assert work.deadline("04:00", at) == datetime.datetime(2026, 12, 7, 4, 0).timestamp()
+    late = datetime.datetime(2026, 12, 7, 23, 0)
+    assert work.deadline("01:00", late) == datetime.datetime(2026, 12, 8, 1, 0).timestamp()
+    assert work.deadline("") is None
 
 
 def test_validation_split_comes_from_the_training_pool(tmp_path):
