@@ -298,8 +298,12 @@ def test_training_goes_on_without_a_damaged_snapshot(tmp_path):
     (snapshots / "cycle_1.weights.h5").write_bytes(b"garbage" * 10)
     (snapshots / "cycle_2.weights.h5").unlink()
     (snapshots / "cycle_2.weights.h5").mkdir()
+    # A re-run keeps a recorded ensemble result; as after a kill before it was recorded:
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    del record["snapshot_ensemble"]
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(record))
     with helpers.absl_messages(logging.WARNING) as logged:
-        helpers.restored(config).train()  # complete: only the closing evaluations
+        helpers.restored(config).train()  # complete: only the missing closing evaluation
     assert "Step 12: no snapshot ensemble: none of cycles [1, 2] is readable" in logged
     assert sorted(p.name for p in (snapshots / "broken").iterdir()) == [
         "cycle_0.weights.h5",

@@ -50,7 +50,10 @@ def test_quickstart_two_steps_end_to_end_quiet_with_a_summary(tmp_path):
     assert absl_prefixed == [], absl_prefixed[:3]
     assert "Saved checkpoint" in result.stderr  # the project's own lines still show
     lines = result.stdout.splitlines()
-    assert re.match(r"Epoch 1/1 +2/2  total ", lines[0]), lines[:3]
+    assert lines[0] == f"Run directory: {tmp_path} (starts)", lines[:3]
+    assert re.match(r"Epoch 1/1 +2/2  total ", lines[1]), lines[:3]
+    # 2 steps in all: the one-line warning names the batch and the length.
+    assert "run_train.py: warning: this run trains 2 steps in all" in result.stderr
     summary = "\n".join(lines[lines.index(f"Done: {tmp_path}") :])
     for label in ("eval accuracy", "wall time", "export", "tensorboard --logdir"):
         assert label in summary, summary

@@ -64,6 +64,7 @@ RESUME_MAY_CHANGE = (
     "jit_compile",
     "cache",
     "skip_corrupt",
+    "snapshot_at_restarts",  # snapshots from now on; the training is the same
     "lr_find",
     "lr_find_start",
     "lr_find_end",
