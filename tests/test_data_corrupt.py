@@ -287,6 +287,47 @@ def test_compiled_loops_raise_invalid_argument_that_user_error_names(tmp_path, r
         assert str(corrupt.user_error(error.value)) == _expected(root, root / "test/bee/02.jpg")
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_an_input_error_mid_loop_leaves_the_step_count_equal_to_the_updates(replicas):
+    """Batch 3 of 6 fails to decode inside the compiled loop: the optimizer's iterations (the
+    run's global step, which the schedule and checkpoints read) is 3, and the weights are those
+    of 3 clean steps. Before, the failing step's `iterations += 1` did not wait for its
+    gradients and ran anyway: 4 steps counted, 3 made."""
+    from tests.helpers import two_replicas
+    from trainer.loop.compiled import TrainLoop
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 4)).astype("float32"), np.arange(24) % 3
+
+    def batches(fail_at):
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).enumerate()
+        poison = lambda i, b: (  # noqa: E731  (an inf where the bad image would be)
+            tf.debugging.check_numerics(b[0] * tf.where(i == fail_at, np.inf, 1.0), "decode"),
+            b[1],
+        )
+        return ds.map(poison)
+
+    strategy = two_replicas() if replicas == 2 else make_strategy("one_device")
+    kernels, counts = [], []
+    for fail_at, steps in [(None, 3), (3, 6)]:
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="head")])
+            optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+            optimizer.build(model.trainable_variables)
+        loop = TrainLoop(strategy, model, optimizer, 4)
+        iterator = iter(strategy.experimental_distribute_dataset(batches(fail_at or -1)))
+        if fail_at is None:
+            loop.run(iterator, steps, model.trainable_variables)
+        else:
+            with pytest.raises(tf.errors.InvalidArgumentError, match="decode"):
+                loop.run(iterator, steps, model.trainable_variables)
+        counts.append(int(optimizer.iterations.numpy()))
+        kernels.append(model.get_layer("head").kernel.numpy())
+    assert counts == [3, 3]
+    np.testing.assert_array_equal(kernels[1], kernels[0])
+
+
 def test_user_error_recognizes_only_the_pipelines_unreadable_images():
     names = tf.constant(["cifar10 train #3", "f.tfrecord-00001 record 7"])
 

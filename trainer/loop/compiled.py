@@ -181,7 +181,10 @@ class TrainLoop:
             if self.clipnorm:
                 grads, _ = tf.clip_by_global_norm(grads, self.clipnorm)
             if self.loss_scale is None:
-                self.optimizer.apply(grads, variables)
+                # The update, `iterations` included, waits for the gradients: an input error
+                # (an undecodable image) then leaves the step count equal to the updates made.
+                with tf.control_dependencies(grads):
+                    self.optimizer.apply(grads, variables)
             return grads, loss, correct, finite
 
         return replica_step
