@@ -32,11 +32,11 @@ def test_check_refuses_an_unwritable_directory(tmp_path, monkeypatch):
         locked.chmod(0o500)
     else:
         # root writes through permission bits; stand in for a read-only mount's EROFS.
-        def read_only(path, *args, **kw):
-            raise OSError(30, "Read-only file system", path)
+        def read_only(*args, dir=None, **kw):
+            raise OSError(30, "Read-only file system", dir)
 
-        monkeypatch.setattr(run_dir, "open", read_only, raising=False)
-    with pytest.raises(UserError, match=r"--model_dir=.*/ro: cannot write there"):
+        monkeypatch.setattr(run_dir.tempfile, "NamedTemporaryFile", read_only)
+    with pytest.raises(UserError, match=r"--model_dir=.*/ro: cannot write in"):
         run_dir.check(str(locked))
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 
 from absl import logging
 
@@ -75,26 +76,55 @@ def check(model_dir: str) -> str:
     """
     if not is_local(model_dir):
         return model_dir
-    path = os.path.abspath(model_dir)
-    flag = f"--model_dir={model_dir}"
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"{flag}: is a file, not a directory")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UserError(f"{flag}: {parent} is a file, not a directory")
-    if path == "/proc" or path.startswith("/proc/") or path.startswith("/sys/"):
-        raise UserError(f"{flag}: not a place for run files (a kernel filesystem)")
+    return check_directory("--model_dir", model_dir, create=True)
+
+
+_KERNEL_DIRS = ("/proc", "/sys")  # no place for files, whatever the permission bits say
+
+
+def check_directory(flag: str, path: str, *, create: bool) -> str:
+    """Checks that the local directory `path` exists or can be created, and can be written.
+
+    The one check of every output directory (a run's, evaluate's, ensemble's ...): errors
+    name ``flag=path``. A temporary file is created and removed in the directory (or, with
+    `create` False, in the nearest existing one on its way, and nothing is left behind): the
+    only test that also holds for root, read-only mounts and kernel filesystems.
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        UserError: `path` is a file or lies under one, is in /proc or /sys, or cannot be
+            created or written.
+    """
+    named = f"{flag}={path}"
+    absolute = os.path.abspath(path)
+    if os.path.exists(absolute) and not os.path.isdir(absolute):
+        raise UserError(f"{named}: is a file, not a directory")
+    existing = absolute
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{named}: {existing} is a file, not a directory")
+    check_writable(named, absolute if create else existing, create=create)
+    return absolute
+
+
+def check_writable(named: str, directory: str, *, create: bool = False) -> None:
+    """Writes and removes a probe file in `directory` (made first when `create`).
+
+    Raises:
+        UserError: starting with `named`: a kernel filesystem, or the write failed.
+    """
+    if any(directory == d or directory.startswith(d + os.sep) for d in _KERNEL_DIRS):
+        raise UserError(f"{named}: not a place for result files (a kernel filesystem)")
     try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write_test.{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        if create:
+            os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test."):
+            pass
     except OSError as e:
-        raise UserError(f"{flag}: cannot write there ({e.strerror or e})") from None
-    return path
+        raise UserError(f"{named}: cannot write in {directory} ({e.strerror or e})") from None
 
 
 class Lock:

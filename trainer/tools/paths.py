@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import glob as glob_lib
 import os
-import tempfile
 
 from trainer.errors import UserError
 from trainer.run_dir import files as run_dir
-
-# Kernel filesystems: no place for results, whatever the permission bits say.
-_KERNEL_DIRS = ("/proc", "/sys")
 
 
 def _gfile():
@@ -49,22 +45,6 @@ def read_text(path: str) -> str:
         return f.read()
 
 
-def _in_kernel_fs(path: str) -> bool:
-    return any(path == d or path.startswith(d + os.sep) for d in _KERNEL_DIRS)
-
-
-def _check_writable(flag: str, directory: str) -> None:
-    """Creates and removes a temporary file in `directory`: the only test that also holds
-    for root, read-only mounts and kernel filesystems."""
-    if _in_kernel_fs(directory):
-        raise UserError(f"{flag}: not a place for result files (a kernel filesystem)")
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write_test."):
-            pass
-    except OSError as e:
-        raise UserError(f"{flag}: cannot write in {directory} ({e.strerror or e})") from None
-
-
 def check_output_file(flag: str, path: str) -> None:
     """Checks that the file `path` can be written (atomically, beside it); creates nothing.
 
@@ -81,28 +61,16 @@ def check_output_file(flag: str, path: str) -> None:
         raise UserError(f"{flag}: no such directory {parent}")
     if not os.path.isdir(parent):
         raise UserError(f"{flag}: {parent} is a file, not a directory")
-    _check_writable(flag, parent)
+    run_dir.check_writable(flag, parent)
 
 
 def check_output_dir(flag: str, path: str) -> None:
     """Checks that the directory `path` exists or can be created, and can be written; creates
-    nothing (the command creates it when it writes).
+    nothing (the command creates it when it writes). See `run_dir.check_directory`.
 
     Raises:
         UserError: `path` is a file or lies under one, or the nearest existing directory on
             its way cannot be written.
     """
-    if not run_dir.is_local(path):
-        return
-    flag = f"{flag}={path}"
-    absolute = os.path.abspath(path)
-    if os.path.exists(absolute) and not os.path.isdir(absolute):
-        raise UserError(f"{flag}: is a file, not a directory")
-    existing = absolute
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UserError(f"{flag}: {existing} is a file, not a directory")
-    if _in_kernel_fs(absolute):
-        raise UserError(f"{flag}: not a place for result files (a kernel filesystem)")
-    _check_writable(flag, existing)
+    if run_dir.is_local(path):
+        run_dir.check_directory(flag, path, create=False)
