@@ -13,4 +13,6 @@ NAMES = (
     "runtime",
     "data",
     "stream",
+    "size224",
+    "fused_bn",
 )

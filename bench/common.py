@@ -186,15 +186,7 @@ def machine() -> dict[str, str]:
     """What the numbers were measured on."""
     import tensorflow as tf
 
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = machine_cpu()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -220,6 +212,28 @@ def machine() -> dict[str, str]:
         "oneDNN in use": _onednn(),
         "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "(unset)"),
     }
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo (None where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_cpu() -> str:
+    """The CPU's model name (`lscpu`'s), or "unknown CPU"."""
+    return _cpuinfo_field("model name") or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (avx2, avx512_bf16, amx_tile ...)."""
+    return set((_cpuinfo_field("flags") or "").split())
 
 
 def _onednn() -> str:

@@ -3,6 +3,7 @@
     python3 bench/run_all.py            # every table (about 1 hour on 2 CPU cores)
     python3 bench/run_all.py --quick    # every table at a small scale (a few minutes)
     python3 bench/run_all.py --only=vs_fit,segments --out=/tmp/b.md
+    nice -n 10 python3 bench/run_all.py --only=size224,fused_bn --out=/tmp/b.md  # 224 px
 
 Each comparison alternates its candidates within every repetition, in one process, and
 reports medians with min and max of the timed repetitions after a warm-up, plus paired
@@ -98,6 +99,7 @@ def main(argv):
 
     scale = suites.Scale.quick() if FLAGS.quick else suites.Scale.full()
     scale.reps, scale.warmup = FLAGS.reps, FLAGS.warmup
+    scale.reps_given = FLAGS["reps"].present
     names = FLAGS.only or list(NAMES)
     started = time.time()
     sections = []

@@ -1,7 +1,8 @@
 """The benchmarks behind BENCHMARKS.md; each returns a `common.Section`.
 
 Names (for `run_all.py --only`): vs_fit, segments, layer_decay, input, memory_startup, growth,
-replicas, checkpoint, runtime.
+replicas, checkpoint, runtime; data (bench/data_scale.py), stream (bench/tfds_stream.py),
+size224 and fused_bn (bench/real_size.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 import tensorflow as tf
 
-from bench import common, data_scale, tfds_stream, workloads
+from bench import common, data_scale, real_size, tfds_stream, workloads
 from bench.common import Section, Stats, alternate, fmt, rate, spread, table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +45,7 @@ class Scale:
     rounds: int  # interleaved runs of each candidate per repetition (see common.alternate)
     reps: int = 5
     warmup: int = 1
+    reps_given: bool = False  # --reps given explicitly (suites with costly runs default lower)
 
     def compare(self, candidates, log, **kw):
         """`common.alternate` at this scale's repetitions, warm-up and rounds."""
@@ -710,12 +712,7 @@ LRTECH = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 def _cpu_has_onednn_default() -> bool:
     """Whether TensorFlow turns oneDNN on by itself here (AVX-512 VNNI/BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags_line = next(line for line in f if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return any(f in flags_line.split() for f in ("avx512_vnni", "avx512_bf16", "amx_tile"))
+    return bool(common.cpu_flags() & {"avx512_vnni", "avx512_bf16", "amx_tile"})
 
 
 def runtime(scale: Scale, log) -> Section:
@@ -779,4 +776,6 @@ RUNNERS = {
     "runtime": runtime,
     "data": data_scale.data_scale,
     "stream": tfds_stream.tfds_stream,
+    "size224": real_size.size224,
+    "fused_bn": real_size.fused_bn,
 }

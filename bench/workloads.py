@@ -14,8 +14,9 @@ gathers), the same global batch, optimizer and SGDR schedule, and both count acc
 `timed_epoch()` on both gives (images, seconds) for `common.alternate`: the trainer's by the
 wall clock around its loop calls, fit's from its epoch's begin to its end (a callback), since
 the set-up of a `fit()` call is paid once per call, not per epoch, in real training.
-`Trainer.run_floor` is the compute floor (fixed batch, no pipeline, no metrics) and
-`Trainer.run_updates` the optimizer update alone.
+`Trainer.run_floor` is the compute floor (fixed batch, no pipeline, no metrics; `Floor` on
+any model) and `Trainer.run_updates` the optimizer update alone. `keras_batch_norm` gives a
+model back with Keras' own BatchNormalization, to measure the fused layer against it.
 """
 
 from __future__ import annotations
@@ -112,30 +113,17 @@ class Trainer:
     def run_floor(self, steps: int) -> int:
         """The compute floor: `steps` steps on one fixed batch, nothing else; returns images.
 
-        Forward, backward and the same optimizer update, in one compiled loop under the
-        strategy, on the first batch of the training arrays held as a constant: no input
-        pipeline, no accuracy, no per-step outputs. No training loop can beat this rate on
-        the same model, batch and device.
+        `Floor` on the experiment's model and optimizer, under the trainer's strategy, with
+        the first batch of the training arrays. No training loop can beat this rate on the
+        same model, batch and device.
         """
         if self._floor is None:
             batch = self.config.global_batch_size
             x, y = self.exp.data.as_numpy("train")
-            images, labels = tf.constant(x[:batch]), tf.constant(y[:batch])
-            model, optimizer, variables = self.exp.model, self.exp.optimizer, self.variables
-
-            def step():
-                with tf.GradientTape() as tape:
-                    logits = model(images, training=True)
-                    loss = tf.reduce_mean(
-                        keras.losses.sparse_categorical_crossentropy(
-                            labels, logits, from_logits=True
-                        )
-                    )
-                optimizer.apply(tape.gradient(loss, variables), variables)
-
-            self._floor = self._repeat(step)
-        self._floor(tf.constant(steps, tf.int32)).numpy()
-        return steps * self.config.global_batch_size
+            self._floor = Floor(
+                self.exp.model, self.exp.optimizer, x[:batch], y[:batch], self.strategy
+            )
+        return self._floor.run(steps)
 
     def run_updates(self, steps: int) -> int:
         """Applies the optimizer `steps` times to fixed gradients (no forward or backward).
@@ -176,6 +164,77 @@ class Trainer:
 
     def close(self) -> None:
         shutil.rmtree(self.config.model_dir, ignore_errors=True)
+
+
+class Floor:
+    """A compute floor: training steps on one fixed batch held in memory; `run(steps)`.
+
+    Forward, backward and the optimizer update in one compiled loop under `strategy` (the
+    default strategy when None), on `images`/`labels` held as constants: no input pipeline,
+    no accuracy, no per-step outputs.
+
+    Args:
+        model: The model to train (built under `strategy`'s scope when one is given).
+        optimizer: Its optimizer (see `floor_optimizer`).
+        images: One batch of float32 pixels [B, S, S, 3].
+        labels: Its int labels [B].
+        strategy: A tf.distribute strategy, or None.
+    """
+
+    def __init__(self, model, optimizer, images, labels, strategy=None):
+        strategy = strategy or tf.distribute.get_strategy()
+        self.batch = int(images.shape[0])
+        images, labels = tf.constant(images), tf.constant(labels)
+        variables = model.trainable_variables
+
+        def step():
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                loss = tf.reduce_mean(
+                    keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+                )
+            optimizer.apply(tape.gradient(loss, variables), variables)
+
+        @tf.function
+        def repeat(n):
+            for _ in tf.range(n):
+                strategy.run(step)
+            return optimizer.iterations.value
+
+        self._repeat = repeat
+
+    def run(self, steps: int) -> int:
+        """Trains `steps` steps on the fixed batch; returns images (steps * batch)."""
+        self._repeat(tf.constant(steps, tf.int32)).numpy()
+        return steps * self.batch
+
+
+def floor_optimizer(config: Config, model: keras.Model) -> keras.optimizers.Optimizer:
+    """The optimizer and schedule `Fit` uses, built for `model`'s trainable variables."""
+    schedule = SGDR(LR, CYCLE_STEPS, min_lr=config.min_lr, cycle_mult=config.cycle_mult)
+    optimizer = optimizers.make(config.optimizer, schedule, momentum=config.momentum)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def keras_batch_norm(model: keras.Model) -> keras.Model:
+    """A copy of a flat functional `model` whose fused BatchNormalization layers
+    (`models.layers.BatchNormalization`) are Keras' own, same config and weights.
+
+    Every other layer is a new instance of its class with the same config and weights.
+    """
+    from models.layers import BatchNormalization
+
+    def clone(layer):
+        cls = type(layer)
+        if cls is BatchNormalization:
+            cls = keras.layers.BatchNormalization
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy
 
 
 class _EpochClock(keras.callbacks.Callback):

@@ -13,7 +13,8 @@ layer only for an ``input_scale`` other than raw, and a ``head_logits`` only wit
 (`models.adapt`). The CIFAR
 ResNets and the heads normalize with `models.layers.BatchNormalization` (Keras' layer on
 TensorFlow's fused kernel: 1.2-1.4x faster resnet20 training steps on CPU, same math and
-weight files); keras.applications backbones keep Keras' own layer (no gain measured at 32x32).
+weight files), and so do keras.applications backbones (`models.applications.fuse_batch_norm`:
+1.16x ResNet50 and 1.21x EfficientNetV2-B0 training steps at 224 px; user models keep theirs).
 `portable(model)` swaps those two layers of ours for built-in ones: export that model, so
 users load it with plain `keras.saving.load_model`, without this project.
 

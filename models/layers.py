@@ -5,7 +5,9 @@ gradients), each a pass over the activations. TensorFlow's `FusedBatchNormV3` do
 pass in one kernel and the backward pass in another (oneDNN's on CPU, cuDNN's on GPU). On 2
 CPU cores, resnet20 stepping on a fixed batch of 128 went from 265-278 to 362-410 images/s,
 and the quickstart (resnet8) from 2 min 11 s to 1 min 38 s. ResNet50 at 32x32 gained nothing
-measurable (its activations are tiny), so keras.applications backbones keep Keras' layer.
+measurable (its activations are tiny); at 224 px a training step ran 1.16x (ResNet50) and 1.21x
+(EfficientNetV2-B0) as fast, so `models.applications` swaps it into keras.applications
+backbones too (BENCHMARKS.md section 12).
 
 `BatchNormalization` is a drop-in subclass of `keras.layers.BatchNormalization`: same
 arguments, variables, moving-average rule (`moving = moving * momentum + batch * (1 -

@@ -382,3 +382,70 @@ def test_user_model_errors_are_one_line_value_errors(saved_model, tmp_path):
     ]
     for spec, kwargs, match in cases:
         _one_line_error(lambda: models.build(spec, 2, **kwargs), match)  # noqa: B023
+
+
+# Fused BatchNorm in keras.applications backbones (models.applications.fuse_batch_norm). ----
+
+
+def _mild_batch_norm_weights(model, seed=0):
+    """Gamma, beta and moving statistics near 1, 0, 0, 1, so inference uses all four without
+    blowing up the activations of a deep trunk."""
+    rng = np.random.default_rng(seed)
+    near = {"gamma": 1.0, "moving_variance": 1.0, "beta": 0.0, "moving_mean": 0.0}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for v in layer.weights:
+                center = near[v.name]
+                v.assign(rng.uniform(center - 0.1, center + 0.1, v.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnetv2_b0"])
+def test_backbone_batch_norm_is_fused_keeps_keras_outputs_and_exports_plain_keras(name):
+    from models import applications
+    from models.layers import BatchNormalization
+
+    spec = applications.BACKBONES[name]
+    image = keras.Input((32, 32, 3))
+    keras.utils.set_random_seed(0)
+    trunk = spec.constructor(
+        include_top=False, weights=None, input_tensor=ImagePreprocess(spec.preprocess)(image)
+    )
+    _mild_batch_norm_weights(trunk)
+    fused = applications.fuse_batch_norm(trunk)
+    keras_bns = [
+        layer for layer in trunk.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    fused_bns = [
+        layer for layer in fused.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert keras_bns and all(type(layer) is keras.layers.BatchNormalization for layer in keras_bns)
+    assert [layer.name for layer in fused_bns] == [layer.name for layer in keras_bns]
+    assert all(type(layer) is BatchNormalization for layer in fused_bns)
+    assert [layer.name for layer in fused.layers] == [layer.name for layer in trunk.layers]
+    assert fused.inputs[0] is image  # still the caller's graph: models.build stays flat
+
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    want = np.asarray(trunk([pixels], training=False))
+    got = np.asarray(fused([pixels], training=False))
+    assert np.abs(want).max() > 1e-3
+    assert np.abs(got - want).max() <= 1e-6 * max(1.0, np.abs(want).max())
+
+    # models.build fuses them; the export is plain Keras again, with the same outputs.
+    model = models.build(name, 3, image_size=32)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == len(keras_bns) and all(type(layer) is BatchNormalization for layer in bns)
+    _mild_batch_norm_weights(model, seed=2)
+    export = models.portable(model)
+    modules = {type(layer).__module__.split(".")[0] for layer in export.layers}
+    assert modules == {"keras"}
+    want = np.asarray(model(pixels, training=False))
+    got = np.asarray(export(pixels, training=False))
+    assert np.abs(got - want).max() <= 1e-6 * max(1.0, np.abs(want).max())
+
+
+def test_backbones_without_batch_norm_are_not_cloned():
+    from models import applications
+
+    image = keras.Input((32, 32, 3))
+    trunk = keras.applications.ConvNeXtTiny(include_top=False, weights=None, input_tensor=image)
+    assert applications.fuse_batch_norm(trunk) is trunk

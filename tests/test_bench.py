@@ -174,3 +174,26 @@ def test_run_all_flags_reject_unknown_benchmark():
     assert proc.stderr.count("\n") == 1
     assert "run_all.py: error:" in proc.stderr and "--only takes names from" in proc.stderr
     assert list(bench.NAMES) == list(suites.RUNNERS)
+
+
+def test_floor_and_keras_batch_norm_copy(tmp_path):
+    import keras
+
+    import models
+    from models.layers import BatchNormalization
+
+    config = workloads.make_config("resnet8", 8, 16, model_dir=str(tmp_path / "f"))
+    model = models.build("resnet8", 10)
+    plain = workloads.keras_batch_norm(model)
+    ours = [layer for layer in model.layers if type(layer) is BatchNormalization]
+    theirs = [layer for layer in plain.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert ours and [layer.name for layer in theirs] == [layer.name for layer in ours]
+    assert all(type(layer) is keras.layers.BatchNormalization for layer in theirs)
+    images, labels = data.load(config).as_numpy("train")
+    np.testing.assert_allclose(plain(images[:8]), model(images[:8]), rtol=1e-5, atol=1e-6)
+    before = plain.get_layer("stem_conv").kernel.numpy()
+    floor = workloads.Floor(plain, workloads.floor_optimizer(config, plain), images[:8], labels[:8])
+    assert floor.run(3) == 24
+    assert not np.array_equal(plain.get_layer("stem_conv").kernel.numpy(), before)
+    # The copy is independent: training it leaves the original's weights alone.
+    np.testing.assert_array_equal(model.get_layer("stem_conv").kernel.numpy(), before)
