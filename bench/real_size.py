@@ -84,8 +84,7 @@ def _where(loads: list[float]) -> str:
     return (
         f"Measured on {common.machine_cpu()}, {len(os.sched_getaffinity(0))} cores, 1-minute "
         f"load average {fmt(min(loads))}-{fmt(max(loads))} during the run (the machine is "
-        "shared with other jobs; these benchmarks ran at `nice -n 10`): compare only within "
-        "this section."
+        "shared with other jobs): compare only within this section."
     )
 
 
