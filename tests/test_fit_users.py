@@ -4,26 +4,30 @@ fresh process that imports only Keras and trainer.optimizers (or Keras, then sch
 import subprocess
 import sys
 
-from tests.helpers import ROOT
+import keras
+import numpy as np
 
-SAVE = """
-import keras, numpy as np
 from schedules import SGDR
+from tests.helpers import ROOT
 from trainer import optimizers, segments
 
-model = keras.Sequential(
-    [keras.Input((4,)), keras.layers.Dense(3, name="body"), keras.layers.Dense(2, name="head")]
-)
-segment_of = segments.assign(model, ["head"])
-sgd = keras.optimizers.SGD(SGDR(0.1, 10, cycle_mult=2.0))
-model.compile(
-    optimizer=optimizers.segmented(sgd, segment_of, (0.1, 1.0)) if {segmented} else sgd,
-    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-)
-model.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
-model.save({path!r})
-print(int(model.optimizer.iterations.numpy()))
-"""
+
+def _save(path, segmented):
+    """Saves a model.fit model (SGD with SGDR, segmented or not); returns its step count. In
+    this process: only the loading side must be a fresh one."""
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="body"), keras.layers.Dense(2, name="head")]
+    )
+    segment_of = segments.assign(model, ["head"])
+    sgd = keras.optimizers.SGD(SGDR(0.1, 10, cycle_mult=2.0))
+    model.compile(
+        optimizer=optimizers.segmented(sgd, segment_of, (0.1, 1.0)) if segmented else sgd,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(np.ones((8, 4)), np.zeros(8), epochs=2, verbose=0)
+    model.save(path)
+    return str(int(model.optimizer.iterations.numpy()))
+
 
 LOAD = """
 import keras
@@ -47,7 +51,7 @@ def _python(code):
 
 def test_a_segmented_model_loads_in_a_fresh_process_with_trainer_optimizers(tmp_path):
     path = str(tmp_path / "fit.keras")
-    steps = _python(SAVE.format(path=path, segmented=True))
+    steps = _save(path, segmented=True)
     loaded = _python(LOAD.format(path=path, imports="import trainer.optimizers"))
     assert loaded.split()[:3] == ["SegmentedSGD", steps, "SGDR"]
     assert loaded.endswith("[0.1, 1.0]")
@@ -55,7 +59,7 @@ def test_a_segmented_model_loads_in_a_fresh_process_with_trainer_optimizers(tmp_
 
 def test_an_sgdr_model_loads_in_a_fresh_process_after_import_schedules(tmp_path):
     path = str(tmp_path / "fit.keras")
-    steps = _python(SAVE.format(path=path, segmented=False))
+    steps = _save(path, segmented=False)
     loaded = _python(LOAD.format(path=path, imports="import schedules"))
     assert loaded.split()[:3] == ["SGD", steps, "SGDR"]
 
@@ -63,7 +67,7 @@ def test_an_sgdr_model_loads_in_a_fresh_process_after_import_schedules(tmp_path)
 def test_without_the_registration_keras_cannot_find_sgdr(tmp_path):
     # The check above can fail: with neither import, Keras does not know the classes.
     path = str(tmp_path / "fit.keras")
-    _python(SAVE.format(path=path, segmented=True))
+    _save(path, segmented=True)
     code = "import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\n" + LOAD.format(
         path=path, imports=""
     )
