@@ -85,12 +85,12 @@ class _ProbabilityPass:
         logits = self.model(images, training=False)
         return tf.nn.softmax(tf.cast(logits, tf.float64)), tf.cast(labels, tf.int64)
 
-    def _pass(self, dataset):
+    def _pass(self, iterator):
         tf, strategy = self._tf, self.strategy
         probabilities = tf.TensorArray(tf.float64, size=0, dynamic_size=True, infer_shape=False)
         labels = tf.TensorArray(tf.int64, size=0, dynamic_size=True, infer_shape=False)
         i = tf.constant(0)
-        for batch in dataset:
+        for batch in iterator:
             probs, y = strategy.run(self._replica, args=batch)
             # Replica r holds slice r of the global batch: gathered in replica order, the
             # rows are in dataset order (also an unevenly split last batch).
@@ -105,7 +105,9 @@ class _ProbabilityPass:
         )
 
     def __call__(self, dataset):
-        probabilities, labels = self._fn(dataset)
+        from trainer.loop.strategy import pass_iterator
+
+        probabilities, labels = self._fn(pass_iterator(dataset))
         return probabilities.numpy(), labels.numpy()
 
 

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.loop.strategy import distribute_dataset
+from trainer.loop.strategy import distribute_dataset, pass_iterator
 from trainer.lr import segments
 from trainer.run_dir import faults
 
@@ -324,7 +324,7 @@ def update_bn(model, dataset, strategy=None) -> int:
                 layer.trainable = True
             if strategy.num_replicas_in_sync > 1:
                 layer.synchronized = True
-        sums, batches = _statistics_pass(strategy, model, layers)(dataset)
+        sums, batches = _statistics_pass(strategy, model, layers)(pass_iterator(dataset))
         batches = int(batches)
         faults.point("swa_bn")  # crash tests: a kill during the BN pass of an averaged model
         if batches == 0:
@@ -359,11 +359,11 @@ def _statistics_pass(strategy, model, layers):
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
         model(inputs, training=True)
 
-    def run(dataset):
+    def run(iterator):
         # Tuples: autograph would stack a list of loop tensors into one tensor.
         sums = tuple(tf.zeros(v.shape, tf.float64) for v in statistics)
         batches = tf.constant(0, tf.int64)
-        for batch in dataset:
+        for batch in iterator:
             strategy.run(forward, args=(batch,))
             # Cross-replica reads see replica 0's copy; with momentum 0 (and synchronized
             # statistics under several replicas) it holds this global batch's statistics.

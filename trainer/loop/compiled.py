@@ -35,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer.loop.strategy import pass_iterator
 from trainer.lr import segments
 from trainer.reporting import eval_metrics
 
@@ -268,14 +269,15 @@ class EvalLoop:
         loss, predicted, top = eval_metrics.per_example(logits, labels, self.top_k)
         return eval_metrics.batch_sums(loss, predicted, top, labels)
 
-    def _pass(self, dataset):
+    def _pass(self, iterator):
         totals = tf.zeros([4], tf.float64)
-        for batch in dataset:
+        for batch in iterator:
             sums = self.strategy.run(self._replica, args=batch)
             totals += self.strategy.reduce(SUM, sums, axis=None)
         return totals
 
     def run(self, dataset) -> dict[str, float]:
         """Evaluates on a distributed dataset; returns `loss`, `accuracy` (and `top5`)."""
-        loss, correct, top, count = (float(x) for x in self._fn(dataset).numpy())
+        totals = self._fn(pass_iterator(dataset))
+        loss, correct, top, count = (float(x) for x in totals.numpy())
         return eval_metrics.record(loss, correct, top, count, self.top_k)
