@@ -116,7 +116,7 @@ def _rate(v, edge: bool = False) -> str:
     if v["rate"] is None:
         lrs = sorted(v["max_lr"])
         return f"auto: {lrs[0]:.2g}-{lrs[-1]:.2g}"
-    if edge and v["rate"] in (min(study.GRID), max(study.GRID)):
+    if edge and v["grid"] and v["rate"] in (min(v["grid"]), max(v["grid"])):
         return f"{v['rate']:g} (grid's edge)"
     return f"{v['rate']:g}"
 
@@ -124,7 +124,7 @@ def _rate(v, edge: bool = False) -> str:
 def format_table(summary_of_regime: dict) -> str:
     lines = [
         "| Row | Peak rate (chosen) | Validation acc. at "
-        + " / ".join(f"{lr:g}" for lr in study.GRID)
+        + " / ".join(f"{lr:g}" for lr in protocol.RATES)
         + " | Test accuracy (mean ± std) | Seeds | Wall time / run |",
         "|---|---|---|---|---|---|",
     ]
@@ -137,7 +137,9 @@ def format_table(summary_of_regime: dict) -> str:
         title = study.ROW_TITLES.get(row, row)
         grid = "-"
         if v["grid"]:
-            grid = " / ".join(f"{v['grid'].get(lr, float('nan')):.3f}" for lr in study.GRID)
+            grid = " / ".join(
+                f"{v['grid'][lr]:.3f}" if lr in v["grid"] else "-" for lr in protocol.RATES
+            )
         grid = "(same runs)" if "+" in row else grid
         wall = "(same run)" if "+" in row else f"{v['wall']:.0f} s"
         seeds = f"{v['n']}" + (f" ({v['reused']} from v1)" if v["reused"] else "")
@@ -239,7 +241,10 @@ def headline(summary: dict) -> str:
     lines.append("")
     lines.append(
         "Test accuracy, mean ± std over n seeds, each row at its own peak rate (@) chosen "
-        "from " + ", ".join(f"{lr:g}" for lr in study.GRID) + " on a validation split of "
+        "from " + ", ".join(f"{lr:g}" for lr in study.GRID) + " (and the next rate beyond "
+        "the edge it chose: "
+        + " or ".join(f"{lr:g}" for lr in protocol.BEYOND.values())
+        + ") on a validation split of "
         "the training pool (Kornblith et al. 2019); the best of each column in bold; - : not "
         "run yet. "
         + (
@@ -319,7 +324,7 @@ def status(records: list[dict], summary: dict) -> str:
             if row in study.GRIDLESS_ROWS:
                 ran, chosen = "(its own: the range test)", _rate(test)
             else:
-                ran = f"{len(grid['validation'])} of {len(study.GRID)}" if grid else "0"
+                ran = f"{len(grid['validation'])} of {len(grid['rates'])}" if grid else "0"
                 chosen = f"{grid['rate']:g}" if grid and grid["complete"] else "(grid incomplete)"
             n = test["n"] if test else 0
             lines.append(

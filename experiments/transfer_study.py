@@ -11,9 +11,10 @@ result is written to ``--out``/runs/NAME.json as soon as the run ends, and an ex
 is not run again, so an interrupted study resumes where it stopped (``--rerun`` repeats).
 
 Protocol (experiments/protocol.py, Kornblith et al. 2019): every row first runs a grid of
-peak rates on a validation split held out of the training pool (``*_val_lr*`` results); once
-a row's grid is complete its test runs (5 seeds) use the rate of the best validation accuracy.
-A test run whose row's grid another process is still running waits for it.
+peak rates on a validation split held out of the training pool (``*_val_lr*`` results), plus
+the next rate beyond an edge when the grid's best is at that edge (added by the test runs'
+loop); once a row's grid is complete its test runs (5 seeds) use the rate of the best
+validation accuracy. A test run whose row's grid another process is still running waits.
 
 Settings (the pretrained model is lrtech's shipped ResNet-20, models/pretrained/):
   * ``near``: pretrained on Fashion-MNIST classes 0-4, fine-tuned on classes 5-9 (photos of
@@ -372,7 +373,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default="", help="comma-separated subset of rows")
     parser.add_argument("--cells", default="", help="e.g. cross_k10,near_k500 (default: mode's)")
     parser.add_argument("--seeds", default="", help="test seeds, e.g. 0,1 (default: mode's)")
-    parser.add_argument("--grid_only", action="store_true", help="only the rate grid's runs")
+    parser.add_argument(
+        "--grid_only",
+        action="store_true",
+        help="only the rate grid's runs (without the rate beyond an edge)",
+    )
     parser.add_argument(
         "--stop_at", default="", help="HH:MM local time: start no run after it (resumable)"
     )

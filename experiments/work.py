@@ -4,7 +4,8 @@ Each result is written to OUT/NAME.json as soon as its run ends; a run with a re
 run again. A process claims a run (OUT/NAME.claim holding its pid) before it starts it; the
 claim of a process that is gone is taken over. A test run whose rate is still to be chosen
 (``lr is None``) waits until its row's grid is complete, then takes the rate
-`protocol.grid_status` chose from the validation results alone.
+`protocol.grid_status` chose from the validation results alone. When a grid's best rate is
+at its edge, the run beyond it (`protocol.BEYOND`) is added here, before the test runs.
 """
 
 from __future__ import annotations
@@ -29,14 +30,22 @@ def work(runs, out: str, train, stop_at: float | None = None, poll: float = 15.0
     """
     started = time.time()
     pending = list(runs)
+    added = set()  # grid runs beyond an edge, added once
     while pending:
-        waiting, trained = [], False
+        waiting, trained, beyond = [], False, []
         for i, run in enumerate(pending):
             chosen = None
             if run.lr is None:
                 key = (run.setting, run.regime.name, run.row)
                 chosen = protocol.grid_status(load_validation(out)).get(key)
                 if chosen is None or not chosen["complete"]:
+                    for lr, seed in chosen["missing"] if chosen else ():
+                        extra = dataclasses.replace(
+                            run, split=protocol.VALIDATION, lr=lr, seed=seed
+                        )
+                        if lr not in protocol.GRID and extra not in added:
+                            added.add(extra)
+                            beyond.append(extra)
                     waiting.append(run)
                     continue
                 run = dataclasses.replace(run, lr=chosen["rate"])
@@ -67,8 +76,8 @@ def work(runs, out: str, train, stop_at: float | None = None, poll: float = 15.0
                 f"{record['accuracy']:.4f}  {record['wall_time_sec']:.0f} s",
                 flush=True,
             )
-        if not waiting or trained:
-            pending = waiting
+        if not waiting or trained or beyond:
+            pending = beyond + waiting
             continue
         if not _live_claims(out):
             names = sorted({f"{r.cell}_{r.row}" for r in waiting})

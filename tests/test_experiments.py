@@ -115,10 +115,12 @@ def _record(setting, regime, row, seed, accuracy, split="test", lr=0.003, **extr
 
 
 def _grid(setting, regime, row, best=0.003):
-    """A complete validation grid of `row` whose best rate is `best`."""
+    """A complete validation grid of `row` whose best rate is `best` (with the rate beyond
+    the edge when `best` is at one)."""
+    rates = [*protocol.GRID, *([protocol.BEYOND[best]] if best in protocol.BEYOND else [])]
     return [
         _record(setting, regime, row, 0, 0.9 if lr == best else 0.5, "validation", lr)
-        for lr in protocol.GRID
+        for lr in rates
     ]
 
 
@@ -157,6 +159,51 @@ def test_test_accuracy_does_not_feed_the_choice():
         assert row["rate"] == 1e-3 and row["n"] == 5
         expected = [r["accuracy"] for r in test if r["peak_lr"] == 1e-3]
         assert row["mean"] == pytest.approx(statistics.mean(expected))
+
+
+def test_a_grid_whose_best_is_at_an_edge_runs_the_rate_beyond_it_before_choosing():
+    key = ("near", "10/class", "fine_tune")
+    for best, beyond in ((3e-2, 1e-1), (1e-3, 3e-4)):
+        grid = _grid(*key, best=best)
+        base, extra = grid[:-1], grid[-1]
+        assert extra["peak_lr"] == beyond
+        status = protocol.grid_status(base)[key]
+        assert not status["complete"] and status["missing"] == [(beyond, 0)]
+        assert status["rates"] == sorted([*protocol.GRID, beyond])
+        for accuracy, chosen in ((0.5, best), (0.95, beyond)):
+            status = protocol.grid_status([*base, dict(extra, accuracy=accuracy)])[key]
+            assert status["complete"] and status["rate"] == chosen
+    # A best inside the grid adds nothing, and a record beyond it is not read.
+    inner = _grid(*key, best=3e-3)
+    stray = _record(*key, 0, 0.99, "validation", 1e-1)
+    status = protocol.grid_status([*inner, stray])[key]
+    assert status["complete"] and status["rate"] == 3e-3 and 1e-1 not in status["validation"]
+    # Incomplete: only the grid's own rates missing, nothing beyond yet.
+    status = protocol.grid_status(inner[1:])[key]
+    assert status["missing"] == [(1e-3, 0)] and not status["complete"]
+
+
+def test_work_runs_the_rate_beyond_an_edge_then_tests_at_the_choice(tmp_path):
+    """Validation peaks at the grid's top, 3e-2, and higher still at 1e-1: the loop adds the
+    1e-1 grid run (not in the plan) and the test runs train at 1e-1."""
+    trained = []
+
+    def train(run):
+        trained.append(run)
+        accuracy = {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7, 3e-2: 0.8, 1e-1: 0.85}[run.lr]
+        return _record(run.setting, run.regime.name, run.row, run.seed, accuracy, run.split, run.lr)
+
+    runs = study.plan("full", ["head_only"], ["cross_k10"], [0, 1])
+    assert {r.lr for r in runs} == {*protocol.GRID, None}
+    assert work.work(runs, str(tmp_path), train) == []
+    assert [(r.split, r.lr) for r in trained[4:]] == [
+        ("validation", 1e-1),
+        ("test", 1e-1),
+        ("test", 1e-1),
+    ]
+    assert (tmp_path / "cross_k10_head_only_val_lr0.1_s0.json").exists()
+    trained.clear()
+    assert work.work(runs, str(tmp_path), train) == [] and trained == []
 
 
 def test_work_runs_test_seeds_at_the_rate_validation_chose(tmp_path):
@@ -241,7 +288,7 @@ def test_summary_is_mean_and_sample_std_and_splits_averaged_models():
     records += [_record("near", "10/class", "diff_lr_sgdr_auto", 0, 0.6, lr=0.002)]
     table = report.format_table(report.summarize(records)[("near", "10/class")])
     assert "| auto: 0.002-0.002 | - | 0.6000 ± nan | 1 |" in table
-    assert "| 0.003 | 0.500 / 0.900 / 0.500 / 0.500 | 0.7000 ± 0.2000 | 3 |" in table
+    assert "| 0.003 | - / 0.500 / 0.900 / 0.500 / 0.500 / - | 0.7000 ± 0.2000 | 3 |" in table
     # A row with an incomplete grid has no test entry yet, and the status says so.
     records += [_record("near", "10/class", "rgn_sgdr", 0, 0.9, "validation", 1e-3)]
     records += [_record("near", "10/class", "rgn_sgdr", 0, 0.95)]
