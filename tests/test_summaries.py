@@ -135,6 +135,9 @@ def test_report_writes_each_steps_rates_and_momentum_and_the_bar_shows_the_last_
     for start, end in ((0, 3), (3, 4), (4, 7)):  # loops cut at the restart (= epoch end) 4
         report(end, _logs(start, end))
     report.close()
+    # 4 tags x 3 loops of 3, 1 and 3 steps: one trace, one more when the length first
+    # changes (reduce_retracing); a trace per tag gave TensorFlow's retracing warning.
+    assert writer._series[summaries.TRAIN].experimental_get_tracing_count() == 2
     writer.close()
 
     board = Board(tmp_path / layout.TENSORBOARD_DIR)

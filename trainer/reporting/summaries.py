@@ -60,7 +60,9 @@ def hparams_metrics(top5: bool, averaged: Sequence[str] = ()) -> list[hp.Metric]
 
 def _series_writer(writer):
     """A compiled loop writing a whole series of one tag with `writer` (eager writes cost
-    about 0.5 ms a point). One per writer: a trace captures the writer it ran under."""
+    about 0.5 ms a point). One per writer: a trace captures the writer it ran under. The tag
+    is a string tensor, so every tag shares one trace (a Python string traced once per tag:
+    TensorFlow's retracing warning in every longer run)."""
 
     # `tf.summary.write` with the scalar plugin's metadata: `tf.summary.scalar` would prefix
     # the tag with the loop's name scope ("while/").
@@ -172,7 +174,7 @@ class Summaries:
             for name, (steps, values) in (series or {}).items():
                 if len(steps):
                     self._series[kind](
-                        name,
+                        tf.constant(name),
                         tf.constant(np.asarray(steps, np.int64)),
                         tf.constant(np.asarray(values, np.float32)),
                     )
