@@ -208,7 +208,15 @@ SHORT_TITLES = {
     "diff_lr_sgdr+swa": "differential + SWA",
     "diff_lr_sgdr+ensemble": "differential + ensemble",
 }
-HEADLINE_ROWS = MAIN_ROWS
+# The main rows, and the two baselines the conclusions weigh them against: one rate at a
+# constant rate, and fine_tune with frozen BN (what --train_bn changes).
+HEADLINE_ROWS = (
+    *MAIN_ROWS[:2],
+    "one_lr_constant",
+    *MAIN_ROWS[2:4],
+    "fine_tune",
+    *MAIN_ROWS[4:],
+)
 # The goal: Auto-RGN within this much of the best fixed recipe in every cell.
 RGN_GOAL = 0.01
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -246,7 +254,7 @@ def headline(summary: dict) -> str:
         + " or ".join(f"{lr:g}" for lr in protocol.BEYOND.values())
         + ") on a validation split of "
         "the training pool (Kornblith et al. 2019); the best of each column in bold; - : not "
-        "run yet. "
+        "run there (the data-rich cells run the main rows only, or it has not run yet). "
         + (
             "Not run under this protocol yet: "
             + "; ".join(f"{a}, {b}" for a, b in CELLS if (a, b) not in summary)
