@@ -5,6 +5,7 @@ NAMES = (
     "vs_fit",
     "segments",
     "layer_decay",
+    "adaptive",
     "input",
     "memory_startup",
     "growth",

@@ -1,8 +1,8 @@
 """The benchmarks behind BENCHMARKS.md; each returns a `common.Section`.
 
-Names (for `run_all.py --only`): vs_fit, segments, layer_decay, input, memory_startup, growth,
-replicas, checkpoint, runtime; data (bench/data_scale.py), stream (bench/tfds_stream.py),
-size224 and fused_bn (bench/real_size.py).
+Names (for `run_all.py --only`): vs_fit, segments, layer_decay, adaptive, input,
+memory_startup, growth, replicas, checkpoint, runtime; data (bench/data_scale.py), stream
+(bench/tfds_stream.py), size224 and fused_bn (bench/real_size.py).
 """
 
 from __future__ import annotations
@@ -376,6 +376,100 @@ def layer_decay(scale: Scale, log) -> Section:
             "The multipliers are Python constants folded into each variable's update while "
             "tracing, so a segment per layer costs one scalar multiply per variable, whatever "
             "the number of segments."
+        ),
+        goals=goals,
+    )
+
+
+ADAPTIVE_UPDATES = 100  # optimizer updates per timed run of the Auto-RGN update table
+
+
+def adaptive(scale: Scale, log) -> Section:
+    """Auto-RGN's cost: one rate vs --adaptive_lr=rgn per tensor and per layer (Adam)."""
+    model = scale.small
+    candidates = {
+        "one rate": {},
+        "Auto-RGN per tensor": {"adaptive_lr": "rgn"},
+        "Auto-RGN per layer": {"adaptive_lr": "rgn", "adaptive_lr_granularity": "layer"},
+    }
+    runners = {
+        name: workloads.Trainer(
+            workloads.make_config(model, scale.batch, scale.batch * scale.steps, **extra)
+        )
+        for name, extra in candidates.items()
+    }
+    with workloads.closing(*runners.values()):
+        count = len(runners["one rate"].variables)
+        log("  whole training steps")
+        steps = scale.compare({k: rate(r.run_epoch) for k, r in runners.items()}, log)
+        log(f"  optimizer update alone, {ADAPTIVE_UPDATES} updates per run")
+        updates = scale.compare(
+            {k: rate(lambda r=r: r.run_updates(ADAPTIVE_UPDATES)) for k, r in runners.items()},
+            log,
+        )
+    step_ms = 1000.0 * scale.batch / steps.stats[steps.baseline].median
+    update_ms = {k: [1000.0 / v for v in st.values] for k, st in updates.stats.items()}
+    base_ms = update_ms[updates.baseline]
+    step_rows, update_rows, goals, shares = [], [], [], {}
+    for name in candidates:
+        base = name == steps.baseline
+        ratio = steps.ratio(name)
+        extra = Stats([a - b for a, b in zip(update_ms[name], base_ms, strict=True)])
+        shares[name] = 100.0 * extra.median / step_ms
+        step_rows.append(
+            [
+                name,
+                spread(steps.stats[name]),
+                "1 (baseline)" if base else spread(ratio),
+                "" if base else f"{_pct_slower(ratio.median):+.1f}%",
+            ]
+        )
+        update_rows.append(
+            [
+                name,
+                spread(Stats(update_ms[name])),
+                "" if base else spread(extra),
+                "" if base else f"{shares[name]:+.2f}%",
+            ]
+        )
+        if not base:
+            goals.append((f"{name}: <= 5% of a step ({shares[name]:+.2f}%)", shares[name] <= 5.0))
+    body = (
+        f"**Adam**, {model} ({count} trainable variables), global batch {scale.batch}: whole "
+        "training steps\n\n"
+        + table(
+            ["learning rates", "images/sec, median (min-max)", "ratio to one rate", "slower by"],
+            step_rows,
+        )
+        + f"\n\nThe optimizer update alone ({ADAPTIVE_UPDATES} compiled updates of every "
+        f"trainable variable per run, fixed gradients), against a {fmt(step_ms)} ms training "
+        "step\n\n"
+        + table(
+            [
+                "learning rates",
+                "ms per update, median (min-max)",
+                "extra ms vs one rate (paired)",
+                "extra, share of a step (median)",
+            ],
+            update_rows,
+        )
+    )
+    worst = max(shares[name] for name in candidates if name != steps.baseline)
+    return Section(
+        title="2c. Auto-RGN: per-variable rates from relative gradient norms",
+        command=scale.cmd("adaptive"),
+        setup=(
+            "`--adaptive_lr=rgn` computes, inside the compiled step, the norm of every "
+            "variable's gradient and weights, the multipliers (RGN over the largest) and "
+            "multiplies each variable's rate by its own; per layer, the norms are summed over "
+            "each layer's variables first. Same optimizer, data and batch as one rate; whole "
+            "steps, and the update alone, where the norms are computed."
+        ),
+        body=body,
+        meaning=(
+            f"The norms cost at most {worst:+.2f}% of a training step measured in the update "
+            "alone: two reductions per variable (its gradient and its weights), read once "
+            "more than the update itself reads them."
         ),
         goals=goals,
     )
@@ -768,6 +862,7 @@ RUNNERS = {
     "vs_fit": vs_fit,
     "segments": segments,
     "layer_decay": layer_decay,
+    "adaptive": adaptive,
     "input": input_pipeline,
     "memory_startup": memory_startup,
     "growth": growth,
