@@ -192,6 +192,59 @@ def vs_fit(scale: Scale, log) -> Section:
 UPDATE_STEPS = 200  # optimizer updates per timed run of the segments benchmark's update table
 
 
+@dataclasses.dataclass
+class StepsAndUpdates:
+    """Whole training steps and the optimizer update alone, for candidates on one model.
+
+    `step_ms`: the baseline's milliseconds per step; `step_rows` / `update_rows`: table rows;
+    per candidate, `ratios` (paired step-rate ratio to the baseline) and `shares` (its extra
+    update time, paired median, in percent of the baseline's step).
+    """
+
+    step_ms: float
+    step_rows: list
+    update_rows: list
+    ratios: dict
+    shares: dict
+
+
+def steps_and_updates(runners: dict, scale: Scale, log, updates: int) -> StepsAndUpdates:
+    """Times `runners` (name -> `workloads.Trainer`; the first is the baseline) on whole
+    epochs, then on `updates` compiled optimizer updates per run with fixed gradients."""
+    steps = scale.compare({k: rate(r.run_epoch) for k, r in runners.items()}, log)
+    log(f"  optimizer update alone, {updates} updates per run")
+    upd = scale.compare(
+        {k: rate(lambda r=r: r.run_updates(updates)) for k, r in runners.items()}, log
+    )
+    step_ms = 1000.0 * scale.batch / steps.stats[steps.baseline].median
+    update_ms = {k: [1000.0 / v for v in st.values] for k, st in upd.stats.items()}
+    base_ms = update_ms[upd.baseline]
+    out = StepsAndUpdates(step_ms, [], [], {}, {})
+    for name, stats in steps.stats.items():
+        base = name == steps.baseline
+        ratio = steps.ratio(name)
+        extra = Stats([a - b for a, b in zip(update_ms[name], base_ms, strict=True)])
+        out.ratios[name] = ratio
+        out.shares[name] = 100.0 * extra.median / step_ms
+        out.step_rows.append(
+            [
+                name,
+                spread(stats),
+                "1 (baseline)" if base else spread(ratio),
+                "" if base else f"{_pct_slower(ratio.median):+.1f}%",
+            ]
+        )
+        out.update_rows.append(
+            [
+                name,
+                spread(Stats(update_ms[name])),
+                "" if base else spread(extra),
+                "" if base else f"{out.shares[name]:+.2f}%",
+            ]
+        )
+    return out
+
+
 def segments(scale: Scale, log) -> Section:
     import models
 
@@ -213,46 +266,16 @@ def segments(scale: Scale, log) -> Section:
                 lr_spread=100.0 if n > 1 else None,
             )
             runners[n] = workloads.Trainer(cfg)
+        named = {f"{n} segment{'s' if n > 1 else ''}": r for n, r in runners.items()}
         with workloads.closing(*runners.values()):
-            named = {f"{n} segment{'s' if n > 1 else ''}": r for n, r in runners.items()}
-            cmp = scale.compare({k: rate(r.run_epoch) for k, r in named.items()}, log)
-            log(f"  {opt}: optimizer update alone, {UPDATE_STEPS} updates per run")
-            upd = scale.compare(
-                {k: rate(lambda r=r: r.run_updates(UPDATE_STEPS)) for k, r in named.items()},
-                log,
-            )
-        # Milliseconds per training step (1 segment) and per update, per repetition.
-        step_ms = 1000.0 * scale.batch / cmp.stats[cmp.baseline].median
-        update_ms = {k: [1000.0 / v for v in st.values] for k, st in upd.stats.items()}
-        base_ms = update_ms[upd.baseline]
-        rows, update_rows = [], []
-        for name, stats in cmp.stats.items():
-            r = cmp.ratio(name)
-            slower = _pct_slower(r.median)
-            extra = Stats([a - b for a, b in zip(update_ms[name], base_ms, strict=True)])
-            share = 100.0 * extra.median / step_ms
-            if name != cmp.baseline:
-                worst_step = max(worst_step, slower)
-                worst_share = max(worst_share, share)
-                inside = inside and r.min <= 1.0 <= r.max
-                goals.append((f"{opt} {name} <= 2% of a step ({share:+.2f}%)", share <= 2.0))
-            base = name == cmp.baseline
-            rows.append(
-                [
-                    name,
-                    spread(stats),
-                    "1 (baseline)" if base else spread(r),
-                    "" if base else f"{slower:+.1f}%",
-                ]
-            )
-            update_rows.append(
-                [
-                    name,
-                    spread(Stats(update_ms[name])),
-                    "" if base else spread(extra),
-                    "" if base else f"{share:+.2f}%",
-                ]
-            )
+            timed = steps_and_updates(named, scale, log, UPDATE_STEPS)
+        step_ms, rows, update_rows = timed.step_ms, timed.step_rows, timed.update_rows
+        for name in list(named)[1:]:
+            r, share = timed.ratios[name], timed.shares[name]
+            worst_step = max(worst_step, _pct_slower(r.median))
+            worst_share = max(worst_share, share)
+            inside = inside and r.min <= 1.0 <= r.max
+            goals.append((f"{opt} {name} <= 2% of a step ({share:+.2f}%)", share <= 2.0))
         bodies.append(
             f"**{opt}** ({'Adam' if opt == 'adam' else 'SGD, momentum 0.9'}), {model}, "
             f"global batch {scale.batch}: whole training steps\n\n"
@@ -398,52 +421,21 @@ def adaptive(scale: Scale, log) -> Section:
         )
         for name, extra in candidates.items()
     }
+    count = len(runners["one rate"].variables)
     with workloads.closing(*runners.values()):
-        count = len(runners["one rate"].variables)
-        log("  whole training steps")
-        steps = scale.compare({k: rate(r.run_epoch) for k, r in runners.items()}, log)
-        log(f"  optimizer update alone, {ADAPTIVE_UPDATES} updates per run")
-        updates = scale.compare(
-            {k: rate(lambda r=r: r.run_updates(ADAPTIVE_UPDATES)) for k, r in runners.items()},
-            log,
-        )
-    step_ms = 1000.0 * scale.batch / steps.stats[steps.baseline].median
-    update_ms = {k: [1000.0 / v for v in st.values] for k, st in updates.stats.items()}
-    base_ms = update_ms[updates.baseline]
-    step_rows, update_rows, goals, shares = [], [], [], {}
-    for name in candidates:
-        base = name == steps.baseline
-        ratio = steps.ratio(name)
-        extra = Stats([a - b for a, b in zip(update_ms[name], base_ms, strict=True)])
-        shares[name] = 100.0 * extra.median / step_ms
-        step_rows.append(
-            [
-                name,
-                spread(steps.stats[name]),
-                "1 (baseline)" if base else spread(ratio),
-                "" if base else f"{_pct_slower(ratio.median):+.1f}%",
-            ]
-        )
-        update_rows.append(
-            [
-                name,
-                spread(Stats(update_ms[name])),
-                "" if base else spread(extra),
-                "" if base else f"{shares[name]:+.2f}%",
-            ]
-        )
-        if not base:
-            goals.append((f"{name}: <= 5% of a step ({shares[name]:+.2f}%)", shares[name] <= 5.0))
+        timed = steps_and_updates(runners, scale, log, ADAPTIVE_UPDATES)
+    shares = {n: timed.shares[n] for n in list(candidates)[1:]}
+    goals = [(f"{n}: <= 5% of a step ({x:+.2f}%)", x <= 5.0) for n, x in shares.items()]
     body = (
         f"**Adam**, {model} ({count} trainable variables), global batch {scale.batch}: whole "
         "training steps\n\n"
         + table(
             ["learning rates", "images/sec, median (min-max)", "ratio to one rate", "slower by"],
-            step_rows,
+            timed.step_rows,
         )
         + f"\n\nThe optimizer update alone ({ADAPTIVE_UPDATES} compiled updates of every "
-        f"trainable variable per run, fixed gradients), against a {fmt(step_ms)} ms training "
-        "step\n\n"
+        f"trainable variable per run, fixed gradients), against a {fmt(timed.step_ms)} ms "
+        "training step\n\n"
         + table(
             [
                 "learning rates",
@@ -451,10 +443,10 @@ def adaptive(scale: Scale, log) -> Section:
                 "extra ms vs one rate (paired)",
                 "extra, share of a step (median)",
             ],
-            update_rows,
+            timed.update_rows,
         )
     )
-    worst = max(shares[name] for name in candidates if name != steps.baseline)
+    worst = max(shares.values())
     return Section(
         title="2c. Auto-RGN: per-variable rates from relative gradient norms",
         command=scale.cmd("adaptive"),
