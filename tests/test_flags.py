@@ -69,6 +69,7 @@ GROUPS = {
         "lr_find_start": ("1e-6", 1e-6),
         "lr_find_end": ("1", 1.0),
         "lr_find_steps": ("50", 50),
+        "lr_find_suggestion": ("minimum", "minimum"),
     },
     "recipe": {
         "recipe": ("fine_tune", "fine_tune"),
@@ -192,6 +193,7 @@ BAD = [
     (["--lr_find_start=1", "--lr_find_end=1"], "--lr_find_start must be < --lr_find_end"),
     (["--lr_find_steps=22"], "--lr_find_steps=22: must be >= 23 (the suggestions need 16"),
     (["--lr_find_start=1e-300"], "--lr_find_start=1e-300: must be in [1e-30, 1e30]"),
+    (["--lr_find_suggestion=lowest"], "--lr_find_suggestion=lowest: value should be one of"),
     (["--adaptive_lr=foo"], "--adaptive_lr=foo: value should be one of"),
     (
         ["--adaptive_lr=rgn", "--adaptive_lr_floor=1.5"],

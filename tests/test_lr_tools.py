@@ -82,6 +82,14 @@ def test_max_lr_auto_trains_at_the_valley_and_records_the_number(tmp_path):
     assert_same_state(exp, fixed)
 
 
+def test_max_lr_auto_trains_at_the_suggestion_named_by_lr_find_suggestion(tmp_path):
+    exp = experiment(config(tmp_path, max_lr="auto", lr_find_suggestion="minimum", **FIND))
+    found = exp.lr_find_result.suggestions
+    assert found["minimum"] != found["valley"]  # else this test could not tell them apart
+    assert exp.config.max_lr == found["minimum"] == exp.lr_find_result.suggestion("minimum")
+    assert exp.schedule.max_lr == found["minimum"]
+
+
 def test_one_cycle_and_cosine_schedules_of_a_run(tmp_path):
     exp = experiment(config(tmp_path / "one", schedule="one_cycle", first_cycle_steps=None))
     assert isinstance(exp.schedule, schedules.OneCycle)

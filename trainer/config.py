@@ -30,6 +30,9 @@ MAX_IMAGE_SIZE = 1024
 # The fewest LR range test steps whose curve gives every suggestion: 16 points remain after
 # fastai's trimming (the first 10%, the last 5); tests/test_lr_find.py checks 23 and 22.
 LR_FIND_MIN_STEPS = 23
+# The range test's suggestions (trainer.lr_find.finder.suggestions); --max_lr=auto trains at
+# --lr_find_suggestion's, valley by default as in fastai.
+LR_FIND_SUGGESTIONS = ("valley", "steep", "minimum", "slide")
 
 # --image_size when neither the flag nor the model (a saved .keras input) gives one.
 DEFAULT_IMAGE_SIZE = 32
@@ -69,6 +72,7 @@ RESUME_MAY_CHANGE = (
     "lr_find_start",
     "lr_find_end",
     "lr_find_steps",
+    "lr_find_suggestion",  # --max_lr=auto resumes at the rate it chose
 )
 
 
@@ -183,6 +187,7 @@ class Config:
     lr_find_start: float = 1e-7
     lr_find_end: float = 10.0
     lr_find_steps: int = 100
+    lr_find_suggestion: str = "valley"  # the suggestion --max_lr=auto trains at
     # Recipes.
     recipe: str = "none"  # none | fine_tune
     freeze_epochs: float = 1.0  # fine_tune: epochs training the head only, before --epochs

@@ -182,13 +182,15 @@ class Experiment:
         )
 
     def _auto_max_lr(self) -> float:
-        """--max_lr=auto: the number a resumed run chose, else the range test's valley."""
+        """--max_lr=auto: the number a resumed run chose, else the range test's suggestion
+        named by --lr_find_suggestion (valley by default)."""
         value = range_test.chosen_max_lr(self.config.model_dir)
         if value is not None:
             logging.info("--max_lr=auto: %.4g, as chosen when this run started", value)
             return value
-        value = self.lr_find(start_step=0).suggested_max_lr
-        logging.info("--max_lr=auto: the LR range test's valley suggestion %.4g", value)
+        name = self.config.lr_find_suggestion
+        value = self.lr_find(start_step=0).suggestion(name)
+        logging.info("--max_lr=auto: the LR range test's %s suggestion %.4g", name, value)
         return value
 
     def lr_find(self, start_step: int | None = None):

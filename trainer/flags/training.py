@@ -63,7 +63,8 @@ def _define_schedule(fv):
         "max_lr",
         1e-3,
         "Peak learning rate of the head segment, or auto: run the LR range test first (see "
-        "--lr_find) and train at its valley suggestion (the chosen number goes into flags.txt).",
+        "--lr_find) and train at its suggestion (--lr_find_suggestion, valley by default; the "
+        "chosen number goes into flags.txt).",
         flag_values=fv,
     )
     _register(fv, "max_lr", lambda x: x == "auto" or _positive(x), "> 0 or auto")
@@ -200,6 +201,16 @@ def _define_lr_find(fv):
         "lr_find_steps",
         lambda x: x >= config_lib.LR_FIND_MIN_STEPS,
         f">= {config_lib.LR_FIND_MIN_STEPS} (the suggestions need 16 points after trimming)",
+    )
+    flags.DEFINE_enum(
+        "lr_find_suggestion",
+        _default("lr_find_suggestion"),
+        config_lib.LR_FIND_SUGGESTIONS,
+        "The range test's suggestion --max_lr=auto trains at (all four are printed and "
+        "plotted): valley (fastai's default), steep (the steepest descent), minimum (the "
+        "smallest loss's rate / 10) or slide. In EXPERIMENTS.md's study valley chose 4-10x "
+        "below the rate a validation grid chose.",
+        flag_values=fv,
     )
 
 

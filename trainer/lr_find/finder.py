@@ -344,15 +344,19 @@ class LRFinderResult:
 
     @property
     def suggested_max_lr(self) -> float:
-        """The valley suggestion, fastai's default.
+        """The valley suggestion, fastai's default (`suggestion("valley")`)."""
+        return self.suggestion("valley")
+
+    def suggestion(self, name: str) -> float:
+        """One of the suggestions: "valley", "steep", "minimum" (/10) or "slide".
 
         Raises:
             UserError: (a ValueError) the test recorded too few steps to suggest one.
         """
-        if "valley" not in self.suggestions:
+        if name not in self.suggestions:
             suggestions(self.lrs, self.losses)  # raises the reason
             raise UserError("LR range test: no suggestion was computed")
-        return self.suggestions["valley"]
+        return self.suggestions[name]
 
     def format_line(self) -> str:
         """One line for the log, e.g. "suggested --max_lr=1.2e-03 (valley; steep 3e-03, ...)"."""
