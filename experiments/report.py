@@ -205,6 +205,7 @@ SHORT_TITLES = {
     "rgn_sgdr": "Auto-RGN, SGDR",
     "rgn_layer_sgdr": "Auto-RGN per layer, SGDR",
     "diff_lr_sgdr_auto": "differential, auto lr",
+    "diff_lr_sgdr_auto_min": "differential, auto lr (minimum)",
     "diff_lr_sgdr+swa": "differential + SWA",
     "diff_lr_sgdr+ensemble": "differential + ensemble",
 }

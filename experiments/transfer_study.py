@@ -44,7 +44,7 @@ from experiments import work as work_lib
 
 # Each row's peak learning rate (Adam; the head's, or the only one) is chosen from
 # protocol.GRID on a validation split (Kornblith et al. 2019); --max_lr=auto picks its own.
-GRIDLESS_ROWS = ("diff_lr_sgdr_auto",)
+GRIDLESS_ROWS = ("diff_lr_sgdr_auto", "diff_lr_sgdr_auto_min")
 GRID = protocol.GRID
 BATCH = 32
 SPREAD = 10.0  # differential rates: first segment at 1/10 of the head, geometric in between
@@ -178,6 +178,17 @@ def rows(steps: int, steps_per_epoch: int, with_averaging: bool = True) -> dict[
             "--lr_find_end=1",
             "--lr_find_steps=50",
         ],
+        # The same range test, training at its minimum/10 suggestion instead of the valley
+        # (the valley row chose 4-10x below the grid's rate).
+        "diff_lr_sgdr_auto_min": [
+            *diff,
+            *sgdr,
+            "--max_lr=auto",
+            "--lr_find_start=1e-6",
+            "--lr_find_end=1",
+            "--lr_find_steps=50",
+            "--lr_find_suggestion=minimum",
+        ],
     }
 
 
@@ -194,6 +205,7 @@ ROW_TITLES = {
     "rgn_sgdr": "Auto-RGN (--adaptive_lr=rgn), SGDR",
     "rgn_layer_sgdr": "Auto-RGN per layer (--adaptive_lr_granularity=layer), SGDR",
     "diff_lr_sgdr_auto": "differential rates, SGDR, --max_lr=auto",
+    "diff_lr_sgdr_auto_min": "differential rates, SGDR, --max_lr=auto --lr_find_suggestion=minimum",
     "diff_lr_sgdr+swa": "differential rates, SGDR + SWA of the last 2 cycle ends",
     "diff_lr_sgdr+ensemble": "differential rates, SGDR + ensemble of the last 2 snapshots",
 }
