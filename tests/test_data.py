@@ -64,11 +64,11 @@ def test_synthetic_is_learnable_well_above_chance():
         [
             keras.Input((32, 32, 3)),
             keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+            keras.layers.MaxPooling2D(),
             keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
             keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
+            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
             keras.layers.GlobalMaxPooling2D(),
             keras.layers.Dense(10),
         ]
@@ -81,7 +81,7 @@ def test_synthetic_is_learnable_well_above_chance():
     model.fit(source.train_dataset(64), steps_per_epoch=24, epochs=10, verbose=0, shuffle=False)
     _, accuracy = model.evaluate(source.eval_dataset(250), verbose=0)
     print(f"synthetic test accuracy {accuracy:.3f}")
-    assert accuracy > 0.4  # chance is 0.1
+    assert accuracy > 0.4  # chance is 0.1; 0.58 on this seed (7 s)
 
 
 # Pipelines -------------------------------------------------------------------------------------

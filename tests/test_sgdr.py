@@ -335,7 +335,10 @@ def test_a_vector_of_steps_gives_each_steps_rate_bit_for_bit():
     import schedules
     from trainer.lr.table import schedule_values
 
-    steps = np.arange(0, 700)
+    # Every 7th step, and each side of every warmup end (3, 10), peak (175), restart and
+    # phase change (100, 300).
+    edges = [2, 3, 4, 9, 10, 11, 99, 100, 101, 174, 175, 176, 299, 300, 301, 699]
+    steps = np.unique(np.r_[np.arange(0, 700, 7), edges])
     for schedule in (
         SGDR(1e-2, 100, cycle_mult=2.0, min_lr=1e-5, warmup_steps=3, max_lr_decay=0.7),
         schedules.OneCycle(1e-2, 700),
