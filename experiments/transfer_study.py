@@ -179,7 +179,7 @@ def rows(steps: int, steps_per_epoch: int, with_averaging: bool = True) -> dict[
             "--lr_find_steps=50",
         ],
         # The same range test, training at its minimum/10 suggestion instead of the valley
-        # (the valley row chose 4-10x below the grid's rate).
+        # (the valley row chose 3-10x below the grid's rate).
         "diff_lr_sgdr_auto_min": [
             *diff,
             *sgdr,

@@ -208,7 +208,7 @@ def _define_lr_find(fv):
         config_lib.LR_FIND_SUGGESTIONS,
         "The range test's suggestion --max_lr=auto trains at (all four are printed and "
         "plotted): valley (fastai's default), steep (the steepest descent), minimum (the "
-        "smallest loss's rate / 10) or slide. In EXPERIMENTS.md's study valley chose 4-10x "
+        "smallest loss's rate / 10) or slide. In EXPERIMENTS.md's study valley chose 3-10x "
         "below the rate a validation grid chose.",
         flag_values=fv,
     )
