@@ -212,11 +212,16 @@ SHORT_TITLES = {
 # The main rows, and the two baselines the conclusions weigh them against: one rate at a
 # constant rate, and fine_tune with frozen BN (what --train_bn changes).
 HEADLINE_ROWS = (
-    *MAIN_ROWS[:2],
+    "scratch",
+    "one_lr_sgdr",
     "one_lr_constant",
-    *MAIN_ROWS[2:4],
+    "diff_lr_sgdr",
+    "layer_decay_sgdr",
     "fine_tune",
-    *MAIN_ROWS[4:],
+    "fine_tune_bn",
+    "lp_ft",
+    "rgn_sgdr",
+    "rgn_layer_sgdr",
 )
 # The goal: Auto-RGN within this much of the best fixed recipe in every cell.
 RGN_GOAL = 0.01

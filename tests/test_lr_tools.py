@@ -17,6 +17,7 @@ from tests.helpers import bn_config as config
 from tests.helpers import bn_experiment as experiment
 from tests.helpers import state
 from tests.helpers import tiny_bn_model as tiny_model
+from trainer import config as config_lib
 from trainer.errors import Preempted, UserError
 from trainer.lr.table import layer_decay_mults
 from trainer.lr_find import range_test
@@ -85,6 +86,7 @@ def test_max_lr_auto_trains_at_the_valley_and_records_the_number(tmp_path):
 def test_max_lr_auto_trains_at_the_suggestion_named_by_lr_find_suggestion(tmp_path):
     exp = experiment(config(tmp_path, max_lr="auto", lr_find_suggestion="minimum", **FIND))
     found = exp.lr_find_result.suggestions
+    assert tuple(found) == config_lib.LR_FIND_SUGGESTIONS  # the flag's choices are the finder's
     assert found["minimum"] != found["valley"]  # else this test could not tell them apart
     assert exp.config.max_lr == found["minimum"] == exp.lr_find_result.suggestion("minimum")
     assert exp.schedule.max_lr == found["minimum"]
